@@ -1,0 +1,644 @@
+"""Loading open_clip models and zero-shot classification.
+
+Three kinds of ``weights`` are accepted by :func:`load_model`:
+
+``"openai"`` (or any open_clip pretrained tag)
+    Looked up in the local caches first (Hugging Face hub cache and
+    ``~/.cache/clip``). If the hub is unreachable, huggingface_hub is switched
+    to offline mode *before* any hub call, so a missing file fails in well under
+    a second instead of sitting in ~45 s of retries, and a
+    :class:`WeightsUnavailableError` explains what was tried and what to do.
+    Tags whose pretrained config says ``quick_gelu`` (all OpenAI CLIP weights)
+    are built with QuickGELU, the activation they were trained with.
+a local file (``.pt``, ``.pth``, ``.bin`` or ``.safetensors``)
+    Loaded through open_clip's own ``pretrained=<path>`` code path (strict).
+``"random"``
+    open_clip's own initialisation, after ``torch.manual_seed(seed)``; the same
+    seed gives a bit-identical state dict. This is the blog's control condition.
+
+Zero-shot classification follows Radford et al. (2021), "Learning Transferable
+Visual Models From Natural Language Supervision": L2-normalised image and text
+embeddings, cosine similarity times the learned ``logit_scale``, softmax over
+prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+#: Weights value meaning "seeded random initialisation".
+RANDOM = "random"
+
+#: Files recognised as local checkpoints.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+#: The blog's three prompt sets; keys are table rows, each maps a column label
+#: to the prompt text.
+PROMPT_SETS: dict[str, dict[str, str]] = {
+    "shape only": {"circle": "a circle", "square": "a square", "triangle": "a triangle"},
+    "+ empty": {
+        "circle": "a circle",
+        "square": "a square",
+        "triangle": "a triangle",
+        "empty": "an empty image",
+    },
+    "+ colour": {
+        "circle": "a black circle",
+        "square": "a black square",
+        "triangle": "a black triangle",
+        "empty": "an empty image",
+    },
+}
+
+#: The 2-way task used to measure behaviour in the Perturb stage.
+CIRCLE_VS_EMPTY: dict[str, str] = {"circle": "a black circle", "empty": "an empty image"}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were requested but cannot be had (offline, not cached)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model together with everything needed to feed it.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The open_clip CLIP model, in eval mode, on ``device`` in ``dtype``.
+    preprocess : callable
+        open_clip's evaluation transform: PIL image -> float tensor (3, S, S).
+    tokenizer : callable
+        open_clip's tokenizer for this model: list[str] -> LongTensor.
+    name : str
+        open_clip model name as built (e.g. ``"ViT-B-32"``).
+    weights : str
+        What was asked for: a tag, a file path, or ``"random"``.
+    seed : int or None
+        Seed of the random initialisation (``weights="random"`` only).
+    device : torch.device
+    dtype : torch.dtype
+        Parameter and activation dtype.
+    input_size : int
+        Side of the square model input in pixels (224 for ViT-B/32).
+    quick_gelu : bool
+        Whether the MLPs use QuickGELU (``x * sigmoid(1.702 x)``).
+    """
+
+    model: torch.nn.Module
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    weights: str
+    seed: int | None
+    device: torch.device
+    dtype: torch.dtype
+    input_size: int
+    quick_gelu: bool
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``"ViT-B-32 / random (seed 0)"``."""
+        w = f"random (seed {self.seed})" if self.weights == RANDOM else Path(self.weights).name
+        return f"{self.name} / {w}"
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Pick a torch device.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` picks CUDA, then Apple MPS, then CPU. Anything else is passed
+        to :class:`torch.device` and must be available.
+
+    Returns
+    -------
+    torch.device
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available; use device='auto' or 'cpu'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device='mps' was requested but MPS is not available; use device='auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """Map ``"float32" | "bfloat16" | "float16"`` (or a torch dtype) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def available_models() -> list[str]:
+    """Model names open_clip can build."""
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+def _check_model_name(name: str) -> None:
+    models = available_models()
+    if name not in models:
+        close = [m for m in models if name.lower().replace("/", "-") in m.lower()][:8]
+        hint = f" Close matches: {close}." if close else ""
+        raise ValueError(
+            f"model={name!r} is not an open_clip model name.{hint} "
+            "See helpers.models.available_models() (e.g. 'ViT-B-32', 'ViT-B-16', 'RN50')."
+        )
+
+
+def is_checkpoint_path(weights: str) -> bool:
+    """True when ``weights`` names a local checkpoint file rather than a tag."""
+    return str(weights).lower().endswith(CHECKPOINT_SUFFIXES) or os.sep in str(weights)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub endpoint accepts a TCP connection.
+
+    Name resolution and connection both run in a daemon thread that is given at
+    most ``timeout`` seconds, so a black-holed network cannot stall the caller.
+    ``HF_HUB_OFFLINE=1`` short-circuits to ``False``.
+    """
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+    result: list[bool] = [False]
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                result[0] = True
+        except OSError:
+            result[0] = False
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return result[0]
+
+
+def set_hub_offline() -> None:
+    """Switch huggingface_hub to offline mode at run time (no retries, no waits).
+
+    Setting ``os.environ`` after import is not enough: the flag is read into
+    ``huggingface_hub.constants`` at import time, so both are set.
+    """
+    import huggingface_hub
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def _cached_weight_files(cfg: Mapping, cache_dir: str | None) -> tuple[list[Path], list[str]]:
+    """Find already-downloaded files for a pretrained config.
+
+    Returns
+    -------
+    found : list of Path
+        Cached files that open_clip would load offline.
+    tried : list of str
+        Human-readable descriptions of every place that was looked at.
+    """
+    import huggingface_hub
+
+    found: list[Path] = []
+    tried: list[str] = []
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo_id, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        candidates = [filename]
+        if filename == "open_clip_pytorch_model.bin":
+            candidates.insert(0, "open_clip_model.safetensors")
+        elif filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
+        hub_cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+        for fn in candidates:
+            tried.append(f"Hugging Face hub cache {hub_cache}: {repo_id}/{fn}")
+            hit = huggingface_hub.try_to_load_from_cache(repo_id, fn, cache_dir=hub_cache)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                found.append(Path(hit))
+    url = cfg.get("url", "")
+    if url:
+        url_cache = Path(cache_dir or os.path.expanduser("~/.cache/clip"))
+        target = url_cache / os.path.basename(url)
+        tried.append(f"URL cache {target}")
+        if target.is_file():
+            found.append(target)
+    return found, tried
+
+
+def _resolve_tag(name: str, tag: str) -> dict:
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(
+            f"weights={tag!r} is neither a pretrained tag of {name!r}, a checkpoint file "
+            f"({', '.join(CHECKPOINT_SUFFIXES)}) nor 'random'. Tags for {name}: {tags}"
+        )
+    return dict(cfg)
+
+
+def _default_quick_gelu(name: str, weights: str) -> bool:
+    """QuickGELU when the weights were trained with it.
+
+    For a tag, the tag's pretrained config decides. For ``random`` and local
+    files, the model's ``openai`` tag decides, so the random control has exactly
+    the architecture of the pretrained condition.
+    """
+    import open_clip
+
+    if "quickgelu" in name.lower():
+        return True
+    tag = "openai" if (weights == RANDOM or is_checkpoint_path(weights)) else weights
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    return bool(cfg.get("quick_gelu", False))
+
+
+def load_model(
+    name: str = "ViT-B-32",
+    weights: str = "openai",
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    seed: int = 0,
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """Build an open_clip model with pretrained, local or random weights.
+
+    Parameters
+    ----------
+    name : str
+        open_clip model name, e.g. ``"ViT-B-32"``.
+    weights : str
+        A pretrained tag (default ``"openai"``), a path to a ``.pt``/``.safetensors``
+        checkpoint, or ``"random"``.
+    device : str or torch.device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
+    dtype : str or torch.dtype
+        ``"float32"`` (exact, default), ``"bfloat16"`` or ``"float16"``: the
+        parameters are cast, so activations are computed in that dtype too.
+    seed : int
+        Seed for ``weights="random"`` (ignored otherwise).
+    quick_gelu : bool, optional
+        Force the MLP activation. Default: whatever the weights were trained
+        with (QuickGELU for all OpenAI CLIP weights and for random controls of
+        those architectures). A mismatch silently changes every activation.
+    cache_dir : str, optional
+        Where pretrained files are cached (default: huggingface_hub's cache and
+        ``~/.cache/clip``).
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    ValueError
+        Unknown model name or tag, or a checkpoint path that does not exist.
+    WeightsUnavailableError
+        Pretrained weights requested while offline and not cached. Never falls
+        back to random weights.
+    """
+    import open_clip
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model must be a non-empty open_clip model name, got {name!r}")
+    _check_model_name(name)
+    if not isinstance(weights, str) or not weights:
+        raise ValueError(f"weights must be a pretrained tag, a checkpoint path or 'random', got {weights!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    qg = _default_quick_gelu(name, weights) if quick_gelu is None else bool(quick_gelu)
+
+    extra: dict = {}
+    if weights == RANDOM:
+        torch.manual_seed(int(seed))
+        with _quiet_root_logger():  # open_clip logs "initialized randomly" as a warning
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
+    elif is_checkpoint_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ValueError(f"weights={weights!r} looks like a checkpoint path but no such file exists")
+        model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
+        extra["checkpoint"] = str(path.resolve())
+    else:
+        cfg = _resolve_tag(name, weights)
+        found, tried = _cached_weight_files(cfg, cache_dir)
+        if not found and not hub_reachable():
+            set_hub_offline()
+            raise WeightsUnavailableError(_unavailable_message(name, weights, tried))
+        if found and not hub_reachable():
+            set_hub_offline()
+        try:
+            model = open_clip.create_model(
+                name, pretrained=weights, force_quick_gelu=qg, cache_dir=cache_dir, require_pretrained=True
+            )
+        except (RuntimeError, FileNotFoundError, OSError) as e:
+            raise WeightsUnavailableError(_unavailable_message(name, weights, tried) + f"\nLast error: {e}") from e
+        extra["cached_files"] = [str(p) for p in found]
+
+    model = model.to(device=dev, dtype=dt).eval()
+    preprocess = open_clip.image_transform(
+        model.visual.image_size,
+        is_train=False,
+        mean=getattr(model.visual, "image_mean", None),
+        std=getattr(model.visual, "image_std", None),
+    )
+    tokenizer = open_clip.get_tokenizer(name)
+    size = model.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    return LoadedModel(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        name=name,
+        weights=weights,
+        seed=int(seed) if weights == RANDOM else None,
+        device=dev,
+        dtype=dt,
+        input_size=size,
+        quick_gelu=qg,
+        extra=extra,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def _unavailable_message(name: str, tag: str, tried: Sequence[str]) -> str:
+    import huggingface_hub
+
+    lines = "\n".join(f"  - {t}" for t in tried) or "  - (no download source in the config)"
+    return (
+        f"Pretrained weights {name!r} / {tag!r} are not available: the model hub cannot be reached "
+        f"and no cached copy was found.\nTried:\n{lines}\n"
+        f"Cache: {huggingface_hub.constants.HF_HUB_CACHE} (set HF_HUB_CACHE or cache_dir= to move it).\n"
+        "Alternatives:\n"
+        "  - download once on a machine with network, then copy the cache folder here;\n"
+        "  - pass a local checkpoint: weights='/path/to/model.safetensors' (or .pt);\n"
+        "  - run the random-weights control: weights='random' (e.g. `make study WEIGHTS=random`).\n"
+        "Random weights are never substituted silently."
+    )
+
+
+def weights_hash(model: torch.nn.Module, n_hex: int = 16) -> str:
+    """SHA-256 over the state dict (names, shapes, dtypes and bytes).
+
+    Identifies the exact weights a result came from.
+    """
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:n_hex]
+
+
+# --------------------------------------------------------------------------- zero-shot
+
+
+@torch.no_grad()
+def encode_prompts(lm: LoadedModel, prompts: Sequence[str]) -> torch.Tensor:
+    """L2-normalised text embeddings, shape (n_prompts, embed_dim), float32."""
+    if isinstance(prompts, str) or len(prompts) == 0:
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    tokens = lm.tokenizer(list(prompts)).to(lm.device)
+    return lm.model.encode_text(tokens, normalize=True).float()
+
+
+@torch.no_grad()
+def encode_images(lm: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings, shape (batch, embed_dim), float32.
+
+    ``images`` are preprocessed tensors (batch, 3, S, S); they are moved to the
+    model's device and dtype.
+    """
+    x = images.to(device=lm.device, dtype=lm.dtype)
+    return lm.model.encode_image(x, normalize=True).float()
+
+
+def logit_scale(lm: LoadedModel) -> float:
+    """The learned temperature ``exp(logit_scale)`` (100 for OpenAI CLIP)."""
+    return float(lm.model.logit_scale.detach().float().exp().cpu())
+
+
+def zero_shot_probs(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax over prompts of ``scale * cos(image, text)``.
+
+    Parameters
+    ----------
+    image_features : (n, d) tensor, L2-normalised
+    text_features : (p, d) tensor, L2-normalised
+    scale : float
+        ``exp(logit_scale)``.
+
+    Returns
+    -------
+    (n, p) tensor of probabilities; rows sum to 1.
+    """
+    if image_features.shape[-1] != text_features.shape[-1]:
+        raise ValueError(
+            f"embedding sizes differ: images {tuple(image_features.shape)}, prompts {tuple(text_features.shape)}"
+        )
+    logits = scale * image_features.float() @ text_features.float().T
+    return logits.softmax(dim=-1)
+
+
+def embed_stimuli(lm: LoadedModel, batches: Iterable, *, progress: bool = True, total: int | None = None) -> np.ndarray:
+    """Image embeddings for every stimulus, in stimulus order.
+
+    Parameters
+    ----------
+    batches : iterable of (images, indices)
+        As yielded by :func:`helpers.stimuli.iter_batches`.
+
+    Returns
+    -------
+    (n, embed_dim) float32 array, L2-normalised rows.
+    """
+    from tqdm.auto import tqdm
+
+    chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    with tqdm(total=total, desc="embed", unit="img", disable=not progress) as bar:
+        for images, idx in batches:
+            chunks.append((np.asarray(idx), encode_images(lm, images).cpu().numpy()))
+            bar.update(len(idx))
+    idx = np.concatenate([c[0] for c in chunks])
+    feats = np.concatenate([c[1] for c in chunks])
+    out = np.empty_like(feats)
+    out[idx] = feats
+    return out
+
+
+def classify(
+    lm: LoadedModel, image_features: np.ndarray | torch.Tensor, prompt_set: Mapping[str, str]
+) -> np.ndarray:
+    """Zero-shot probabilities for one prompt set.
+
+    Parameters
+    ----------
+    image_features : (n, d) L2-normalised image embeddings.
+    prompt_set : mapping label -> prompt text (e.g. ``PROMPT_SETS["+ colour"]``).
+
+    Returns
+    -------
+    (n, len(prompt_set)) float array of probabilities, columns in the mapping's order.
+    """
+    text = encode_prompts(lm, list(prompt_set.values()))
+    feats = torch.as_tensor(np.asarray(image_features), dtype=torch.float32, device=text.device)
+    return zero_shot_probs(feats, text, logit_scale(lm)).cpu().numpy()
+
+
+def location_cells(positions: np.ndarray, grid: int, extent: tuple[float, float, float, float]) -> np.ndarray:
+    """Flat index of the coarse ``grid x grid`` location cell of each stimulus.
+
+    Parameters
+    ----------
+    positions : (n, 2) array of (x, y) pixel centres.
+    grid : int, cells per side (>= 1).
+    extent : (xmin, xmax, ymin, ymax) in pixels.
+
+    Returns
+    -------
+    (n,) int array in ``[0, grid**2)``; row-major (row = y cell).
+    """
+    if int(grid) < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    xmin, xmax, ymin, ymax = extent
+    pos = np.asarray(positions, dtype=float)
+    cx = np.clip(((pos[:, 0] - xmin) / (xmax - xmin) * grid).astype(int), 0, grid - 1)
+    cy = np.clip(((pos[:, 1] - ymin) / (ymax - ymin) * grid).astype(int), 0, grid - 1)
+    return cy * grid + cx
+
+
+def assignment_table(
+    probs: np.ndarray,
+    labels: Sequence[str],
+    positions: np.ndarray,
+    *,
+    grid: int = 4,
+    extent: tuple[float, float, float, float],
+) -> dict[str, tuple[float, float]]:
+    """Fraction of stimuli assigned (argmax) to each label, mean +- SD over locations.
+
+    The stimuli are split into a coarse ``grid x grid`` tiling of the visual
+    field; in each non-empty cell the fraction of stimuli whose most probable
+    prompt is each label is computed; the table reports the mean and the SD
+    (``ddof=0``) of those per-cell fractions. Means sum to 1 over labels.
+
+    Returns
+    -------
+    dict label -> (mean, sd)
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or probs.shape[1] != len(labels):
+        raise ValueError(f"probs must be (n, {len(labels)}), got {probs.shape}")
+    choice = probs.argmax(axis=1)
+    cells = location_cells(positions, grid, extent)
+    counts = np.zeros((grid * grid, len(labels)))
+    np.add.at(counts, (cells, choice), 1.0)
+    n_cell = counts.sum(axis=1)
+    frac = counts[n_cell > 0] / n_cell[n_cell > 0, None]
+    return {lab: (float(frac[:, j].mean()), float(frac[:, j].std())) for j, lab in enumerate(labels)}
+
+
+def zero_shot_table(
+    lm: LoadedModel,
+    image_features: np.ndarray,
+    positions: np.ndarray,
+    *,
+    prompt_sets: Mapping[str, Mapping[str, str]] = PROMPT_SETS,
+    grid: int = 4,
+    extent: tuple[float, float, float, float],
+):
+    """The blog's classification table: one row per prompt set.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: prompt set. Columns: ``<label>_mean`` and ``<label>_sd`` for every
+        label of any set (NaN where a set lacks the label).
+    """
+    import pandas as pd
+
+    rows = {}
+    for set_name, ps in prompt_sets.items():
+        probs = classify(lm, image_features, ps)
+        tab = assignment_table(probs, list(ps), positions, grid=grid, extent=extent)
+        row = {}
+        for lab, (m, s) in tab.items():
+            row[f"{lab}_mean"] = m
+            row[f"{lab}_sd"] = s
+        rows[set_name] = row
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index.name = "prompts"
+    return df
+
+
+def format_table(df) -> "pandas.DataFrame":
+    """``mean ± sd`` strings per label, ``-`` where a prompt set lacks the label."""
+    import pandas as pd
+
+    labels = [c[: -len("_mean")] for c in df.columns if c.endswith("_mean")]
+    out = pd.DataFrame(index=df.index)
+    for lab in labels:
+        m, s = df[f"{lab}_mean"], df[f"{lab}_sd"]
+        out[lab.capitalize()] = [
+            "-" if np.isnan(a) else f"{a:.2f} ± {b:.2f}" for a, b in zip(m, s)
+        ]
+    return out
