@@ -196,11 +196,11 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     most ``timeout`` seconds, so a black-holed network cannot stall the caller.
     ``HF_HUB_OFFLINE=1`` short-circuits to ``False``.
     """
-    import huggingface_hub
+    from huggingface_hub import constants as hf_constants
 
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if hf_constants.HF_HUB_OFFLINE:
         return False
-    host = urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+    host = urlparse(hf_constants.ENDPOINT).hostname or "huggingface.co"
     result: list[bool] = [False]
 
     def probe() -> None:
@@ -222,10 +222,10 @@ def set_hub_offline() -> None:
     Setting ``os.environ`` after import is not enough: the flag is read into
     ``huggingface_hub.constants`` at import time, so both are set.
     """
-    import huggingface_hub
+    from huggingface_hub import constants as hf_constants
 
     os.environ["HF_HUB_OFFLINE"] = "1"
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    hf_constants.HF_HUB_OFFLINE = True
 
 
 def _cached_weight_files(cfg: Mapping, cache_dir: str | None) -> tuple[list[Path], list[str]]:
@@ -239,6 +239,7 @@ def _cached_weight_files(cfg: Mapping, cache_dir: str | None) -> tuple[list[Path
         Human-readable descriptions of every place that was looked at.
     """
     import huggingface_hub
+    from huggingface_hub import constants as hf_constants
 
     found: list[Path] = []
     tried: list[str] = []
@@ -251,7 +252,7 @@ def _cached_weight_files(cfg: Mapping, cache_dir: str | None) -> tuple[list[Path
             candidates.insert(0, "open_clip_model.safetensors")
         elif filename.endswith((".bin", ".pth")):
             candidates.insert(0, filename.rsplit(".", 1)[0] + ".safetensors")
-        hub_cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+        hub_cache = cache_dir or hf_constants.HF_HUB_CACHE
         for fn in candidates:
             tried.append(f"Hugging Face hub cache {hub_cache}: {repo_id}/{fn}")
             hit = huggingface_hub.try_to_load_from_cache(repo_id, fn, cache_dir=hub_cache)
@@ -294,6 +295,48 @@ def _default_quick_gelu(name: str, weights: str) -> bool:
     tag = "openai" if (weights == RANDOM or is_checkpoint_path(weights)) else weights
     cfg = open_clip.get_pretrained_cfg(name, tag) or {}
     return bool(cfg.get("quick_gelu", False))
+
+
+def check_weights_available(
+    name: str, weights: str, *, cache_dir: str | None = None
+) -> tuple[list[Path], list[str]]:
+    """Check, without building the model, that ``weights`` can be had.
+
+    For a pretrained tag the local caches are searched; when nothing is cached
+    and the hub cannot be reached, huggingface_hub is put into offline mode and
+    :class:`WeightsUnavailableError` is raised (in about a second). When the hub
+    is unreachable but a cached copy exists, offline mode is switched on too, so
+    the later load reads the cache without network retries.
+
+    Returns
+    -------
+    found : list of Path
+        Cached files (empty for ``random``, a local file, or a downloadable tag).
+    tried : list of str
+        Where we looked.
+
+    Raises
+    ------
+    ValueError
+        Unknown model or tag, or a missing checkpoint file.
+    WeightsUnavailableError
+        Offline and not cached.
+    """
+    _check_model_name(name)
+    if weights == RANDOM:
+        return [], []
+    if is_checkpoint_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ValueError(f"weights={weights!r} looks like a checkpoint path but no such file exists")
+        return [path], [str(path)]
+    cfg = _resolve_tag(name, weights)
+    found, tried = _cached_weight_files(cfg, cache_dir)
+    if not hub_reachable():
+        set_hub_offline()
+        if not found:
+            raise WeightsUnavailableError(_unavailable_message(name, weights, tried))
+    return found, tried
 
 
 def load_model(
@@ -367,13 +410,7 @@ def load_model(
         model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
         extra["checkpoint"] = str(path.resolve())
     else:
-        cfg = _resolve_tag(name, weights)
-        found, tried = _cached_weight_files(cfg, cache_dir)
-        if not found and not hub_reachable():
-            set_hub_offline()
-            raise WeightsUnavailableError(_unavailable_message(name, weights, tried))
-        if found and not hub_reachable():
-            set_hub_offline()
+        found, tried = check_weights_available(name, weights, cache_dir=cache_dir)
         try:
             model = open_clip.create_model(
                 name, pretrained=weights, force_quick_gelu=qg, cache_dir=cache_dir, require_pretrained=True
@@ -419,13 +456,13 @@ def _quiet_root_logger():
 
 
 def _unavailable_message(name: str, tag: str, tried: Sequence[str]) -> str:
-    import huggingface_hub
+    from huggingface_hub import constants as hf_constants
 
     lines = "\n".join(f"  - {t}" for t in tried) or "  - (no download source in the config)"
     return (
         f"Pretrained weights {name!r} / {tag!r} are not available: the model hub cannot be reached "
         f"and no cached copy was found.\nTried:\n{lines}\n"
-        f"Cache: {huggingface_hub.constants.HF_HUB_CACHE} (set HF_HUB_CACHE or cache_dir= to move it).\n"
+        f"Cache: {hf_constants.HF_HUB_CACHE} (set HF_HUB_CACHE or cache_dir= to move it).\n"
         "Alternatives:\n"
         "  - download once on a machine with network, then copy the cache folder here;\n"
         "  - pass a local checkpoint: weights='/path/to/model.safetensors' (or .pt);\n"
@@ -441,7 +478,7 @@ def weights_hash(model: torch.nn.Module, n_hex: int = 16) -> str:
     """
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
-        t = v.detach().to("cpu").contiguous()
+        t = v.detach().to("cpu").contiguous().reshape(-1)
         h.update(k.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())

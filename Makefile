@@ -1,0 +1,62 @@
+# One-command set-up, study and tests. See README.md.
+#
+#   make study                       blog settings (needs the openai weights)
+#   make study WEIGHTS=random N_STIMULI=300
+#   make study PARAMS=params/quick.yaml RUN=look
+#   make test                        whole test suite, nbval included
+#
+# Overrides (empty = take the value from PARAMS or the notebook default):
+#   MODEL WEIGHTS N_STIMULI SEED DEVICE DTYPE BATCH_SIZE LAYER RUN PARAMS
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+PARAMS     ?=
+RUN        ?=
+MODEL      ?=
+WEIGHTS    ?=
+N_STIMULI  ?=
+SEED       ?=
+DEVICE     ?=
+DTYPE      ?=
+BATCH_SIZE ?=
+LAYER      ?=
+
+# Only the variables that were given become --set overrides.
+SETS := $(if $(MODEL),model=$(MODEL)) \
+        $(if $(WEIGHTS),weights=$(WEIGHTS)) \
+        $(if $(N_STIMULI),n_stimuli=$(N_STIMULI)) \
+        $(if $(SEED),seed=$(SEED)) \
+        $(if $(DEVICE),device=$(DEVICE)) \
+        $(if $(DTYPE),dtype=$(DTYPE)) \
+        $(if $(BATCH_SIZE),batch_size=$(BATCH_SIZE)) \
+        $(if $(LAYER),layer=$(LAYER))
+
+NBVAL_RUN := $(CURDIR)/data/_nbval
+
+.PHONY: install study test clean-nbval
+.DEFAULT_GOAL := study
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PY) -m pip install -e ".[oracle]" >$(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
+	@echo "installed."
+
+install: $(STAMP)
+
+study: $(STAMP)
+	$(PY) -m helpers.study $(if $(PARAMS),--params $(PARAMS)) $(if $(RUN),--run $(RUN)) $(if $(strip $(SETS)),--set $(strip $(SETS)))
+
+# The notebooks are prepared with small parameters (params/nbval.yaml), then
+# nbval re-executes the prepared copies in order, after the unit tests.
+test: $(STAMP)
+	rm -rf $(NBVAL_RUN)
+	$(PY) -m helpers.study --params params/nbval.yaml --run $(NBVAL_RUN) --prepare-only
+	MPLBACKEND=Agg $(PY) -m pytest tests $(NBVAL_RUN)/0*.ipynb --nbval-lax --nbval-current-env -p no:cacheprovider
+
+clean-nbval:
+	rm -rf $(NBVAL_RUN)

@@ -1,0 +1,197 @@
+"""Run the study's notebooks in order with papermill.
+
+``python -m helpers.study --params params/quick.yaml --set weights=random n_stimuli=300``
+executes ``notebooks/01_design.ipynb`` … ``04_perturb.ipynb`` into
+``data/<run-name>/``. Parameters come from, in increasing priority: the defaults
+declared in each notebook's ``parameters`` cell, a YAML file, and ``--set
+key=value`` overrides (values parsed as YAML, so ``--set shapes=[circle,square]``
+works). Each notebook receives only the parameters its ``parameters`` cell
+declares; unknown keys are refused so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from helpers.paths import REPO_ROOT, run_path
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def notebooks() -> list[Path]:
+    """The numbered study notebooks present, in order."""
+    return sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(nb: Path) -> dict[str, Any]:
+    """Defaults declared in a notebook's ``parameters`` cell (via papermill)."""
+    import papermill as pm
+
+    return {k: _literal(v["default"]) for k, v in pm.inspect_notebook(str(nb)).items()}
+
+
+def _literal(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["weights=random", "n_stimuli=300"]`` -> ``{"weights": "random", "n_stimuli": 300}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value")
+        k, v = item.split("=", 1)
+        k = k.strip().lower()
+        if not k:
+            raise ValueError(f"override {item!r} has an empty key")
+        out[k] = yaml.safe_load(v) if v != "" else ""
+    return out
+
+
+def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge a YAML parameters file and overrides (overrides win)."""
+    params: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_absolute() and not p.exists():
+            p = REPO_ROOT / p
+        if not p.is_file():
+            raise FileNotFoundError(f"parameters file {path} not found")
+        doc = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ValueError(f"parameters file {p} must hold a mapping of name: value")
+        params.update({str(k).lower(): v for k, v in doc.items()})
+    params.update(overrides or {})
+    return params
+
+
+def all_declared(nbs: Iterable[Path]) -> dict[str, Any]:
+    """Union of every notebook's declared defaults (first notebook wins)."""
+    out: dict[str, Any] = {}
+    for nb in nbs:
+        for k, v in notebook_parameters(nb).items():
+            out.setdefault(k, v)
+    return out
+
+
+def default_run_name(params: Mapping[str, Any]) -> str:
+    """``<model>_<weights>_n<n_stimuli>``, e.g. ``ViT-B-32_random_n300``."""
+    w = Path(str(params.get("weights", "openai"))).stem
+    return f"{params.get('model', 'ViT-B-32')}_{w}_n{params.get('n_stimuli', 3000)}"
+
+
+def preflight(params: Mapping[str, Any]) -> None:
+    """Fail in seconds, before any notebook starts, if the weights can't be had."""
+    from helpers import models
+
+    name = params.get("model", "ViT-B-32")
+    weights = params.get("weights", "openai")
+    models.check_weights_available(name, weights)
+
+
+def run_study(
+    params: Mapping[str, Any],
+    *,
+    run: str | None = None,
+    stages: Iterable[str] | None = None,
+    prepare_only: bool = False,
+    kernel: str = "python3",
+    log_output: bool = False,
+) -> Path:
+    """Execute (or only prepare) the study notebooks into the run folder.
+
+    Parameters
+    ----------
+    params : mapping
+        Parameters for the notebooks; every key must be declared by at least one
+        notebook.
+    run : str, optional
+        Run name or absolute folder; default :func:`default_run_name`.
+    stages : iterable of str, optional
+        Notebook prefixes to run, e.g. ``["01", "02"]``; default all.
+    prepare_only : bool
+        Inject parameters without executing (papermill ``--prepare-only``); used
+        to build the copies nbval re-executes.
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    import papermill as pm
+
+    nbs = notebooks()
+    if stages:
+        wanted = {str(s).zfill(2) for s in stages}
+        nbs = [nb for nb in nbs if nb.name[:2] in wanted]
+    declared = all_declared(notebooks())
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; the notebooks declare: {sorted(declared)}")
+    merged = {**declared, **params}
+    run_name = run or default_run_name(merged)
+    folder = run_path(run_name)
+    merged["run_dir"] = str(folder)
+    (folder / "params.yaml").write_text(yaml.safe_dump(dict(merged), sort_keys=True))
+    if not prepare_only:
+        preflight(merged)
+    print(f"run folder: {folder}", flush=True)
+    t_all = time.perf_counter()
+    for nb in nbs:
+        nb_params = {k: merged[k] for k in notebook_parameters(nb) if k in merged}
+        out = folder / nb.name
+        t0 = time.perf_counter()
+        print(f"[{nb.stem}] {'preparing' if prepare_only else 'running'} …", flush=True)
+        pm.execute_notebook(
+            str(nb),
+            str(out),
+            parameters=nb_params,
+            kernel_name=kernel,
+            prepare_only=prepare_only,
+            progress_bar=False,
+            log_output=log_output,
+            cwd=str(REPO_ROOT),
+        )
+        print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
+    print(f"study finished in {time.perf_counter() - t_all:.1f} s: {folder}", flush=True)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m helpers.study", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", help="YAML parameters file (e.g. params/quick.yaml)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="parameter overrides")
+    ap.add_argument("--run", help="run name (folder under data/) or absolute path")
+    ap.add_argument("--stages", help="comma-separated notebook numbers, e.g. 01,02")
+    ap.add_argument("--prepare-only", action="store_true", help="inject parameters, don't execute")
+    ap.add_argument("--log-output", action="store_true", help="echo notebook output")
+    args = ap.parse_args(argv)
+    from helpers.models import WeightsUnavailableError
+
+    try:
+        params = load_params(args.params, parse_overrides(args.set))
+        run_study(
+            params,
+            run=args.run,
+            stages=args.stages.split(",") if args.stages else None,
+            prepare_only=args.prepare_only,
+            log_output=args.log_output,
+        )
+    except (WeightsUnavailableError, ValueError, FileNotFoundError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

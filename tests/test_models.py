@@ -1,0 +1,151 @@
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import models, stimuli
+
+
+def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_random_weights_are_seeded(vit_random):
+    again = models.load_model("ViT-B-32", "random", device="cpu", seed=0)
+    other = models.load_model("ViT-B-32", "random", device="cpu", seed=1)
+    assert _state_equal(vit_random.model, again.model)
+    assert not _state_equal(vit_random.model, other.model)
+    assert models.weights_hash(vit_random.model) == models.weights_hash(again.model)
+    assert models.weights_hash(vit_random.model) != models.weights_hash(other.model)
+
+
+def test_openai_architecture_uses_quickgelu(vit_random):
+    # the random control copies the openai tag's architecture: QuickGELU MLPs
+    assert vit_random.quick_gelu
+    act = vit_random.model.visual.transformer.resblocks[0].mlp.gelu
+    x = torch.linspace(-3, 3, 7)
+    assert torch.allclose(act(x), x * torch.sigmoid(1.702 * x))
+    plain = models.load_model("ViT-B-32", "random", device="cpu", seed=0, quick_gelu=False)
+    assert not torch.allclose(plain.model.visual.transformer.resblocks[0].mlp.gelu(x), act(x))
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_local_checkpoint_roundtrip(vit_random, tmp_path, suffix):
+    path = tmp_path / f"random_vit{suffix}"
+    sd = {k: v.contiguous() for k, v in vit_random.model.state_dict().items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
+    loaded = models.load_model("ViT-B-32", str(path), device="cpu")
+    assert loaded.quick_gelu == vit_random.quick_gelu
+    assert _state_equal(vit_random.model, loaded.model)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(models.encode_images(vit_random, x), models.encode_images(loaded, x))
+
+
+def test_missing_checkpoint_file_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        models.load_model("ViT-B-32", str(tmp_path / "absent.pt"), device="cpu")
+
+
+def test_unknown_model_and_tag_are_value_errors():
+    with pytest.raises(ValueError, match="model="):
+        models.load_model("ViT-Q-99", "random")
+    with pytest.raises(ValueError, match="Tags for ViT-B-32"):
+        models.load_model("ViT-B-32", "not-a-tag")
+    with pytest.raises(ValueError, match="dtype"):
+        models.load_model("ViT-B-32", "random", dtype="int8")
+
+
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if hasattr(torch.backends, "mps"):
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert models.resolve_device("auto").type == "cpu"
+    if hasattr(torch.backends, "mps"):
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+        assert models.resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert models.resolve_device("auto").type == "cuda"
+
+
+@pytest.mark.skipif(models.hub_reachable(), reason="the model hub is reachable from here")
+def test_unavailable_weights_fail_fast_with_alternatives(tmp_path):
+    """Fresh interpreter, empty cache, no env tweaks: the real offline path."""
+    code = textwrap.dedent(
+        """
+        import time
+        t0 = time.perf_counter()
+        from helpers import models
+        try:
+            models.load_model("ViT-B-32", "openai", device="cpu")
+        except models.WeightsUnavailableError as e:
+            print("ELAPSED", time.perf_counter() - t0)
+            print(e)
+        else:
+            print("LOADED")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(tmp_path / "hf")
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    wall = time.perf_counter() - t0
+    assert "LOADED" not in out.stdout, "random weights must never be substituted"
+    assert "ELAPSED" in out.stdout, out.stderr[-2000:]
+    assert wall < 10.0, f"took {wall:.1f} s"
+    msg = out.stdout
+    assert "weights='random'" in msg and ".safetensors" in msg
+    assert str(tmp_path / "hf") in msg  # names the cache it looked in
+
+
+def test_zero_shot_probs_softmax_of_scaled_cosine():
+    img = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    p = models.zero_shot_probs(img, txt, 100.0)
+    ref = np.exp(100 * img.numpy() @ txt.numpy().T)
+    ref /= ref.sum(1, keepdims=True)
+    assert np.allclose(p.numpy(), ref, atol=1e-5)
+
+
+def test_assignment_table_planted_fractions():
+    # 4 cells of a 2x2 grid; cell 0 all label a, cell 1 all b, cells 2-3 half/half
+    pos = np.array([[10, 10]] * 4 + [[90, 10]] * 4 + [[10, 90]] * 4 + [[90, 90]] * 4, dtype=float)
+    choice = np.array([0] * 4 + [1] * 4 + [0, 0, 1, 1] * 2)
+    probs = np.eye(2)[choice] * 0.8 + 0.1
+    tab = models.assignment_table(probs, ["a", "b"], pos, grid=2, extent=(0, 100, 0, 100))
+    assert tab["a"][0] == pytest.approx(0.5) and tab["b"][0] == pytest.approx(0.5)
+    assert tab["a"][1] == pytest.approx(np.std([1, 0, 0.5, 0.5]))
+
+
+def test_zero_shot_table_rows_sum_to_one(vit_random):
+    s = stimuli.make_stimuli(32, seed=0)
+    feats = models.embed_stimuli(vit_random, stimuli.iter_batches(s, vit_random.preprocess, 16), progress=False)
+    assert feats.shape == (32, 512)
+    assert np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+    df = models.zero_shot_table(vit_random, feats, s.positions, grid=2, extent=s.extent)
+    assert list(df.index) == list(models.PROMPT_SETS)
+    means = df[[c for c in df.columns if c.endswith("_mean")]]
+    assert np.allclose(means.sum(axis=1, skipna=True), 1.0)
+    assert df.loc["shape only", "empty_mean"] != df.loc["shape only", "empty_mean"]  # NaN: no such prompt
+    text = models.format_table(df)
+    assert text.loc["shape only", "Empty"] == "-"
+
+
+def test_embeddings_are_in_stimulus_order(vit_random):
+    s = stimuli.make_stimuli(6, seed=4)
+    fwd = models.embed_stimuli(vit_random, stimuli.iter_batches(s, vit_random.preprocess, 4), progress=False)
+    rev = models.embed_stimuli(
+        vit_random, stimuli.iter_batches(s, vit_random.preprocess, 4, indices=[5, 4, 3, 2, 1, 0]), progress=False
+    )
+    assert np.allclose(fwd, rev, atol=1e-5)
