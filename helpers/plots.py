@@ -45,6 +45,9 @@ def plot_example_stimuli(stim, indices=None, *, n: int = 8, path=None):
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, idx):
+        ax.axis("on")  # keep the frame: it is the edge of the visual field
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.imshow(render(stim, i))
         ax.set_title(f"#{i}  d={stim.diameter[i]:.0f}px", fontsize=8)
     fig.suptitle("Example stimuli")

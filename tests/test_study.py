@@ -1,0 +1,65 @@
+import json
+
+import pytest
+import yaml
+
+from helpers import study
+from helpers.paths import REPO_ROOT
+
+
+def test_parse_overrides_types():
+    o = study.parse_overrides(["weights=random", "N_STIMULI=300", "shapes=[circle, square]", "inside=true"])
+    assert o == {"weights": "random", "n_stimuli": 300, "shapes": ["circle", "square"], "inside": True}
+    with pytest.raises(ValueError, match="key=value"):
+        study.parse_overrides(["weights"])
+
+
+def test_yaml_then_overrides(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("weights: random\nn_stimuli: 100\n")
+    params = study.load_params(p, {"n_stimuli": 50})
+    assert params == {"weights": "random", "n_stimuli": 50}
+
+
+def test_notebooks_declare_parameters_and_carry_no_outputs():
+    nbs = study.notebooks()
+    assert nbs and nbs[0].name == "01_design.ipynb"
+    for nb in nbs:
+        doc = json.loads(nb.read_text())
+        assert doc["metadata"]["kernelspec"]["name"] == "python3", nb
+        tagged = [c for c in doc["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb.name}: exactly one cell tagged 'parameters'"
+        for c in doc["cells"]:
+            if c["cell_type"] == "code":
+                assert not c.get("outputs") and c.get("execution_count") is None, f"{nb.name} has outputs"
+        assert "run_dir" in study.notebook_parameters(nb)
+
+
+def test_unknown_parameter_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="n_stimulus"):
+        study.run_study({"n_stimulus": 5}, run=str(tmp_path / "r"), prepare_only=True)
+
+
+def test_prepare_only_injects_parameters(tmp_path):
+    folder = study.run_study(
+        {"weights": "random", "n_stimuli": 12}, run=str(tmp_path / "r"), stages=["01"], prepare_only=True
+    )
+    nb = json.loads((folder / "01_design.ipynb").read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    src = "".join(injected[0]["source"])
+    assert "n_stimuli = 12" in src and 'weights = "random"' in src
+    assert f'run_dir = "{folder}"' in src
+    saved = yaml.safe_load((folder / "params.yaml").read_text())
+    assert saved["n_stimuli"] == 12 and saved["run_dir"] == str(folder)
+
+
+def test_default_run_name():
+    assert study.default_run_name({"model": "ViT-B-32", "weights": "random", "n_stimuli": 300}) == "ViT-B-32_random_n300"
+    assert study.default_run_name({"model": "ViT-B-32", "weights": "/x/ckpt.safetensors", "n_stimuli": 5}) == "ViT-B-32_ckpt_n5"
+
+
+def test_make_and_ci_call_the_same_test_command():
+    ci = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "make test" in readme and "make study" in readme
