@@ -12,6 +12,7 @@ declares; unknown keys are refused so a typo never goes unnoticed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -105,6 +106,7 @@ def run_study(
     run: str | None = None,
     stages: Iterable[str] | None = None,
     prepare_only: bool = False,
+    force: bool = False,
     kernel: str = "python3",
     log_output: bool = False,
 ) -> Path:
@@ -122,6 +124,8 @@ def run_study(
     prepare_only : bool
         Inject parameters without executing (papermill ``--prepare-only``); used
         to build the copies nbval re-executes.
+    force : bool
+        Rerun every stage even when its inputs are unchanged.
 
     Returns
     -------
@@ -146,25 +150,76 @@ def run_study(
     if not prepare_only:
         preflight(merged)
     print(f"run folder: {folder}", flush=True)
+    state = {} if (force or prepare_only) else _read_state(folder)
     t_all = time.perf_counter()
-    for nb in nbs:
+    upstream = ""
+    for nb in notebooks():
         nb_params = {k: merged[k] for k in notebook_parameters(nb) if k in merged}
+        key = stage_key(nb, nb_params, upstream)
+        upstream = key
+        if nb not in nbs:
+            continue
         out = folder / nb.name
+        if not prepare_only and state.get(nb.stem) == key and out.is_file():
+            print(f"[{nb.stem}] skipped: parameters and upstream artefacts unchanged (FORCE=1 reruns)", flush=True)
+            continue
         t0 = time.perf_counter()
         print(f"[{nb.stem}] {'preparing' if prepare_only else 'running'} …", flush=True)
-        pm.execute_notebook(
-            str(nb),
-            str(out),
-            parameters=nb_params,
-            kernel_name=kernel,
-            prepare_only=prepare_only,
-            progress_bar=False,
-            log_output=log_output,
-            cwd=str(REPO_ROOT),
-        )
+        state.pop(nb.stem, None)
+        if not prepare_only:
+            _write_state(folder, state)  # a failed stage must not look done
+        try:
+            pm.execute_notebook(
+                str(nb),
+                str(out),
+                parameters=nb_params,
+                kernel_name=kernel,
+                prepare_only=prepare_only,
+                progress_bar=False,
+                log_output=log_output,
+                cwd=str(REPO_ROOT),
+            )
+        except pm.PapermillExecutionError as e:
+            raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {out}") from e
+        if not prepare_only:
+            state[nb.stem] = key
+            _write_state(folder, state)
         print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
     print(f"study finished in {time.perf_counter() - t_all:.1f} s: {folder}", flush=True)
     return folder
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised while executing; the message names the executed copy."""
+
+
+STATE_FILE = ".stages.json"
+
+
+def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str) -> str:
+    """Identity of a stage's inputs: its notebook, its parameters and its upstream stage.
+
+    Chaining the upstream key makes a changed parameter rerun exactly the stages
+    downstream of the first stage that declares it. The stimulus and recording
+    artefacts themselves carry content hashes that later stages verify.
+    """
+    h = hashlib.sha256()
+    h.update(nb.read_bytes())
+    h.update(json.dumps(nb_params, sort_keys=True, default=str).encode())
+    h.update(upstream.encode())
+    return h.hexdigest()
+
+
+def _read_state(folder: Path) -> dict[str, str]:
+    p = folder / STATE_FILE
+    try:
+        return json.loads(p.read_text()) if p.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _write_state(folder: Path, state: Mapping[str, str]) -> None:
+    (folder / STATE_FILE).write_text(json.dumps(dict(state), indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", help="comma-separated notebook numbers, e.g. 01,02")
     ap.add_argument("--prepare-only", action="store_true", help="inject parameters, don't execute")
     ap.add_argument("--log-output", action="store_true", help="echo notebook output")
+    ap.add_argument("--force", action="store_true", help="rerun stages whose inputs are unchanged")
     args = ap.parse_args(argv)
     from helpers.models import WeightsUnavailableError
 
@@ -185,9 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             run=args.run,
             stages=args.stages.split(",") if args.stages else None,
             prepare_only=args.prepare_only,
+            force=args.force,
             log_output=args.log_output,
         )
-    except (WeightsUnavailableError, ValueError, FileNotFoundError) as e:
+    except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     return 0
