@@ -486,6 +486,24 @@ def weights_hash(model: torch.nn.Module, n_hex: int = 16) -> str:
     return h.hexdigest()[:n_hex]
 
 
+def model_identity(lm: LoadedModel) -> dict:
+    """What exactly was run: name, weights, seed, activation, dtype, weights hash, versions."""
+    import open_clip
+
+    return {
+        "model": lm.name,
+        "weights": lm.weights,
+        "seed": lm.seed,
+        "quick_gelu": lm.quick_gelu,
+        "dtype": str(lm.dtype).replace("torch.", ""),
+        "device": str(lm.device),
+        "weights_hash": weights_hash(lm.model),
+        "open_clip": open_clip.__version__,
+        "torch": torch.__version__,
+        **({"checkpoint": lm.extra["checkpoint"]} if "checkpoint" in lm.extra else {}),
+    }
+
+
 # --------------------------------------------------------------------------- zero-shot
 
 

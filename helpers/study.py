@@ -185,7 +185,11 @@ def run_study(
             state[nb.stem] = key
             _write_state(folder, state)
         print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
-    print(f"study finished in {time.perf_counter() - t_all:.1f} s: {folder}", flush=True)
+    if not prepare_only:
+        from helpers.report import build_report
+
+        report = build_report(folder)
+        print(f"study finished in {time.perf_counter() - t_all:.1f} s; report: {report}", flush=True)
     return folder
 
 
