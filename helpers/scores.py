@@ -1,0 +1,858 @@
+"""Spatial scores of ratemaps: spatial information, grid score, border score.
+
+All scores take a stack of ratemaps ``(k, n, m)`` (or a single ``(n, m)``
+map) as produced by :func:`helpers.ratemaps.ratemaps` (row = y bin, column = x
+bin, NaN = unvisited bin) and return one value per map: ``(k,)`` (or a Python
+``float`` for a single map). They are vectorised over neurons -- no Python
+loop per neuron -- so a whole layer (768 neurons) is scored at once, fast
+enough for shuffle nulls (:func:`shuffle_scores`).
+
+Transformer activations are signed, while the neuroscience definitions assume
+firing rates (>= 0). Each score says how it deals with that:
+
+======================  =====================================  ==========================
+score                   transform                              invariant under
+======================  =====================================  ==========================
+spatial information     ``subtract_min`` (default) or ``none``  ``a*map + b``, ``a > 0``
+grid score              none needed (Pearson correlations)     ``a*map + b``, ``a != 0``
+border score            ``subtract_min`` (default) or ``none``  ``a*map + b``, ``a > 0``
+======================  =====================================  ==========================
+
+(with ``transform="none"`` SI and border score are only invariant under
+``a*map``, ``a > 0``). The same transform is applied inside the shuffles, so
+the significance test compares like with like.
+
+References
+----------
+- Skaggs, McNaughton, Gothard & Markus (1993). An information-theoretic
+  approach to deciphering the hippocampal code. NIPS 5, 1030-1037.
+- Sargolini et al. (2006). Conjunctive representation of position, direction,
+  and velocity in entorhinal cortex. Science 312, 758-762.
+- Langston et al. (2010). Development of the spatial representation system in
+  the rat. Science 328, 1576-1580.
+- Solstad, Boccara, Kropff, Moser & Moser (2008). Representation of
+  geometric borders in the entorhinal cortex. Science 322, 1865-1868.
+- opexebo (Moser group, NTNU), the Python port of BNT, and DeepMind's
+  grid-cells ``scores.py`` (Banino et al. 2018) were read for conventions; no
+  code was copied. Differences are listed in each function's Notes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Literal
+
+import numpy as np
+import scipy.fft as sfft
+import scipy.sparse as sp
+from scipy import ndimage
+
+from helpers.ratemaps import _check_activations, _check_bins, _check_positions, _check_sigma
+from helpers.ratemaps import flat_bin_indices, ratemaps_from_bins, resolve_extent
+
+__all__ = [
+    "SCORE_NAMES",
+    "spatial_information",
+    "autocorrelogram",
+    "grid_score",
+    "border_fields",
+    "border_score",
+    "compute_scores",
+    "shuffle_scores",
+    "significance",
+    "top_neurons",
+]
+
+#: Short names of the scores, in the order used by figures and tables.
+SCORE_NAMES: tuple[str, ...] = ("si", "grid", "border")
+
+Transform = Literal["subtract_min", "none"]
+_TRANSFORMS = ("subtract_min", "none")
+
+#: Rotation angles (degrees) of the gridness correlations.
+GRID_ANGLES: tuple[int, ...] = (30, 60, 90, 120, 150)
+
+
+# --------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------
+def _as_stack(maps: np.ndarray, name: str = "maps") -> tuple[np.ndarray, bool]:
+    """Return ``(float64 array (k, n, m), was_single_map)``."""
+    arr = np.asarray(maps, dtype=np.float64)
+    if arr.ndim == 2:
+        return arr[None], True
+    if arr.ndim != 3:
+        raise ValueError(f"{name} must have shape (k, n, m) or (n, m), got shape {arr.shape}")
+    if arr.shape[1] < 2 or arr.shape[2] < 2:
+        raise ValueError(f"{name} must be at least 2x2 bins, got {arr.shape[1:]}")
+    if np.isinf(arr).any():
+        raise ValueError(f"{name} must not contain inf (use NaN for unvisited bins)")
+    return arr, False
+
+
+def _out(values: np.ndarray, single: bool) -> np.ndarray | float:
+    return float(values[0]) if single else values
+
+
+def _nonnegative(maps: np.ndarray, transform: str, name: str = "transform") -> np.ndarray:
+    """Apply the documented non-negativity transform; NaN bins stay NaN.
+
+    ``subtract_min`` subtracts each map's minimum over its visited bins (so
+    the least active bin is 0); ``none`` requires the maps to be >= 0.
+    """
+    if transform not in _TRANSFORMS:
+        raise ValueError(f"{name} must be one of {_TRANSFORMS}, got {transform!r}")
+    if transform == "none":
+        if np.nanmin(maps, initial=0.0) < 0:
+            raise ValueError(
+                f"{name}='none' needs non-negative maps; these have negative bins "
+                "(use transform='subtract_min')"
+            )
+        return maps
+    finite = np.isfinite(maps)
+    mins = np.min(np.where(finite, maps, np.inf), axis=(1, 2), keepdims=True)
+    mins[~np.isfinite(mins)] = 0.0  # all-NaN maps
+    return maps - mins
+
+
+# --------------------------------------------------------------------------
+# spatial information
+# --------------------------------------------------------------------------
+def spatial_information(
+    maps: np.ndarray,
+    occupancy: np.ndarray | None = None,
+    *,
+    transform: Transform = "subtract_min",
+) -> np.ndarray | float:
+    r"""Skaggs spatial information content, in bits per unit activation.
+
+    .. math:: I = \sum_i p_i \frac{r_i}{\bar r} \log_2 \frac{r_i}{\bar r},
+              \qquad \bar r = \sum_i p_i r_i
+
+    (Skaggs et al. 1993), summed over visited (non-NaN) bins ``i``, with
+    ``0 log 0 = 0``. For spiking neurons the unit is bits/spike; here it is
+    "bits per unit activation" (the value is dimensionless and invariant to
+    the scale of ``r``).
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m) or (n, m)
+        Ratemaps; NaN marks unvisited bins.
+    occupancy : ndarray, shape (n, m), optional
+        Stimuli (or time) per bin; ``p_i = occupancy_i / sum(occupancy)`` over
+        the bins visited in that map. ``None`` = uniform over visited bins.
+    transform : {"subtract_min", "none"}
+        How signed activations are made non-negative rates ``r``.
+        ``"subtract_min"`` (default): subtract each map's minimum over visited
+        bins, so the score is invariant under ``a*map + b`` (``a > 0``).
+        ``"none"``: use the maps as they are (must be >= 0; invariant under
+        ``a*map``). Use the same transform for observed and shuffled maps.
+
+    Returns
+    -------
+    ndarray, shape (k,), or float
+        Bits per unit activation (>= 0). A constant map gives 0; an all-NaN
+        map gives NaN.
+
+    Notes
+    -----
+    This is the textbook formula. opexebo's ``rate_map_stats`` clips the log
+    argument at 1 (``log2(max(r/r̄, 1))``), dropping the negative terms of
+    below-mean bins, so its values are larger (e.g. 2.64 vs 2.55 bits on a
+    Gaussian field). ``subtract_min`` makes the score depend on the map's
+    range only: tiny fluctuations of an almost constant map are stretched to
+    full scale, so rank neurons by SI together with a shuffle null
+    (:func:`shuffle_scores`).
+    """
+    arr, single = _as_stack(maps)
+    valid = np.isfinite(arr)
+    if occupancy is None:
+        weights = valid.astype(np.float64)
+    else:
+        occ = np.asarray(occupancy, dtype=np.float64)
+        if occ.shape != arr.shape[1:]:
+            raise ValueError(f"occupancy must have shape {arr.shape[1:]} (one value per bin), got {occ.shape}")
+        if not np.all(np.isfinite(occ)) or np.any(occ < 0):
+            raise ValueError("occupancy must be finite and >= 0")
+        weights = np.where(valid, occ[None], 0.0)
+    total = weights.sum(axis=(1, 2))
+    rates = np.where(valid, _nonnegative(arr, transform), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = weights / total[:, None, None]
+        mean = np.einsum("kij,kij->k", p, rates)
+        ratio = rates / mean[:, None, None]
+        terms = np.where(ratio > 0, p * ratio * np.log2(np.where(ratio > 0, ratio, 1.0)), 0.0)
+    # I is a KL divergence (>= 0); clip rounding noise such as -1e-16
+    info = np.maximum(terms.sum(axis=(1, 2)), 0.0)
+    info[mean <= 0] = 0.0  # constant (after transform) map carries no information
+    info[total <= 0] = np.nan  # nothing visited
+    return _out(info, single)
+
+
+# --------------------------------------------------------------------------
+# spatial autocorrelogram
+# --------------------------------------------------------------------------
+def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
+    r"""Overlap-normalised Pearson spatial autocorrelogram, NaN-aware.
+
+    For each lag :math:`\tau = (\tau_y, \tau_x)` the value is the Pearson
+    correlation between the map and the map shifted by :math:`\tau`, computed
+    over the bins where both are visited (Sargolini et al. 2006, the
+    "overlap-normalised" autocorrelogram of BNT/opexebo and DeepMind). All
+    sums are cross-correlations computed with FFTs batched over neurons.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m) or (n, m)
+        Ratemaps; NaN = unvisited. Any real values (no transform needed).
+    min_overlap : int, default 20
+        Lags where fewer than this many bin pairs overlap are NaN.
+
+    Returns
+    -------
+    ndarray, shape (k, 2n-1, 2m-1) or (2n-1, 2m-1)
+        Zero lag at index ``(n-1, m-1)``; row offset = y lag, column offset =
+        x lag. Values in [-1, 1]; NaN where the overlap is too small or one
+        side is constant; the whole array is NaN for a constant or empty map.
+
+    Notes
+    -----
+    opexebo (``autocorrelation``) replaces NaN bins by 0 before correlating
+    and crops the result to about 1.8 times the map size; here NaN bins are
+    left out of every sum and the full ``(2n-1)²`` array is returned.
+    """
+    arr, single = _as_stack(maps)
+    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, np.integer)) or min_overlap < 2:
+        raise ValueError(f"min_overlap must be an integer >= 2 (bins), got {min_overlap!r}")
+    acorr = _autocorrelogram(arr, int(min_overlap))
+    return acorr[0] if single else acorr
+
+
+def _autocorrelogram(arr: np.ndarray, min_overlap: int) -> np.ndarray:
+    k, n, m = arr.shape
+    valid = np.isfinite(arr)
+    count = valid.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, np.nansum(arr, axis=(1, 2)) / np.maximum(count, 1), 0.0)
+        centred = np.where(valid, arr - mean[:, None, None], 0.0)
+        std = np.sqrt((centred**2).sum(axis=(1, 2)) / np.maximum(count, 1))
+    ok = std > 0
+    # Standardise (Pearson is invariant to it) to keep the FFT sums well scaled.
+    x = np.where(ok[:, None, None], centred / np.where(ok, std, 1.0)[:, None, None], 0.0)
+    mask = valid.astype(np.float64)
+    shape = (sfft.next_fast_len(2 * n - 1, real=True), sfft.next_fast_len(2 * m - 1, real=True))
+    rows = np.arange(-(n - 1), n) % shape[0]
+    cols = np.arange(-(m - 1), m) % shape[1]
+
+    def fft(a: np.ndarray) -> np.ndarray:
+        return sfft.rfft2(a, s=shape, axes=(-2, -1), workers=-1)
+
+    def xcorr(fa: np.ndarray, fb: np.ndarray) -> np.ndarray:
+        """sum_u a[u] b[u + tau] for tau in [-(n-1), n-1] x [-(m-1), m-1]."""
+        full = sfft.irfft2(np.conj(fa) * fb, s=shape, axes=(-2, -1), workers=-1)
+        return full[..., rows, :][..., cols]
+
+    fx, fx2 = fft(x), fft(x * x)
+    shared_mask = bool(np.all(valid == valid[:1]))
+    fm = fft(mask[:1] if shared_mask else mask)
+    n_pairs = np.rint(xcorr(fm, fm))
+    s_x = xcorr(fx, fm)  # sum of the first element of each pair
+    s_xx = xcorr(fx2, fm)
+    s_xy = xcorr(fx, fx)
+    s_y = s_x[:, ::-1, ::-1]  # sum of the second element: the tau -> -tau mirror
+    s_yy = s_xx[:, ::-1, ::-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var_x = n_pairs * s_xx - s_x**2
+        var_y = n_pairs * s_yy - s_y**2
+        r = (n_pairs * s_xy - s_x * s_y) / np.sqrt(var_x * var_y)
+        tiny = 1e-9 * n_pairs**2
+        bad = (n_pairs < min_overlap) | (var_x <= tiny) | (var_y <= tiny)
+    r = np.clip(np.where(bad, np.nan, r), -1.0, 1.0)
+    r[~ok] = np.nan
+    return r
+
+
+# --------------------------------------------------------------------------
+# grid score
+# --------------------------------------------------------------------------
+@lru_cache(maxsize=16)
+def _grid_geometry(n: int, m: int, r_max: int) -> dict:
+    """Precomputed disk pixels, ring matrix and rotation operators.
+
+    Pixels of the ``(2n-1, 2m-1)`` autocorrelogram within ``r_max`` bins of
+    the centre are sorted by ring ``t = ceil(distance)`` (ring 0 = centre,
+    ring ``t`` holds distances in ``(t-1, t]``). For each angle a sparse
+    bilinear-interpolation matrix maps the flattened autocorrelogram to its
+    rotated values at those pixels.
+    """
+    h, w = 2 * n - 1, 2 * m - 1
+    cy, cx = n - 1, m - 1
+    yy, xx = np.mgrid[0:h, 0:w]
+    dy, dx = (yy - cy).ravel().astype(float), (xx - cx).ravel().astype(float)
+    dist = np.hypot(dy, dx)
+    ring = np.ceil(dist - 1e-9).astype(int)
+    disk = np.flatnonzero(ring <= r_max)
+    disk = disk[np.argsort(ring[disk], kind="stable")]
+    ring_of = ring[disk]
+    n_rings = r_max + 1
+    ring_matrix = sp.csr_matrix(
+        (np.ones(disk.size), (ring_of, np.arange(disk.size))), shape=(n_rings, disk.size)
+    )
+
+    n_ang = len(GRID_ANGLES)
+    r_idx, c_idx, vals = [], [], []
+    for a_i, angle in enumerate(GRID_ANGLES):
+        th = np.deg2rad(angle)
+        # value of the rotated autocorrelogram at pixel p = value at R(th) p
+        sy = np.round(np.cos(th) * dy[disk] + np.sin(th) * dx[disk] + cy, 9)
+        sx = np.round(-np.sin(th) * dy[disk] + np.cos(th) * dx[disk] + cx, 9)
+        y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+        fy, fx = sy - y0, sx - x0
+        for oy, ox, wt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
+                           (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+            yi, xi = np.clip(y0 + oy, 0, h - 1), np.clip(x0 + ox, 0, w - 1)
+            keep = wt > 1e-12
+            # row p * n_ang + angle: the product reshapes to (P, n_ang * k) for free
+            r_idx.append(np.arange(disk.size)[keep] * n_ang + a_i)
+            c_idx.append((yi * w + xi)[keep])
+            vals.append(wt[keep])
+    rotation = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(r_idx), np.concatenate(c_idx))),
+        shape=(disk.size * n_ang, h * w),
+    )
+    return {
+        "disk": disk,
+        "ring_matrix": ring_matrix,
+        "rotation": rotation,
+        "n_rings": n_rings,
+    }
+
+
+def grid_score(
+    maps: np.ndarray,
+    *,
+    min_overlap: int = 20,
+    central_threshold: float = 0.0,
+    min_ring_width: int = 3,
+    max_radius_fraction: float = 0.9,
+    return_details: bool = False,
+) -> np.ndarray | float | dict:
+    r"""Gridness score (Sargolini et al. 2006) with a Langston et al. (2010) radius search.
+
+    Steps, batched over all maps:
+
+    1. Overlap-normalised Pearson autocorrelogram (:func:`autocorrelogram`),
+       NaN where fewer than ``min_overlap`` bin pairs overlap.
+    2. Central peak: with the radial profile ``p(t)`` = mean autocorrelation
+       over ring ``t`` (pixels at distance ``(t-1, t]`` from the centre), the
+       central-peak radius ``r_in`` (bins) is the first ring ``t >= 1`` with
+       ``p(t) < central_threshold`` or ``p(t) < p(t+1)`` (first local
+       minimum, for maps whose autocorrelation stays slightly positive).
+       Pixels at distance ``<= r_in`` are excluded.
+    3. For every outer radius ``r_out`` from ``r_in + min_ring_width`` to
+       ``R_max = floor(max_radius_fraction * (min(n, m) - 1))`` in 1-bin
+       steps, the annulus ``r_in < d <= r_out`` of the autocorrelogram is
+       Pearson-correlated with the autocorrelogram rotated by 30, 60, 90, 120
+       and 150 degrees (bilinear interpolation, precomputed sparse operators)
+       giving ``r30 .. r150``, and
+       ``gridness(r_out) = min(r60, r120) - max(r30, r90, r150)``.
+    4. score = max over ``r_out`` of ``gridness(r_out)`` (the
+       "max over radii" variant).
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m) or (n, m)
+        Raw ratemaps (no transform: the score is invariant under
+        ``a*map + b`` for any ``a != 0``). NaN = unvisited bin.
+    min_overlap : int, default 20
+        Minimum overlapping bins for an autocorrelogram value.
+    central_threshold : float, default 0.0
+        Radial-profile level that ends the central peak.
+    min_ring_width : int, default 3
+        Smallest annulus width ``r_out - r_in`` searched, in bins.
+    max_radius_fraction : float, default 0.9
+        ``R_max`` as a fraction of ``min(n, m) - 1`` (the largest lag); 0.9
+        keeps >= 10% of the map overlapping at every lag in the annulus,
+        close to opexebo's 0.8-overlap crop (R_max = 17 bins for 20x20 maps,
+        27 for 32x32).
+    return_details : bool
+        If True return a dict with ``score``, ``inner_radius``,
+        ``best_outer_radius`` (bins) and ``correlations`` (k, 5) at the best
+        radius (columns = 30..150 degrees).
+
+    Returns
+    -------
+    ndarray, shape (k,), or float (or a dict, see ``return_details``)
+        Gridness in [-2, 2]; > 0 for hexagonal symmetry. NaN for all-NaN or
+        constant maps and when no annulus fits (central peak wider than
+        ``R_max - min_ring_width``).
+
+    Notes
+    -----
+    - Variant: Sargolini's min/max gridness, maximised over the outer radius
+      (Langston et al. 2010). DeepMind's grid-cells ``scores.py`` (Banino et
+      al. 2018) by default uses the *mean* variant
+      ``(r60 + r120)/2 - (r30 + r90 + r150)/3`` on 10 fixed annuli (inner
+      radius 0.2, outer 0.4..1.0 times the map size, independent of the
+      central peak) and normalises by the un-rotated ring's mean and
+      variance. On the same annulus the mean variant is >= the min/max one
+      (min <= mean <= max); with its different annuli the two are not
+      directly comparable. (Its ``min_max=True`` option is the min/max form.)
+    - opexebo ``grid_score`` finds the central field with its place-field
+      detector, uses radii from ``max(3, r_c + 1)`` up to half of its
+      1.8x-cropped autocorrelogram with strict inequalities, rotates with
+      ``skimage.transform.rotate`` and reports the maximum of a 3-radius
+      *sliding mean* of gridness. Values therefore differ by up to a few
+      tenths on the same map while agreeing on which maps are grid-like
+      (tested in ``tests/test_scores.py``).
+    - Maximising over radii inflates scores of noise maps, and a single
+      field near a wall can reach ~0.5 (opexebo gives similar values on such
+      maps); judge significance against a shuffle null computed with the
+      same function (:func:`shuffle_scores`).
+    """
+    arr, single = _as_stack(maps)
+    k, n, m = arr.shape
+    if isinstance(min_ring_width, bool) or not isinstance(min_ring_width, (int, np.integer)) or min_ring_width < 1:
+        raise ValueError(f"min_ring_width must be an integer >= 1 (bins), got {min_ring_width!r}")
+    if not (0 < float(max_radius_fraction) <= 1):
+        raise ValueError(f"max_radius_fraction must be in (0, 1], got {max_radius_fraction!r}")
+    if not np.isfinite(central_threshold) or not (-1 <= central_threshold < 1):
+        raise ValueError(f"central_threshold must be in [-1, 1), got {central_threshold!r}")
+    r_max = int(np.floor(max_radius_fraction * (min(n, m) - 1)))
+    if r_max < 1 + min_ring_width:
+        raise ValueError(
+            f"maps of {n}x{m} bins are too small for max_radius_fraction={max_radius_fraction} "
+            f"and min_ring_width={min_ring_width} (largest radius {r_max} bins)"
+        )
+    acorr = autocorrelogram(arr, min_overlap=min_overlap).reshape(k, -1)
+    geo = _grid_geometry(n, m, r_max)
+    n_ang = len(GRID_ANGLES)
+
+    a_flat = np.ascontiguousarray(acorr.T)  # (h*w, k)
+    a_valid = np.isfinite(a_flat)
+    all_valid = bool(a_valid.all())
+    a_fill = a_flat if all_valid else np.where(a_valid, a_flat, 0.0)
+    a = a_fill[geo["disk"]]  # (P, k)
+    av = a_valid[geo["disk"]]
+    P = a.shape[0]
+    ring = geo["ring_matrix"]  # (T, P)
+    T = ring.shape[0]
+    b = (geo["rotation"] @ a_fill).reshape(P, n_ang, k)  # rotated values
+
+    def ring_cumsum(q: np.ndarray) -> np.ndarray:
+        """(P, [angles,] k) -> sums over rings 0..t for every t: (T, angles, k)."""
+        per_ring = np.asarray(ring @ q.reshape(P, -1)).reshape(T, -1, k)
+        return np.cumsum(per_ring, axis=0)
+
+    if all_valid:  # the usual case: one fewer operand per angle
+        c_n = ring_cumsum(np.ones((P, 1, 1)) * np.ones((1, 1, k)))
+        c_a, c_aa = ring_cumsum(a), ring_cumsum(a * a)
+        c_b, c_bb, c_ab = ring_cumsum(b), ring_cumsum(b * b), ring_cumsum(a[:, None, :] * b)
+    else:
+        bv = (geo["rotation"] @ a_valid.astype(np.float64)).reshape(P, n_ang, k) > 1 - 1e-9
+        v = av[:, None, :] & bv  # pairwise valid (P, angles, k)
+        a3 = np.where(v, a[:, None, :], 0.0)
+        b3 = np.where(v, b, 0.0)
+        c_n = ring_cumsum(v.astype(np.float64))
+        c_a, c_aa = ring_cumsum(a3), ring_cumsum(a3 * a3)
+        c_b, c_bb, c_ab = ring_cumsum(b3), ring_cumsum(b3 * b3), ring_cumsum(a3 * b3)
+
+    # Central peak radius from the radial profile of the unrotated acorr.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        profile = np.asarray(ring @ a) / np.asarray(ring @ av.astype(np.float64))  # (T, k)
+    # ring t ends the central peak when it is below the threshold or is the
+    # first local minimum of the radial profile (rings 1..r_max)
+    with np.errstate(invalid="ignore"):
+        below = profile[1:] < central_threshold
+        below[:-1] |= profile[1:-1] < profile[2:]
+    has_edge = below.any(axis=0)
+    r_in = np.where(has_edge, np.argmax(below, axis=0) + 1, r_max)  # (k,)
+
+    radii = np.arange(r_max + 1)
+    kk = np.arange(k)
+
+    def annulus(c: np.ndarray) -> np.ndarray:
+        """Sums over r_in < d <= r_out for every r_out: (T, angles, k)."""
+        return c - c[r_in, :, kk][None].transpose(0, 2, 1)
+
+    s_n, s_a, s_b = annulus(c_n), annulus(c_a), annulus(c_b)
+    s_aa, s_bb, s_ab = annulus(c_aa), annulus(c_bb), annulus(c_ab)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = s_n * s_ab - s_a * s_b
+        var_a = s_n * s_aa - s_a**2
+        var_b = s_n * s_bb - s_b**2
+        corr = cov / np.sqrt(var_a * var_b)
+        corr[(s_n < 3) | (var_a <= 1e-12 * s_n**2) | (var_b <= 1e-12 * s_n**2)] = np.nan
+    r30, r60, r90, r120, r150 = np.moveaxis(corr, 1, 0)  # each (T, k)
+    gridness = np.minimum(r60, r120) - np.maximum(np.maximum(r30, r90), r150)
+    allowed = (radii[:, None] >= r_in[None, :] + min_ring_width) & has_edge[None, :]
+    gridness = np.where(allowed & np.isfinite(gridness), gridness, -np.inf)
+    best = np.argmax(gridness, axis=0)
+    score = gridness[best, kk]
+    score[~np.isfinite(score)] = np.nan
+    if not return_details:
+        return _out(score, single)
+    details = {
+        "score": score,
+        "inner_radius": np.where(has_edge, r_in, -1),
+        "best_outer_radius": np.where(np.isfinite(score), best, -1),
+        "correlations": corr[best, :, kk],
+    }
+    if single:
+        details = {key: val[0] for key, val in details.items()}
+    return details
+
+
+# --------------------------------------------------------------------------
+# border score
+# --------------------------------------------------------------------------
+_FIELD_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
+_FIELD_STRUCTURE[1] = ndimage.generate_binary_structure(2, 1)  # 4-connected, never across neurons
+
+
+def _default_min_field_bins(n: int, m: int) -> int:
+    # Solstad et al. 2008: fields >= 200 cm² in a 1 m² box, i.e. 2% of the arena.
+    return max(1, int(np.ceil(0.02 * n * m)))
+
+
+def border_fields(
+    maps: np.ndarray,
+    *,
+    field_threshold: float = 0.3,
+    min_field_bins: int | None = None,
+    transform: Transform = "subtract_min",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Firing fields as in Solstad et al. (2008), for all maps at once.
+
+    A field is a 4-connected group of visited bins with rate
+    ``>= field_threshold * peak`` of the non-negative (transformed) map and at
+    least ``min_field_bins`` bins. All maps are labelled in one
+    ``scipy.ndimage.label`` call on the ``(k, n, m)`` stack with a structure
+    that never connects along the neuron axis.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m) or (n, m)
+    field_threshold : float in (0, 1], default 0.3
+    min_field_bins : int, optional
+        Default ``ceil(0.02 * n * m)`` (Solstad's 200 cm² in a 1 m² box = 2%
+        of the arena): 8 bins for 20x20 maps, 21 for 32x32.
+    transform : {"subtract_min", "none"}
+        See :func:`border_score`.
+
+    Returns
+    -------
+    labels : ndarray of int, shape (k, n, m) (or (n, m))
+        0 outside fields, field ids unique over the whole stack.
+    rates : ndarray of float64, same shape
+        The transformed (non-negative) maps, NaN where unvisited.
+    """
+    arr, single = _as_stack(maps)
+    labels, rates, _ = _border_fields(arr, field_threshold, min_field_bins, transform)
+    return (labels[0], rates[0]) if single else (labels, rates)
+
+
+def _border_fields(
+    arr: np.ndarray, field_threshold: float, min_field_bins: int | None, transform: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    k, n, m = arr.shape
+    if not np.isfinite(field_threshold) or not (0 < field_threshold <= 1):
+        raise ValueError(f"field_threshold must be in (0, 1] (fraction of the peak), got {field_threshold!r}")
+    if min_field_bins is None:
+        min_field_bins = _default_min_field_bins(n, m)
+    if isinstance(min_field_bins, bool) or not isinstance(min_field_bins, (int, np.integer)) or min_field_bins < 1:
+        raise ValueError(f"min_field_bins must be an integer >= 1, got {min_field_bins!r}")
+    rates = _nonnegative(arr, transform)
+    finite = np.isfinite(rates)
+    peak = np.max(np.where(finite, rates, -np.inf), axis=(1, 2))
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    in_field = finite & (rates >= field_threshold * peak[:, None, None]) & (peak[:, None, None] > 0)
+    labels, n_labels = ndimage.label(in_field, structure=_FIELD_STRUCTURE)
+    sizes = np.bincount(labels.ravel(), minlength=n_labels + 1)
+    keep = sizes >= min_field_bins
+    keep[0] = False
+    labels = np.where(keep[labels], labels, 0)
+    return labels, rates, keep
+
+
+def border_score(
+    maps: np.ndarray,
+    *,
+    field_threshold: float = 0.3,
+    min_field_bins: int | None = None,
+    transform: Transform = "subtract_min",
+    return_details: bool = False,
+) -> np.ndarray | float | dict:
+    r"""Border score of Solstad et al. (2008): ``(CM - DM) / (CM + DM)``.
+
+    - Fields: see :func:`border_fields` (4-connected bins ``>= 0.3 x peak`` of
+      the transformed map, at least ``min_field_bins`` bins).
+    - ``CM``: for each field and each of the four walls (first/last row and
+      column of the map), the fraction of that wall's visited bins that the
+      field covers; ``CM`` is the largest such fraction (one field, one wall).
+    - ``DM``: mean distance to the nearest wall over the bins of *all*
+      fields, weighted by the (transformed) rate, divided by half the shorter
+      side of the map. Distances follow the BNT/opexebo convention: a bin in
+      row ``i``, column ``j`` of an ``n x m`` map is
+      ``min(i+1, n-i, j+1, m-j)`` bins from the wall (bins touching a wall
+      count 1).
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m) or (n, m)
+        Ratemaps; NaN = unvisited.
+    field_threshold : float, default 0.3
+        Field threshold as a fraction of the peak (Solstad: 0.3).
+    min_field_bins : int, optional
+        Minimum field size in bins; default 2% of the map (see
+        :func:`border_fields`).
+    transform : {"subtract_min", "none"}
+        Non-negativity transform applied before thresholding and weighting.
+        With ``"subtract_min"`` (default) the score is invariant under
+        ``a*map + b`` (``a > 0``); with ``"none"`` (maps must be >= 0) under
+        ``a*map``.
+    return_details : bool
+        Also return ``cm`` and ``dm`` (dict output).
+
+    Returns
+    -------
+    ndarray, shape (k,), or float (or dict)
+        Score in [-1, 1); -1 when a map has no field (including constant
+        maps), NaN for an all-NaN map. A one-bin-thick band along a whole wall
+        scores ``(1 - 2/n) / (1 + 2/n)`` (0.82 for n = 20).
+
+    Notes
+    -----
+    Differences from opexebo ``border_score`` / ``border_coverage``: opexebo
+    takes its fields from the caller (its ``place_field`` detector finds no
+    fields in maps without exact zeros) and, where a wall bin is NaN, looks up
+    to ``search_width`` bins inwards for a replacement; here fields come from
+    the threshold above and NaN wall bins are left out of the wall's length.
+    On maps without NaN and with the same fields both give the same value
+    (tested to 1e-9).
+    """
+    arr, single = _as_stack(maps)
+    k, n, m = arr.shape
+    labels, rates, keep = _border_fields(arr, field_threshold, min_field_bins, transform)
+    n_labels = keep.size - 1
+    # neuron owning each label (labels never cross neurons)
+    owner = np.zeros(n_labels + 1, dtype=np.int64)
+    owner[labels.ravel()] = np.repeat(np.arange(k), n * m)
+    finite = np.isfinite(arr)
+
+    walls_labels = (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1])
+    walls_valid = (finite[:, 0, :], finite[:, -1, :], finite[:, :, 0], finite[:, :, -1])
+    coverage = np.zeros(n_labels + 1)
+    for wall_lab, wall_ok in zip(walls_labels, walls_valid):  # 4 walls, not neurons
+        covered = np.bincount(wall_lab.ravel(), minlength=n_labels + 1).astype(np.float64)
+        length = wall_ok.sum(axis=1)[owner]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            coverage = np.maximum(coverage, np.where(length > 0, covered / length, 0.0))
+    coverage[~keep] = 0.0
+    cm = np.zeros(k)
+    np.maximum.at(cm, owner[keep], coverage[keep])
+
+    ii, jj = np.mgrid[0:n, 0:m]
+    dist = np.minimum(np.minimum(ii + 1, n - ii), np.minimum(jj + 1, m - jj)).astype(np.float64)
+    weights = np.where(labels > 0, rates, 0.0)
+    total = weights.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dm = (weights * dist).sum(axis=(1, 2)) / total / (min(n, m) / 2.0)
+        score = (cm - dm) / (cm + dm)
+    has_field = total > 0
+    score[~has_field] = -1.0
+    dm[~has_field] = np.nan
+    score[~finite.any(axis=(1, 2))] = np.nan
+    if not return_details:
+        return _out(score, single)
+    details = {"score": score, "cm": cm, "dm": dm}
+    if single:
+        details = {key: float(val[0]) for key, val in details.items()}
+    return details
+
+
+# --------------------------------------------------------------------------
+# all scores, shuffles, significance
+# --------------------------------------------------------------------------
+def _check_score_names(scores: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(scores) if not isinstance(scores, str) else (scores,)
+    if not names:
+        raise ValueError(f"scores must name at least one of {SCORE_NAMES}")
+    for name in names:
+        if name not in SCORE_NAMES:
+            raise ValueError(f"scores must be a subset of {SCORE_NAMES}, got {name!r}")
+    return names
+
+
+def compute_scores(
+    maps: np.ndarray,
+    occupancy: np.ndarray | None = None,
+    *,
+    scores: Sequence[str] = SCORE_NAMES,
+    transform: Transform = "subtract_min",
+) -> dict[str, np.ndarray]:
+    """All requested scores of a stack of maps.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m)
+    occupancy : ndarray, shape (n, m), optional
+        Passed to :func:`spatial_information`.
+    scores : sequence of {"si", "grid", "border"}
+    transform : {"subtract_min", "none"}
+        Non-negativity transform for SI and border score (grid score needs
+        none).
+
+    Returns
+    -------
+    dict
+        name -> ndarray (k,)
+    """
+    names = _check_score_names(scores)
+    arr, _ = _as_stack(maps)
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "si":
+            out[name] = spatial_information(arr, occupancy, transform=transform)
+        elif name == "grid":
+            out[name] = grid_score(arr)
+        else:
+            out[name] = border_score(arr, transform=transform)
+    return out
+
+
+def shuffle_scores(
+    positions: np.ndarray,
+    activations: np.ndarray,
+    *,
+    bins: int = 20,
+    extent: Sequence[float] | None = None,
+    sigma: float | None = None,
+    n_shuffles: int = 100,
+    seed: int = 0,
+    scores: Sequence[str] = SCORE_NAMES,
+    transform: Transform = "subtract_min",
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Shuffle null distributions of the scores of one layer.
+
+    Each shuffle draws one permutation of the stimuli and pairs stimulus
+    position ``perm[i]`` with activation row ``i`` -- shared by every neuron of
+    the layer, which keeps the neurons' joint structure and vectorises the
+    whole layer. The permutation is applied *before* binning and smoothing;
+    the maps are rebuilt with the same ``bins``/``extent``/``sigma`` and
+    rescored with the same settings (same SI/border ``transform``).
+    (Permuting after binning would leave SI of one-stimulus-per-bin,
+    unsmoothed maps exactly unchanged.)
+
+    Parameters
+    ----------
+    positions : ndarray, shape (n, 2)
+        Stimulus centres (x, y) in pixels.
+    activations : ndarray, shape (n, k)
+        Activations of the layer's ``k`` neurons.
+    bins, extent, sigma
+        As in :func:`helpers.ratemaps.ratemaps`; use the values of the
+        observed maps. ``extent=None`` resolves to the min/max of positions
+        (unchanged by permutation).
+    n_shuffles : int, default 100
+    seed : int, default 0
+        Seed of ``numpy.random.default_rng``; same seed, same null.
+    scores : sequence of {"si", "grid", "border"}
+    transform : {"subtract_min", "none"}
+    progress : bool
+        Show a ``tqdm.auto`` progress bar over shuffles.
+
+    Returns
+    -------
+    dict
+        name -> ndarray (n_shuffles, k) of shuffled scores.
+
+    Notes
+    -----
+    Score the observed maps the same way, i.e.
+    ``compute_scores(*ratemaps(positions, activations, bins=..., extent=...,
+    sigma=...), transform=...)``, then call :func:`significance` per layer and
+    score. Grid and border scores use their default parameters here.
+    """
+    names = _check_score_names(scores)
+    bins = _check_bins(bins)
+    sigma = _check_sigma(sigma)
+    pos = _check_positions(positions)
+    act = _check_activations(activations, pos.shape[0])
+    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 1:
+        raise ValueError(f"n_shuffles must be an integer >= 1, got {n_shuffles!r}")
+    if transform not in _TRANSFORMS:
+        raise ValueError(f"transform must be one of {_TRANSFORMS}, got {transform!r}")
+    from tqdm.auto import tqdm
+
+    flat = flat_bin_indices(pos, bins, resolve_extent(pos, extent))
+    rng = np.random.default_rng(seed)
+    null = {name: np.empty((n_shuffles, act.shape[1])) for name in names}
+    for s in tqdm(range(n_shuffles), desc="shuffles", disable=not progress, leave=False):
+        perm = rng.permutation(flat.size)
+        maps, occupancy = ratemaps_from_bins(flat[perm], act, bins, sigma)
+        for name, values in compute_scores(maps, occupancy, scores=names, transform=transform).items():
+            null[name][s] = values
+    return null
+
+
+def significance(
+    observed: np.ndarray, null: np.ndarray, percentile: float = 95.0
+) -> tuple[np.ndarray, float]:
+    """Which neurons beat their layer's pooled shuffle null.
+
+    Parameters
+    ----------
+    observed : ndarray, shape (k,)
+        Observed scores of a layer's neurons.
+    null : ndarray, any shape (typically (n_shuffles, k))
+        Shuffled scores of the same layer; pooled over neurons and shuffles
+        (NaN ignored).
+    percentile : float in (0, 100), default 95
+        The threshold is this percentile of the pooled null.
+
+    Returns
+    -------
+    mask : ndarray of bool, shape (k,)
+        ``observed > threshold`` (NaN scores are never significant).
+    threshold : float
+        NaN if the null is all NaN (then nothing is significant).
+    """
+    obs = np.asarray(observed, dtype=np.float64)
+    nul = np.asarray(null, dtype=np.float64)
+    if obs.ndim != 1:
+        raise ValueError(f"observed must be 1-D (one score per neuron), got shape {obs.shape}")
+    if nul.size == 0:
+        raise ValueError("null must not be empty")
+    if not np.isfinite(percentile) or not (0 < percentile < 100):
+        raise ValueError(f"percentile must be in (0, 100), got {percentile!r}")
+    finite = nul[np.isfinite(nul)]
+    if finite.size == 0:
+        return np.zeros(obs.shape, dtype=bool), float("nan")
+    threshold = float(np.percentile(finite, percentile))
+    with np.errstate(invalid="ignore"):
+        return obs > threshold, threshold
+
+
+def top_neurons(values: np.ndarray, top_k: int = 5) -> np.ndarray:
+    """Indices of the ``top_k`` highest scores, best first, NaN never chosen.
+
+    Parameters
+    ----------
+    values : ndarray, shape (k,)
+    top_k : int >= 1
+
+    Returns
+    -------
+    ndarray of int, shape (min(top_k, number of finite scores),)
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    if vals.ndim != 1:
+        raise ValueError(f"values must be 1-D (one score per neuron), got shape {vals.shape}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    finite = np.flatnonzero(np.isfinite(vals))
+    order = finite[np.argsort(-vals[finite], kind="stable")]
+    return order[:top_k]
