@@ -355,3 +355,58 @@ def values_at_bins(maps: np.ndarray, rows_cols: np.ndarray) -> np.ndarray:
     out = maps[:, rc[:, 0], rc[:, 1]].T.copy()
     out[rc[:, 0] < 0] = np.nan
     return out
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def save_ratemaps(
+    path,
+    maps_by_layer: "dict[str, np.ndarray]",
+    occupancy: np.ndarray,
+    *,
+    extent: Sequence[float],
+    bins: int,
+    sigma: float | None,
+) -> "Path":
+    """Write every layer's ratemaps of one condition to one ``.npz``.
+
+    Keys: ``maps`` (layers, k, bins, bins) float32, ``occupancy`` (bins, bins),
+    ``layers`` (layer names, in order), ``extent`` (xmin, xmax, ymin, ymax),
+    ``bins``, ``sigma`` (NaN for none).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    layers = list(maps_by_layer)
+    np.savez(
+        path,
+        maps=np.stack([np.asarray(maps_by_layer[name], dtype=np.float32) for name in layers]),
+        occupancy=np.asarray(occupancy),
+        layers=np.asarray(layers),
+        extent=np.asarray(extent, dtype=float),
+        bins=np.asarray(int(bins)),
+        sigma=np.asarray(np.nan if sigma is None else float(sigma)),
+    )
+    return path
+
+
+def load_ratemaps(path) -> dict:
+    """Read :func:`save_ratemaps` output.
+
+    Returns
+    -------
+    dict with ``maps`` {layer: (k, bins, bins)}, ``occupancy``, ``extent``
+    (tuple), ``bins`` (int) and ``sigma`` (float or None).
+    """
+    with np.load(path, allow_pickle=False) as z:
+        layers = [str(s) for s in z["layers"]]
+        sigma = float(z["sigma"])
+        return {
+            "maps": {name: z["maps"][i] for i, name in enumerate(layers)},
+            "occupancy": z["occupancy"],
+            "extent": tuple(float(v) for v in z["extent"]),
+            "bins": int(z["bins"]),
+            "sigma": None if np.isnan(sigma) else sigma,
+        }

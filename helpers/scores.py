@@ -39,7 +39,7 @@ References
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Literal
 
@@ -856,3 +856,119 @@ def top_neurons(values: np.ndarray, top_k: int = 5) -> np.ndarray:
     finite = np.flatnonzero(np.isfinite(vals))
     order = finite[np.argsort(-vals[finite], kind="stable")]
     return order[:top_k]
+
+
+# --------------------------------------------------------------------------- study level
+
+
+def score_layers(
+    positions: np.ndarray,
+    activations_by_layer: "Mapping[str, np.ndarray]",
+    *,
+    bins: int = 20,
+    extent: Sequence[float] | None = None,
+    sigma: float | None = None,
+    n_shuffles: int = 100,
+    percentile: float = 95.0,
+    seed: int = 0,
+    scores: Sequence[str] = SCORE_NAMES,
+    transform: Transform = "subtract_min",
+    progress: bool = True,
+) -> dict:
+    """Ratemaps, scores and shuffle significance for every layer of one condition.
+
+    For each layer: build the (k, bins, bins) ratemaps of all neurons
+    (:func:`helpers.ratemaps.ratemaps`), score them (:func:`compute_scores`),
+    build ``n_shuffles`` shuffle nulls with the same settings
+    (:func:`shuffle_scores`) and call a neuron significant when its score
+    exceeds the ``percentile`` of its layer's pooled null (:func:`significance`).
+
+    Parameters
+    ----------
+    positions : (n, 2) stimulus centres in the model's input frame (pixels).
+    activations_by_layer : mapping layer -> (n, k) array (e.g. memmaps from
+        :func:`helpers.record.load_recording`); read one layer at a time.
+    bins, extent, sigma : ratemap settings (see :func:`helpers.ratemaps.ratemaps`).
+    n_shuffles : int >= 0; 0 skips significance (all False, thresholds NaN).
+    percentile : float in (0, 100).
+    seed : int, seeds the shuffles (the same permutations for every layer).
+
+    Returns
+    -------
+    dict with
+        ``maps``: layer -> (k, bins, bins); ``occupancy``: (bins, bins);
+        ``scores``: layer -> score -> (k,); ``thresholds``: layer -> score -> float;
+        ``significant``: layer -> score -> bool (k,); ``extent``; ``bins``; ``sigma``.
+    """
+    from tqdm.auto import tqdm
+
+    from helpers.ratemaps import ratemaps, resolve_extent
+
+    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 0:
+        raise ValueError(f"n_shuffles must be an integer >= 0, got {n_shuffles!r}")
+    if not (0 < float(percentile) < 100):
+        raise ValueError(f"percentile must be in (0, 100), got {percentile!r}")
+    ext = resolve_extent(np.asarray(positions, dtype=float), extent)
+    out: dict = {"maps": {}, "scores": {}, "thresholds": {}, "significant": {}, "extent": ext, "bins": bins,
+                 "sigma": sigma, "occupancy": None}
+    for layer, acts in tqdm(list(activations_by_layer.items()), desc="layers", disable=not progress):
+        a = np.asarray(acts, dtype=np.float64)
+        if a.ndim != 2:
+            raise ValueError(f"activations of {layer} must be (n_stimuli, neurons), got shape {a.shape}")
+        maps, occ = ratemaps(positions, a, bins=bins, extent=ext, sigma=sigma)
+        obs = compute_scores(maps, occ, scores=scores, transform=transform)
+        out["maps"][layer] = maps
+        out["occupancy"] = occ
+        out["scores"][layer] = obs
+        if n_shuffles:
+            null = shuffle_scores(positions, a, bins=bins, extent=ext, sigma=sigma, n_shuffles=n_shuffles,
+                                  seed=seed, scores=scores, transform=transform, progress=False)
+            sig = {s: significance(obs[s], null[s], percentile) for s in scores}
+        else:
+            sig = {s: (np.zeros(obs[s].shape, bool), float("nan")) for s in scores}
+        out["significant"][layer] = {s: m for s, (m, _) in sig.items()}
+        out["thresholds"][layer] = {s: t for s, (_, t) in sig.items()}
+    return out
+
+
+def scores_table(results_by_condition: "Mapping[str, dict]"):
+    """One row per condition x layer x neuron: the scores and their significance.
+
+    Parameters
+    ----------
+    results_by_condition : mapping condition -> output of :func:`score_layers`.
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``condition, layer, neuron, <score>, <score>_sig``.
+    """
+    import pandas as pd
+
+    frames = []
+    for cond, res in results_by_condition.items():
+        for layer, sc in res["scores"].items():
+            k = len(next(iter(sc.values())))
+            cols = {"condition": cond, "layer": layer, "neuron": np.arange(k)}
+            for s, v in sc.items():
+                cols[s] = v
+                cols[f"{s}_sig"] = res["significant"][layer][s]
+            frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
+
+
+def significance_table(results_by_condition: "Mapping[str, dict]"):
+    """Per condition, layer and score: the null threshold and the fraction of significant neurons."""
+    import pandas as pd
+
+    rows = []
+    for cond, res in results_by_condition.items():
+        for layer in res["scores"]:
+            for s in res["scores"][layer]:
+                rows.append({
+                    "condition": cond,
+                    "layer": layer,
+                    "score": s,
+                    "threshold": res["thresholds"][layer][s],
+                    "fraction_significant": float(np.mean(res["significant"][layer][s])),
+                })
+    return pd.DataFrame(rows)

@@ -380,6 +380,17 @@ def positions_in_input(stim: StimulusSet, preprocess) -> np.ndarray:
     return stim.positions * scale - offset
 
 
+def positions_for_input_size(stim: StimulusSet, input_size: int) -> np.ndarray:
+    """Centres in the input frame of an open_clip model with square input ``input_size``.
+
+    Uses open_clip's own evaluation transform for that size, so later stages can
+    map positions without building the model.
+    """
+    import open_clip
+
+    return positions_in_input(stim, open_clip.image_transform(int(input_size), is_train=False))
+
+
 class StimulusDataset:
     """A torch-style Dataset of preprocessed stimuli.
 
