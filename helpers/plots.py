@@ -84,10 +84,387 @@ def plot_composite(mean_img: np.ndarray, *, path=None):
 # ---- end design figures ----
 
 # ---- record figures (owner: Record stage) ----
+
+
+def plot_activation_distributions(stats, *, title: str | None = None, path: str | Path | None = None):
+    """Per-layer activation distributions, one panel per condition.
+
+    Parameters
+    ----------
+    stats : pandas.DataFrame
+        From :func:`helpers.record.activation_stats`: columns ``condition``,
+        ``layer``, ``label``, ``q1``, ``q25``, ``q50``, ``q75``, ``q99``,
+        ``mean``. Boxes span the 25-75 % quantiles, whiskers 1-99 %, the line
+        is the median and the dot the mean; no outliers are drawn.
+    """
+    conds = list(dict.fromkeys(stats["condition"]))
+    fig, axes = plt.subplots(
+        1, len(conds), figsize=(max(4.0, 0.45 * stats["layer"].nunique() + 1.5) * len(conds), 3.4), squeeze=False
+    )
+    for ax, cond in zip(axes[0], conds):
+        sub = stats[stats["condition"] == cond]
+        boxes = [
+            {"med": r.q50, "q1": r.q25, "q3": r.q75, "whislo": r.q1, "whishi": r.q99, "mean": r.mean, "label": r.label}
+            for r in sub.itertuples()
+        ]
+        ax.bxp(boxes, showfliers=False, showmeans=True, meanprops={"marker": ".", "markerfacecolor": "k"})
+        ax.axhline(0.0, color="0.7", lw=0.6, zorder=0)
+        ax.set_title(str(cond))
+        ax.set_ylabel("activation")
+        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    fig.suptitle(title or "Activation distributions per layer (box 25-75 %, whiskers 1-99 %)")
+    fig.tight_layout()
+    return save(fig, path)
+
 # ---- end record figures ----
 
 # ---- analyse figures (owner: Analyse stage) ----
+#: Display names of the spatial scores (keys as in helpers.scores.SCORE_NAMES).
+SCORE_LABELS = {"si": "spatial info", "grid": "grid score", "border": "border score"}
+#: Colours of the two weight conditions.
+CONDITION_COLOURS = {"model": "tab:blue", "random": "tab:orange"}
+
+
+def draw_top_ratemaps(
+    fig: "matplotlib.figure.Figure",
+    maps_by_layer,
+    scores_by_layer,
+    *,
+    top_k: int = 5,
+    score_names=("si", "grid", "border"),
+    cmap: str = "viridis",
+) -> dict:
+    """Draw the top-``top_k`` ratemaps per layer and score into ``fig``.
+
+    Rows are layers (in mapping order), columns are ``len(score_names)``
+    groups of ``top_k`` maps, best first. Each map is scaled to its own
+    range (unvisited bins light grey); ``#neuron score`` is written under it. Used by
+    :func:`plot_top_ratemaps` and the widget explorer.
+
+    Returns
+    -------
+    dict
+        ``layer -> score name -> ndarray`` of the neuron indices shown.
+    """
+    from helpers.scores import top_neurons
+
+    colours = matplotlib.colormaps[cmap].with_extremes(bad="0.85")  # unvisited bins light grey
+    layers = list(maps_by_layer)
+    if not layers:
+        raise ValueError("maps_by_layer must hold at least one layer")
+    n_groups = len(score_names)
+    # spacer columns between score groups
+    ratios = []
+    for g in range(n_groups):
+        ratios += [1.0] * top_k + ([0.25] if g < n_groups - 1 else [])
+    grid = fig.add_gridspec(len(layers), len(ratios), width_ratios=ratios, wspace=0.05, hspace=0.35)
+    shown: dict = {}
+    for row, layer in enumerate(layers):
+        maps = np.asarray(maps_by_layer[layer])
+        shown[layer] = {}
+        for g, name in enumerate(score_names):
+            values = np.asarray(scores_by_layer[layer][name])
+            best = top_neurons(values, top_k)
+            shown[layer][name] = best
+            for i in range(top_k):
+                ax = fig.add_subplot(grid[row, g * (top_k + 1) + i])
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i < best.size:
+                    j = best[i]
+                    ax.imshow(maps[j], cmap=colours, interpolation="nearest")
+                    ax.set_xlabel(f"#{j} {values[j]:.2f}", fontsize=6, labelpad=1)
+                else:
+                    ax.axis("off")
+                if row == 0 and i == top_k // 2:
+                    ax.set_title(SCORE_LABELS.get(name, name), fontsize=9)
+                if g == 0 and i == 0:
+                    ax.set_ylabel(str(layer), fontsize=7, rotation=0, ha="right", va="center")
+    return shown
+
+
+def plot_top_ratemaps(
+    maps_by_layer,
+    scores_by_layer,
+    *,
+    top_k: int = 5,
+    score_names=("si", "grid", "border"),
+    title: str | None = None,
+    path=None,
+):
+    """The blog's main figure for one weight condition.
+
+    Parameters
+    ----------
+    maps_by_layer : mapping layer -> ndarray (k, bins, bins)
+        Ratemaps of every neuron of each layer (rows of the figure, in order).
+    scores_by_layer : mapping layer -> mapping score name -> ndarray (k,)
+        Scores of the same neurons (e.g. from ``helpers.scores.compute_scores``).
+    top_k : int
+        Neurons shown per layer and score, best first (NaN scores skipped).
+    score_names : sequence of str
+        Column groups, default spatial information, grid and border score.
+    title : str, optional
+        e.g. ``"CLIP ViT-B/32, CLS token -- model weights"``.
+    path : str or Path, optional
+        Save as PNG there.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    n_layers = len(maps_by_layer)
+    width = 0.55 * top_k * len(score_names) + 1.5
+    fig = plt.figure(figsize=(width, 0.62 * n_layers + 0.8))
+    draw_top_ratemaps(fig, maps_by_layer, scores_by_layer, top_k=top_k, score_names=score_names)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, path)
+
+
+def plot_score_distributions(
+    scores_by_condition,
+    *,
+    score_names=("si", "grid", "border"),
+    thresholds=None,
+    title: str | None = None,
+    path=None,
+):
+    """Box plots of each score by layer, one box per condition.
+
+    Parameters
+    ----------
+    scores_by_condition : mapping condition -> layer -> score name -> ndarray (k,)
+        e.g. ``{"model": {...}, "random": {...}}``; layers in mapping order of
+        the first condition. NaN scores are left out.
+    thresholds : mapping condition -> layer -> score name -> float, optional
+        Significance thresholds, drawn as short horizontal ticks.
+    title, path
+        Figure title; save as PNG at ``path``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    conditions = list(scores_by_condition)
+    if not conditions:
+        raise ValueError("scores_by_condition must hold at least one condition")
+    layers = list(scores_by_condition[conditions[0]])
+    x = np.arange(len(layers))
+    width = 0.8 / len(conditions)
+    fig, axes = plt.subplots(1, len(score_names), figsize=(4.2 * len(score_names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], score_names):
+        for c, cond in enumerate(conditions):
+            offset = (c - (len(conditions) - 1) / 2) * width
+            data = []
+            for layer in layers:
+                v = np.asarray(scores_by_condition[cond][layer][name], dtype=float)
+                data.append(v[np.isfinite(v)])
+            colour = CONDITION_COLOURS.get(cond, f"C{c}")
+            ax.boxplot(
+                data,
+                positions=x + offset,
+                widths=width * 0.85,
+                showfliers=False,
+                patch_artist=True,
+                boxprops=dict(facecolor=colour, alpha=0.5, edgecolor=colour),
+                medianprops=dict(color="black"),
+                whiskerprops=dict(color=colour),
+                capprops=dict(color=colour),
+            )
+            ax.plot([], [], color=colour, lw=6, alpha=0.5, label=cond)
+            if thresholds is not None:
+                thr = [thresholds[cond][layer][name] for layer in layers]
+                ax.scatter(x + offset, thr, marker="_", s=120, color=colour, zorder=3)
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(layer) for layer in layers], rotation=90, fontsize=7)
+        ax.set_title(SCORE_LABELS.get(name, name))
+        ax.set_xlabel("layer")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_fraction_significant(
+    significant_by_condition,
+    *,
+    score_names=("si", "grid", "border"),
+    chance: float | None = 0.05,
+    title: str | None = None,
+    path=None,
+):
+    """Fraction of significant neurons per layer, one line per condition.
+
+    Parameters
+    ----------
+    significant_by_condition : mapping condition -> layer -> score name -> float or bool array
+        A fraction in [0, 1], or the boolean mask from
+        ``helpers.scores.significance`` (its mean is plotted).
+    chance : float or None
+        Expected false-positive rate (1 - percentile/100), drawn dashed.
+    title, path
+        Figure title; save as PNG at ``path``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    conditions = list(significant_by_condition)
+    if not conditions:
+        raise ValueError("significant_by_condition must hold at least one condition")
+    layers = list(significant_by_condition[conditions[0]])
+    x = np.arange(len(layers))
+    fig, axes = plt.subplots(1, len(score_names), figsize=(4.2 * len(score_names), 3.2), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], score_names):
+        for c, cond in enumerate(conditions):
+            frac = [float(np.mean(significant_by_condition[cond][layer][name])) for layer in layers]
+            ax.plot(x, frac, marker="o", color=CONDITION_COLOURS.get(cond, f"C{c}"), label=cond)
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(layer) for layer in layers], rotation=90, fontsize=7)
+        ax.set_title(SCORE_LABELS.get(name, name))
+        ax.set_xlabel("layer")
+        ax.set_ylim(0, 1)
+    axes[0, 0].set_ylabel("fraction significant")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
 # ---- end analyse figures ----
 
 # ---- perturb figures (owner: Perturb stage) ----
+def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None = None):
+    """Performance per lesioned unit, visual and text towers, with the baseline (blog's layer-lesion figure).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`helpers.lesions.layer_lesion_study` output (columns ``tower,
+        label, part, performance, baseline_performance``).
+    """
+    towers = [t for t in ("visual", "text") if (df["tower"] == t).any()]
+    fig, axes = plt.subplots(1, len(towers), figsize=(6.5 * len(towers), 3.8), squeeze=False, sharey=True)
+    parts = [p for p in ("conv1", "block", "attn", "mlp") if (df["part"] == p).any()]
+    colours = {"conv1": "C3", "block": "C0", "attn": "C1", "mlp": "C2"}
+    base = float(df["baseline_performance"].iloc[0])
+    for ax, tower in zip(axes[0], towers):
+        d = df[df["tower"] == tower].reset_index(drop=True)
+        groups = list(dict.fromkeys(d["block"].astype("float").fillna(-1).astype(int)))
+        width = 0.8 / max(1, len([p for p in parts if p != "conv1"]))
+        for p in parts:
+            dp = d[d["part"] == p]
+            if dp.empty:
+                continue
+            g = dp["block"].astype("float").fillna(-1).astype(int)
+            x = np.array([groups.index(v) for v in g], dtype=float)
+            if p in ("attn", "mlp"):
+                x = x + width * (1 + ["attn", "mlp"].index(p)) - width
+            elif len(parts) > 2:
+                x = x - width
+            ax.bar(x, dp["performance"], width=width if p != "conv1" else 0.8, color=colours[p],
+                   label=p if p != "conv1" else "conv1")
+        ax.axhline(base, color="k", ls="--", lw=1, label="baseline")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(["conv1" if g < 0 else str(g) for g in groups], fontsize=8)
+        ax.set_xlabel("lesioned unit (resblock index)")
+        ax.set_title(f"{tower} tower")
+        ax.set_ylim(0, 1.02)
+    axes[0, 0].set_ylabel('performance ("a black circle")')
+    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
+                          path: str | Path | None = None):
+    """Performance vs proportion of ablated neurons per condition (blog's targeted-lesion figure).
+
+    Left: performance (fraction classified "a black circle"); right: mean
+    probability of the target prompt, which still moves when decisions don't.
+    Random is drawn as mean ± SD over seeds.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`helpers.lesions.targeted_lesion_study` output.
+    """
+    from helpers.lesions import summarise_targeted
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    styles = {"Targeted": ("C3", "o"), "Targeted_Abs": ("C1", "s"), "Random": ("C0", "^")}
+    for ax, value, ylabel in zip(axes, ("performance", "p_target"),
+                                 ('performance ("a black circle")', "mean P(target prompt)")):
+        summary = summarise_targeted(df, value)
+        for cond, d in summary.groupby("condition", sort=False):
+            colour, marker = styles.get(cond, (None, "o"))
+            d = d.sort_values("proportion")
+            label = {"Targeted_Abs": r"Targeted$_{Abs}$"}.get(cond, cond)
+            ax.plot(d["proportion"], d["mean"], marker=marker, color=colour, label=label)
+            if (d["sd"] > 0).any():
+                ax.fill_between(d["proportion"], d["mean"] - d["sd"], d["mean"] + d["sd"], color=colour,
+                                alpha=0.25, lw=0)
+        ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"lesions in residual block {layer}")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _outline_region(ax, region, extent, upsample: int = 16):
+    """Draw the outline of a (bins, bins) bool region with square corners."""
+    xmin, xmax, ymin, ymax = extent
+    reg = np.kron(np.pad(np.asarray(region, float), 1), np.ones((upsample, upsample)))
+    nb = reg.shape[0] / upsample - 2
+    step_x, step_y = (xmax - xmin) / nb / upsample, (ymax - ymin) / nb / upsample
+    xc = xmin - (xmax - xmin) / nb + (np.arange(reg.shape[1]) + 0.5) * step_x
+    yc = ymin - (ymax - ymin) / nb + (np.arange(reg.shape[0]) + 0.5) * step_y
+    ax.contour(xc, yc, reg, levels=[0.5], colors="k", linewidths=1.5)
+    ax.set_xlim(xmin, xmax)
+    ax.set_ylim(ymax, ymin)
+
+
+def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",), title: str | None = None,
+                        path: str | Path | None = None):
+    """Maps over the visual field before and after a regional lesion, and their difference.
+
+    Parameters
+    ----------
+    before, after : (bins, bins) or (k, bins, bins) arrays, NaN in empty bins
+        (row 0 = top of the image); one figure row per map.
+    region : (bins, bins) bool, outlined in every panel.
+    extent : (xmin, xmax, ymin, ymax) pixels.
+    labels : one label per row, e.g. ``("performance", "P(circle)")``.
+    """
+    before = np.asarray(before, float)
+    after = np.asarray(after, float)
+    if before.ndim == 2:
+        before, after = before[None], after[None]
+    xmin, xmax, ymin, ymax = extent
+    k = before.shape[0]
+    labels = list(labels) + [""] * (k - len(labels))
+    fig, axes = plt.subplots(k, 3, figsize=(12, 3.8 * k), squeeze=False)
+    for r in range(k):
+        diff = after[r] - before[r]
+        lim = max(0.05, float(np.nanmax(np.abs(diff)))) if np.isfinite(diff).any() else 1.0
+        panels = [(before[r], "before", "viridis", 0, 1), (after[r], "after", "viridis", 0, 1),
+                  (diff, "after − before", "RdBu", -lim, lim)]
+        for ax, (m, name, cmap, lo, hi) in zip(axes[r], panels):
+            im = ax.imshow(m, extent=(xmin, xmax, ymax, ymin), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            _outline_region(ax, region, extent)
+            ax.set_title(f"{labels[r]}: {name}" if labels[r] else name)
+            ax.set_xlabel("x (px)")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+        axes[r, 0].set_ylabel("y (px)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
 # ---- end perturb figures ----

@@ -12,6 +12,7 @@ declares; unknown keys are refused so a typo never goes unnoticed.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import sys
@@ -39,6 +40,11 @@ def notebook_parameters(nb: Path) -> dict[str, Any]:
 
 
 def _literal(text: str) -> Any:
+    """A parameters-cell default (Python source) as a value: ``None`` stays None."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

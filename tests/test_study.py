@@ -63,3 +63,10 @@ def test_make_and_ci_call_the_same_test_command():
     assert "make test" in ci
     readme = (REPO_ROOT / "README.md").read_text()
     assert "make test" in readme and "make study" in readme
+
+
+def test_notebook_defaults_are_python_literals():
+    assert study._literal("None") is None
+    assert study._literal("[0, .05, 1]") == [0, 0.05, 1]
+    assert study._literal('{"circle": "a black circle"}') == {"circle": "a black circle"}
+    assert study._literal('"openai"') == "openai"

@@ -1,0 +1,1433 @@
+"""Reversible lesions of layers and neurons: the Perturb stage.
+
+The blog ("Perturb") establishes an "artificial causality" in three steps, all
+reproduced here:
+
+1. **Layer lesions.** Every lesionable unit of both towers (``visual.conv1``,
+   the 12 visual and the 12 text residual blocks, optionally their attention
+   and MLP sublayers separately) is lesioned "by setting the weights to zero",
+   one at a time, and the 2-way zero-shot performance ("a black circle" vs
+   "an empty image") is compared with the unlesioned baseline.
+2. **Targeted neuron lesions** at one block (blog: residual block 9). The
+   neurons are the 768 channels of that block's attention output, the quantity
+   recorded (stage 02) and mapped (stage 03). For every stimulus, the neurons
+   with the highest ratemap value at the stimulus's location are zeroed
+   (*Targeted*), or those deviating most from their own mean, high or low
+   (*Targeted_Abs*), or random ones (*Random*), for a sweep of proportions.
+3. **Spatial specificity.** The neurons whose fields lie in one region of the
+   visual field are zeroed for every stimulus, and performance is mapped over
+   the visual field before and after.
+
+Definitions
+-----------
+Lesion modes (:func:`lesion`)
+    ``"weights"`` zeroes every parameter that is not a bias: ``weight`` of
+    Linear/Conv layers, ``in_proj_weight`` of attention, the LayerNorm
+    **scale** ``gamma`` (``ln.weight``; its shift ``beta`` = ``ln.bias`` is
+    kept, so a LayerNorm lesioned this way outputs the constant ``beta``),
+    LayerScale ``gamma`` and bare parameters such as ``class_embedding``.
+    ``"all"`` zeroes biases too (names ending in ``bias``: ``bias``,
+    ``in_proj_bias``, ``bias_k``, ``bias_v``). Buffers are never touched.
+
+    With ``"all"`` an open_clip ``ResidualAttentionBlock`` becomes an **exact
+    identity**: ``ln_1`` (weight and bias zero) outputs 0, so the attention's
+    q, k, v are its zero ``in_proj_bias``, the output is ``out_proj(0)`` = its
+    zero bias; ``ln_2`` outputs 0, ``c_fc(0) = 0``, ``gelu(0) = 0``,
+    ``c_proj(0) = 0``; ``ls_1``/``ls_2`` are identities in ViT-B/32 (and would
+    multiply 0 by a zeroed ``gamma`` otherwise). So ``x + 0 + 0 = x`` bit for
+    bit: the blog's "information flow is not zeroed out completely, due to the
+    skip connections". With ``"weights"`` the block instead adds two constant
+    vectors (``out_proj.bias`` and ``c_proj.bias``) to every token.
+Neuron lesions (:func:`ablate_channels`)
+    A forward hook on ``...resblocks.<layer>.attn`` (open_clip's
+    ``nn.MultiheadAttention``, whose output is the tuple ``(out[B, T, C], None)``)
+    sets the chosen channels of ``out`` to 0, per sample, inside one batched
+    forward. By default **all tokens** are zeroed (``tokens="all"``: the neuron
+    is silenced everywhere, the natural "lesion the neuron" reading);
+    ``tokens="cls"`` zeroes only the class token, the quantity the ratemaps
+    were built from. Hooks on ``attn.out_proj`` never fire (fused attention).
+Performance
+    Fraction of stimuli whose probability for the target prompt ("a black
+    circle") is strictly larger than for every other prompt (ties count as
+    failures). ``p_target`` is the mean probability of the target prompt.
+
+Efficiency
+----------
+Nothing here changes the numbers, only where the computation starts:
+
+- :func:`build_residual_cache` runs one unlesioned forward and keeps the input
+  of chosen residual blocks (in RAM, or on disk via ``numpy.lib.format.open_memmap``
+  so memory stays bounded: 3000 stimuli x 50 tokens x 768 x 4 bytes = 460 MB
+  per block), plus the baseline image embeddings.
+- A lesion at visual block ``k`` then runs only blocks ``k..11``, ``_pool``
+  (``ln_post`` + class token) and ``@ proj`` from the cached input
+  (:func:`forward_from_block`). This reproduces ``encode_image`` bit for bit
+  (see ``shared/reference/NOTES.md``); the tests bound the difference by 1e-5.
+- Text-tower lesions re-encode only the prompts and reuse the cached image
+  embeddings. ``visual.conv1`` lesions need a full forward.
+- No ``torch.compile``: it silently ignores hooks registered after compiling.
+
+References: the blog's "Perturb" section
+(``shared/reference/seed-blog-spatial-representations.txt``); reversible
+context-managed edits in the spirit of davidbau/dissect's ``nethook`` (no code
+copied).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "LESION_MODES",
+    "DEFAULT_PROPORTIONS",
+    "CONDITIONS",
+    "REGIONS",
+    "lesion_parameters",
+    "lesion",
+    "LesionUnit",
+    "lesion_units",
+    "ablate_channels",
+    "Tower",
+    "visual_tower",
+    "forward_from_block",
+    "embed",
+    "ResidualCache",
+    "build_residual_cache",
+    "lesion_indices",
+    "ZeroShotTask",
+    "zero_shot_task",
+    "embed_from_cache",
+    "embed_images",
+    "layer_lesion_study",
+    "attention_cls",
+    "FieldMaps",
+    "field_maps",
+    "stimulus_bins",
+    "neuron_ranks",
+    "n_ablated",
+    "targeted_lesion_study",
+    "summarise_targeted",
+    "region_mask",
+    "region_neurons",
+    "spatial_lesion_study",
+    "performance_maps",
+    "localisation_test",
+]
+
+#: Lesion modes of :func:`lesion`.
+LESION_MODES = ("weights", "all")
+
+#: The blog's proportions of ablated neurons (x axis of the targeted-lesion figure).
+DEFAULT_PROPORTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+#: Conditions of the targeted-lesion study, as labelled in the blog.
+CONDITIONS = ("Targeted", "Targeted_Abs", "Random")
+
+#: Named regions of the visual field (image convention: y grows downwards, so
+#: "lower" is the bottom half of the image = the high row indices of a map).
+REGIONS = (
+    "lower-left",
+    "lower-right",
+    "upper-left",
+    "upper-right",
+    "left",
+    "right",
+    "upper",
+    "lower",
+)
+
+TOKENS = ("all", "cls")
+
+
+# =========================================================================== layer lesions
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in LESION_MODES:
+        raise ValueError(f"mode must be one of {LESION_MODES}, got {mode!r}")
+    return mode
+
+
+def _is_bias(param_name: str) -> bool:
+    """A parameter is a bias when its own name (last dotted part) ends in ``bias``."""
+    return param_name.rsplit(".", 1)[-1].endswith("bias")
+
+
+def lesion_parameters(module: torch.nn.Module, mode: str = "all") -> list[tuple[str, torch.nn.Parameter]]:
+    """Parameters that a lesion in ``mode`` sets to zero.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    mode : {"weights", "all"}
+        ``"weights"``: everything but biases (LayerNorm: the scale ``weight``
+        only); ``"all"``: every parameter. See the module docstring.
+
+    Returns
+    -------
+    list of (name relative to ``module``, parameter)
+    """
+    _check_mode(mode)
+    return [(n, p) for n, p in module.named_parameters() if mode == "all" or not _is_bias(n)]
+
+
+def _resolve_modules(model: torch.nn.Module, units: str | Sequence[str]) -> list[tuple[str, torch.nn.Module]]:
+    names = [units] if isinstance(units, str) else list(units)
+    if not names:
+        raise ValueError("units must name at least one module, got an empty list")
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        if name not in modules:
+            close = [m for m in modules if m.endswith(name) or name in m][:5]
+            raise ValueError(
+                f"units: no module named {name!r} in the model"
+                + (f"; did you mean one of {close}?" if close else "; see lesion_units(model)")
+            )
+        out.append((name, modules[name]))
+    return out
+
+
+@contextlib.contextmanager
+def lesion(model: torch.nn.Module, units: str | Sequence[str], mode: str = "all") -> Iterator[list[str]]:
+    """Zero the parameters of one or more modules; restore them bit for bit on exit.
+
+    The blog's layer lesion: "every layer within the model is lesioned by
+    replacing the weights with 0 ... before restoring the model weights".
+    Edits are in place (``zero_`` / ``copy_`` under ``no_grad``), so they also
+    reach a model that was compiled earlier. The originals are restored in a
+    ``finally`` clause: on normal exit, on an exception and on
+    ``KeyboardInterrupt``. Lesions nest (inner ones restore first).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    units : str or sequence of str
+        Qualified module names, e.g. ``"visual.transformer.resblocks.9"``,
+        ``"transformer.resblocks.3.mlp"``, ``"visual.conv1"``.
+    mode : {"weights", "all"}
+        What to zero; see the module docstring.
+
+    Yields
+    ------
+    list of str
+        Qualified names of the zeroed parameters.
+
+    Examples
+    --------
+    >>> with lesion(lm.model, "visual.transformer.resblocks.9"):  # doctest: +SKIP
+    ...     feats = lm.model.encode_image(x)
+    """
+    _check_mode(mode)
+    seen: dict[int, tuple[str, torch.nn.Parameter]] = {}
+    for uname, mod in _resolve_modules(model, units):
+        for pname, p in lesion_parameters(mod, mode):
+            seen.setdefault(id(p), (f"{uname}.{pname}", p))
+    saved = [(name, p, p.detach().clone()) for name, p in seen.values()]
+    try:
+        with torch.no_grad():
+            for _, p, _ in saved:
+                p.zero_()
+        yield [name for name, _, _ in saved]
+    finally:
+        with torch.no_grad():
+            for _, p, original in saved:
+                p.copy_(original)
+
+
+@dataclass(frozen=True)
+class LesionUnit:
+    """One lesionable unit.
+
+    Attributes
+    ----------
+    name : str
+        Qualified module name (what :func:`lesion` takes).
+    tower : {"visual", "text"}
+    label : str
+        Short label for tables and figures, e.g. ``"conv1"``, ``"resblock 9"``,
+        ``"resblock 9 attn"``.
+    block : int or None
+        Residual block index; ``None`` for ``visual.conv1`` (before block 0).
+    part : {"conv1", "block", "attn", "mlp"}
+    """
+
+    name: str
+    tower: str
+    label: str
+    block: int | None
+    part: str
+
+
+def _resblocks(model: torch.nn.Module, tower: str) -> torch.nn.ModuleList:
+    if tower == "visual":
+        return model.visual.transformer.resblocks
+    return model.transformer.resblocks
+
+
+def lesion_units(model: torch.nn.Module, sublayers: bool = False) -> list[LesionUnit]:
+    """Every lesionable unit of both towers of an open_clip CLIP model.
+
+    Order: ``visual.conv1``, visual resblocks 0..N-1, text resblocks 0..M-1.
+    With ``sublayers=True`` each block is followed by its ``attn`` and ``mlp``.
+
+    Parameters
+    ----------
+    model : open_clip CLIP
+    sublayers : bool
+        Also list the attention and MLP sublayers of every block separately.
+
+    Returns
+    -------
+    list of LesionUnit
+    """
+    units = [LesionUnit("visual.conv1", "visual", "conv1", None, "conv1")]
+    for tower, prefix in (("visual", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+        for i in range(len(_resblocks(model, tower))):
+            units.append(LesionUnit(f"{prefix}.{i}", tower, f"resblock {i}", i, "block"))
+            if sublayers:
+                for part in ("attn", "mlp"):
+                    units.append(LesionUnit(f"{prefix}.{i}.{part}", tower, f"resblock {i} {part}", i, part))
+    return units
+
+
+# =========================================================================== neuron lesions
+
+
+def _check_tokens(tokens: str) -> str:
+    if tokens not in TOKENS:
+        raise ValueError(f"tokens must be one of {TOKENS} (which tokens of a lesioned channel are zeroed), got {tokens!r}")
+    return tokens
+
+
+@contextlib.contextmanager
+def ablate_channels(
+    module: torch.nn.Module, mask: torch.Tensor | np.ndarray, tokens: str = "all"
+) -> Iterator[torch.utils.hooks.RemovableHandle]:
+    """Zero chosen output channels of ``module``, per sample, while inside the block.
+
+    A forward hook replaces the module's output ``out`` (or ``out[0]`` when the
+    output is a tuple, as for ``nn.MultiheadAttention``: ``(out[B, T, C], None)``)
+    by ``out`` with the masked channels set to 0. The hook is removed on exit,
+    also on error.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        E.g. ``model.visual.transformer.resblocks[9].attn``. Batch-first output
+        ``(B, T, C)`` (open_clip >= 2.24 ViTs are batch-first) or ``(B, C)``.
+    mask : bool array, shape (B, C) or (C,)
+        ``True`` = ablate that channel for that sample; ``(C,)`` applies to every
+        sample. ``B`` must equal the batch size of every forward run inside.
+    tokens : {"all", "cls"}
+        ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
+
+    Yields
+    ------
+    RemovableHandle
+    """
+    _check_tokens(tokens)
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2:
+        raise ValueError(f"mask must have shape (B, C) or (C,), got {tuple(m.shape)}")
+
+    def hook(mod, args, output):
+        out = output[0] if isinstance(output, tuple) else output
+        if out.shape[-1] != m.shape[-1]:
+            raise ValueError(f"mask has {m.shape[-1]} channels but the module outputs {out.shape[-1]}")
+        if m.shape[0] not in (1, out.shape[0]):
+            raise ValueError(f"mask is for a batch of {m.shape[0]} samples but the forward has {out.shape[0]}")
+        mm = m.to(out.device)
+        if out.ndim == 3:
+            mm = mm[:, None, :]
+            if tokens == "cls":
+                tok = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
+                tok[0] = True
+                mm = mm & tok[None, :, None]
+        new = out.masked_fill(mm, 0)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield handle
+    finally:
+        handle.remove()
+
+
+# =========================================================================== truncated forward
+
+
+@dataclass(frozen=True)
+class Tower:
+    """A residual image tower cut into pieces for truncated forwards.
+
+    Attributes
+    ----------
+    blocks : list of nn.Module
+        Residual blocks in order; ``blocks[k](x)`` maps the input of block k to
+        the input of block k+1. Neuron lesions hook ``blocks[k].attn``.
+    forward : callable
+        images -> unnormalised embedding; the reference full forward.
+    head : callable
+        output of the last block -> unnormalised embedding.
+    dtype, device : the tower's parameter dtype and device.
+    """
+
+    blocks: Sequence[torch.nn.Module]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    head: Callable[[torch.Tensor], torch.Tensor]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+
+def visual_tower(model: torch.nn.Module) -> Tower:
+    """The :class:`Tower` of an open_clip ViT (``model.visual``).
+
+    ``forward`` is ``model.visual`` (``encode_image`` without normalising);
+    ``head`` is ``visual._pool`` (``ln_post`` + class token) then ``@ proj``.
+
+    Raises
+    ------
+    ValueError
+        Not an open_clip ViT, or a sequence-first transformer (old open_clip):
+        the cached layout would then not be (batch, tokens, channels).
+    """
+    visual = getattr(model, "visual", None)
+    tr = getattr(visual, "transformer", None)
+    if tr is None or not hasattr(tr, "resblocks") or not hasattr(visual, "_pool"):
+        raise ValueError("model must be an open_clip CLIP with a VisionTransformer (model.visual.transformer.resblocks)")
+    if not getattr(tr, "batch_first", True):
+        raise ValueError("sequence-first open_clip transformers are not supported (open_clip >= 2.24 is batch-first)")
+    if getattr(visual, "output_tokens", False):
+        raise ValueError("model.visual.output_tokens must be False")
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        return visual(images)
+
+    def head(x: torch.Tensor) -> torch.Tensor:
+        pooled, _ = visual._pool(x)
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    p = next(visual.parameters())
+    return Tower(list(tr.resblocks), forward, head, p.dtype, p.device)
+
+
+def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < tower.n_blocks:
+        raise ValueError(f"{what} must be an integer block index 0..{tower.n_blocks - 1}, got {k!r}")
+    return int(k)
+
+
+def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tensor:
+    """Run blocks ``start..N-1`` and the head on the input of block ``start``.
+
+    Parameters
+    ----------
+    x : tensor (B, T, C)
+        The residual stream entering block ``start`` (e.g. from a cache).
+    start : int
+        0..N-1.
+
+    Returns
+    -------
+    tensor (B, E), unnormalised embedding in the tower's dtype.
+    """
+    _check_block(tower, start, "start")
+    for blk in tower.blocks[start:]:
+        x = blk(x)
+    return tower.head(x)
+
+
+def embed(features: torch.Tensor) -> torch.Tensor:
+    """L2-normalise (in the compute dtype, as ``encode_image(normalize=True)``) and cast to float32."""
+    return F.normalize(features, dim=-1).float()
+
+
+# =========================================================================== residual cache
+
+
+def _np_storage_dtype(dtype: torch.dtype) -> np.dtype:
+    """numpy dtype holding ``dtype`` bit for bit (bfloat16 is stored as its int16 bits)."""
+    if dtype == torch.bfloat16:
+        return np.dtype(np.int16)
+    return torch.empty((), dtype=dtype).numpy().dtype
+
+
+@dataclass
+class ResidualCache:
+    """Inputs of chosen residual blocks for a set of stimuli, from one unlesioned pass.
+
+    Attributes
+    ----------
+    indices : (n,) int array
+        Stimulus ids, in cache order (row ``i`` is stimulus ``indices[i]``).
+    embeddings : (n, E) float32 array
+        Baseline (unlesioned) L2-normalised image embeddings.
+    blocks : tuple of int
+        Blocks whose input is stored.
+    dtype : torch.dtype
+        Compute dtype; stored bit for bit (bfloat16 as int16 bits).
+    directory : Path or None
+        Where the ``block_XX.npy`` memmaps live (``None``: in RAM).
+    """
+
+    indices: np.ndarray
+    embeddings: np.ndarray
+    blocks: tuple[int, ...]
+    dtype: torch.dtype
+    directory: Path | None = None
+    _store: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.indices.shape[0])
+
+    def block_input(self, k: int, rows: slice | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Cached input of block ``k`` for cache rows ``rows``: tensor (b, T, C) in :attr:`dtype`."""
+        if k not in self._store:
+            raise ValueError(f"block {k} is not cached (cached blocks: {list(self.blocks)}); rebuild with blocks including {k}")
+        a = np.ascontiguousarray(self._store[k][rows])
+        t = torch.from_numpy(a)
+        if self.dtype == torch.bfloat16:
+            t = t.view(torch.bfloat16)
+        return t.to(device)
+
+    def nbytes(self) -> int:
+        """Bytes of stored block inputs."""
+        return int(sum(a.nbytes for a in self._store.values()))
+
+    def delete(self) -> None:
+        """Drop the stored arrays and remove the on-disk files (if any)."""
+        self._store.clear()
+        if self.directory is not None and self.directory.exists():
+            shutil.rmtree(self.directory)
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+@torch.no_grad()
+def build_residual_cache(
+    tower: Tower,
+    batches: Iterable[tuple[torch.Tensor, np.ndarray]],
+    n: int,
+    *,
+    blocks: Sequence[int] | None = None,
+    directory: str | Path | None = None,
+    progress: bool = True,
+) -> ResidualCache:
+    """One unlesioned full forward that keeps the input of chosen blocks.
+
+    Forward pre-hooks on ``tower.blocks[k]`` copy the residual stream entering
+    each chosen block into preallocated arrays, batch by batch, so memory stays
+    at one batch plus the arrays (which live on disk when ``directory`` is
+    given).
+
+    Parameters
+    ----------
+    tower : Tower
+    batches : iterable of (images (B, 3, S, S), stimulus ids (B,))
+        E.g. :func:`helpers.stimuli.iter_batches`; consumed in order.
+    n : int
+        Total number of stimuli the batches yield.
+    blocks : sequence of int, optional
+        Blocks whose input to keep; default all.
+    directory : path, optional
+        Store each block as ``<directory>/block_XX.npy`` (``open_memmap``);
+        default: in RAM. Size: n x T x C x bytes per block (460 MB for 3000
+        ViT-B/32 stimuli in float32).
+    progress : bool
+        tqdm progress bar.
+
+    Returns
+    -------
+    ResidualCache
+    """
+    from numpy.lib.format import open_memmap
+    from tqdm.auto import tqdm
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"n must be a positive integer (number of stimuli), got {n!r}")
+    ks = tuple(range(tower.n_blocks)) if blocks is None else tuple(sorted({_check_block(tower, k, "blocks") for k in blocks}))
+    store: dict[int, np.ndarray] = {}
+    cur = {"start": 0}
+    d = Path(directory) if directory is not None else None
+    if d is not None:
+        d.mkdir(parents=True, exist_ok=True)
+    sdt = _np_storage_dtype(tower.dtype)
+
+    def make_hook(k: int):
+        def pre_hook(mod, args):
+            x = args[0]
+            if k not in store:
+                shape = (int(n), *x.shape[1:])
+                store[k] = (
+                    open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
+                    if d is not None
+                    else np.empty(shape, dtype=sdt)
+                )
+            t = x.detach().to("cpu")
+            if t.dtype == torch.bfloat16:
+                t = t.view(torch.int16)
+            store[k][cur["start"] : cur["start"] + x.shape[0]] = t.numpy()
+
+        return pre_hook
+
+    handles = [tower.blocks[k].register_forward_pre_hook(make_hook(k)) for k in ks]
+    ids, embs = [], []
+    try:
+        with tqdm(total=int(n), desc="cache block inputs", unit="img", disable=not progress) as bar:
+            for images, idx in batches:
+                b = images.shape[0]
+                if cur["start"] + b > n:
+                    raise ValueError(f"batches yield more than n={n} stimuli")
+                embs.append(embed(tower.forward(images.to(device=tower.device, dtype=tower.dtype))).cpu().numpy())
+                ids.append(np.asarray(idx))
+                cur["start"] += b
+                bar.update(b)
+    finally:
+        for h in handles:
+            h.remove()
+    if cur["start"] != n:
+        raise ValueError(f"batches yielded {cur['start']} stimuli, expected n={n}")
+    for a in store.values():
+        if hasattr(a, "flush"):
+            a.flush()
+    return ResidualCache(np.concatenate(ids).astype(np.int64), np.concatenate(embs), ks, tower.dtype, d, store)
+
+
+def lesion_indices(n_stimuli: int, n_lesion_stimuli: int | None = None) -> np.ndarray:
+    """Stimulus ids to lesion: the first ``n_lesion_stimuli`` (all when ``None``).
+
+    The stimuli are i.i.d. draws, so the first ``m`` are a random subset.
+    ``"None"``/``"null"`` strings count as ``None`` (a parameter default that
+    went through YAML as text).
+
+    Returns
+    -------
+    (m,) int64, ``m = min(n_lesion_stimuli, n_stimuli)``.
+    """
+    if n_lesion_stimuli is None or (isinstance(n_lesion_stimuli, str) and n_lesion_stimuli.strip() in ("None", "null", "")):
+        return np.arange(int(n_stimuli), dtype=np.int64)
+    if isinstance(n_lesion_stimuli, bool) or not isinstance(n_lesion_stimuli, (int, np.integer)) or n_lesion_stimuli < 1:
+        raise ValueError(f"n_lesion_stimuli must be None (all) or a positive integer, got {n_lesion_stimuli!r}")
+    return np.arange(min(int(n_lesion_stimuli), int(n_stimuli)), dtype=np.int64)
+
+
+def _chunks(n: int, batch_size: int) -> list[slice]:
+    return [slice(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def embed_from_cache(
+    tower: Tower,
+    cache: ResidualCache,
+    start: int,
+    *,
+    batch_size: int = 64,
+    mask: np.ndarray | None = None,
+    layer: int | None = None,
+    tokens: str = "all",
+) -> np.ndarray:
+    """Embeddings of every cached stimulus, running only blocks ``start..N-1``.
+
+    Parameters
+    ----------
+    start : int
+        First block to run; its input must be cached.
+    batch_size : int
+        Stimuli per forward.
+    mask : bool array (n, C) or (C,), optional
+        Channels of ``blocks[layer].attn`` to ablate per stimulus (see
+        :func:`ablate_channels`); requires ``layer >= start``.
+    layer : int, optional
+        Block whose attention output ``mask`` applies to.
+    tokens : {"all", "cls"}
+
+    Returns
+    -------
+    (n, E) float32 array of L2-normalised embeddings, in cache order.
+    """
+    batch_size = _check_batch_size(batch_size)
+    _check_block(tower, start, "start")
+    if mask is not None:
+        if layer is None:
+            raise ValueError("layer must be given together with mask")
+        _check_block(tower, layer)
+        if layer < start:
+            raise ValueError(f"layer ({layer}) must be >= start ({start}): a truncated forward skips earlier blocks")
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim == 2 and mask.shape[0] != cache.n:
+            raise ValueError(f"mask must have one row per cached stimulus ({cache.n}), got {mask.shape[0]}")
+    out = np.empty((cache.n, cache.embeddings.shape[1]), dtype=np.float32)
+    for sl in _chunks(cache.n, batch_size):
+        x = cache.block_input(start, sl, tower.device)
+        if mask is None:
+            out[sl] = embed(forward_from_block(tower, x, start)).cpu().numpy()
+        else:
+            m = mask[sl] if mask.ndim == 2 else mask
+            with ablate_channels(tower.blocks[layer].attn, m, tokens):
+                out[sl] = embed(forward_from_block(tower, x, start)).cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def embed_images(tower: Tower, batches: Iterable[tuple[torch.Tensor, np.ndarray]], n: int) -> np.ndarray:
+    """Full-forward embeddings (n, E) float32, L2-normalised, in batch order (e.g. for conv1 lesions)."""
+    out = []
+    for images, _ in batches:
+        out.append(embed(tower.forward(images.to(device=tower.device, dtype=tower.dtype))).cpu().numpy())
+    res = np.concatenate(out) if out else np.empty((0, 0), np.float32)
+    if res.shape[0] != n:
+        raise ValueError(f"batches yielded {res.shape[0]} stimuli, expected n={n}")
+    return res
+
+
+# =========================================================================== zero-shot task
+
+
+@dataclass(frozen=True)
+class ZeroShotTask:
+    """A fixed zero-shot decision: "is the target prompt the most probable one?".
+
+    Attributes
+    ----------
+    text_features : (P, E) float32 tensor, L2-normalised prompt embeddings
+    scale : float
+        ``exp(logit_scale)``.
+    labels : tuple of str
+        Prompt labels, in the order of ``text_features``.
+    target : int
+        Index of the correct label (``"circle"``).
+    """
+
+    text_features: torch.Tensor
+    scale: float
+    labels: tuple[str, ...]
+    target: int = 0
+
+    def decide(self, image_features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per-stimulus decisions.
+
+        Parameters
+        ----------
+        image_features : (n, E) L2-normalised embeddings.
+
+        Returns
+        -------
+        correct : (n,) bool
+            Target probability strictly larger than every other (ties fail).
+        p_target : (n,) float64
+            Softmax probability of the target prompt.
+        """
+        from helpers.models import zero_shot_probs
+
+        img = torch.as_tensor(np.asarray(image_features), dtype=torch.float32)
+        probs = zero_shot_probs(img, self.text_features.float().cpu(), self.scale).numpy().astype(np.float64)
+        others = np.delete(probs, self.target, axis=1)
+        correct = probs[:, self.target] > others.max(axis=1)
+        return correct, probs[:, self.target]
+
+
+@torch.no_grad()
+def zero_shot_task(lm, prompts: Mapping[str, str] | None = None, target: str = "circle") -> ZeroShotTask:
+    """Encode the prompts with the model **as it is now** (lesioned or not).
+
+    Parameters
+    ----------
+    lm : helpers.models.LoadedModel
+    prompts : mapping label -> text
+        Default :data:`helpers.models.CIRCLE_VS_EMPTY`
+        (``{"circle": "a black circle", "empty": "an empty image"}``).
+    target : str
+        Label counted as correct.
+    """
+    from helpers.models import CIRCLE_VS_EMPTY, encode_prompts, logit_scale
+
+    prompts = dict(CIRCLE_VS_EMPTY if prompts is None else prompts)
+    if len(prompts) < 2:
+        raise ValueError(f"prompts must hold at least two labels, got {list(prompts)}")
+    if target not in prompts:
+        raise ValueError(f"target must be one of the prompt labels {list(prompts)}, got {target!r}")
+    labels = tuple(prompts)
+    return ZeroShotTask(encode_prompts(lm, list(prompts.values())).cpu(), logit_scale(lm), labels, labels.index(target))
+
+
+# =========================================================================== 1. layer lesions
+
+
+def layer_lesion_study(
+    lm,
+    cache: ResidualCache,
+    batches: Callable[[], Iterable[tuple[torch.Tensor, np.ndarray]]],
+    *,
+    prompts: Mapping[str, str] | None = None,
+    mode: str = "all",
+    sublayers: bool = False,
+    units: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+):
+    """Lesion every unit of both towers, one at a time; 2-way zero-shot performance.
+
+    Visual blocks run from the cached input of their block; text units
+    re-encode only the prompts; ``visual.conv1`` runs a full forward over
+    ``batches()``.
+
+    Parameters
+    ----------
+    lm : helpers.models.LoadedModel
+    cache : ResidualCache
+        Must hold the inputs of every visual block (build with ``blocks=None``).
+    batches : callable returning an iterable of (images, ids)
+        The cached stimuli in cache order, for the full-forward conv1 lesion.
+    prompts : mapping, optional
+        Default ``CIRCLE_VS_EMPTY``; the first label is the target.
+    mode : {"weights", "all"}
+    sublayers : bool
+        Also lesion attention and MLP sublayers separately.
+    units : sequence of str, optional
+        Restrict the sweep to these unit names (from :func:`lesion_units`).
+    batch_size : int
+    progress : bool
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per unit: ``tower, unit, label, block, part, mode, performance,
+        p_target, baseline_performance, baseline_p_target, delta, n_stimuli``
+        (``delta`` = performance - baseline).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    _check_mode(mode)
+    tower = visual_tower(lm.model)
+    missing = [k for k in range(tower.n_blocks) if k not in cache.blocks]
+    if missing:
+        raise ValueError(f"cache must hold the input of every visual block; missing {missing} (build with blocks=None)")
+    base_task = zero_shot_task(lm, prompts)
+    target = base_task.labels[base_task.target]
+    base_correct, base_p = base_task.decide(cache.embeddings)
+    todo = lesion_units(lm.model, sublayers or units is not None)
+    if units is not None:
+        known = {u.name for u in todo}
+        bad = [u for u in units if u not in known]
+        if bad:
+            raise ValueError(f"units must be names from lesion_units(model, sublayers=True); unknown: {bad}")
+        todo = [u for u in todo if u.name in set(units)]
+    rows = []
+    for unit in tqdm(todo, desc=f"layer lesions ({mode})", disable=not progress):
+        with lesion(lm.model, unit.name, mode):
+            if unit.tower == "text":
+                task = zero_shot_task(lm, prompts, target)
+                feats = cache.embeddings
+            elif unit.block is None:
+                task = base_task
+                feats = embed_images(tower, batches(), cache.n)
+            else:
+                task = base_task
+                feats = embed_from_cache(tower, cache, unit.block, batch_size=batch_size)
+            correct, p = task.decide(feats)
+        rows.append(
+            dict(
+                tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
+                performance=correct.mean(), p_target=p.mean(),
+                baseline_performance=base_correct.mean(), baseline_p_target=base_p.mean(),
+                delta=correct.mean() - base_correct.mean(), n_stimuli=cache.n,
+            )
+        )
+    df = pd.DataFrame(rows)
+    df["block"] = df["block"].astype("Int64")
+    return df
+
+
+# =========================================================================== ratemaps -> neurons
+
+
+@torch.no_grad()
+def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size: int = 64) -> np.ndarray:
+    """Class-token attention output of block ``layer`` for every cached stimulus.
+
+    The quantity stage 02 records (CLS of ``visual.transformer.resblocks.<layer>.attn``),
+    recomputed from the cached block input by running that one block. A
+    fallback for building ratemaps when no recording is on disk.
+
+    Returns
+    -------
+    (n, C) float32 array.
+    """
+    batch_size = _check_batch_size(batch_size)
+    _check_block(tower, layer)
+    out: list[np.ndarray] = []
+
+    def hook(mod, args, output):
+        o = output[0] if isinstance(output, tuple) else output
+        out.append(o[:, 0].float().cpu().numpy())
+
+    h = tower.blocks[layer].attn.register_forward_hook(hook)
+    try:
+        for sl in _chunks(cache.n, batch_size):
+            tower.blocks[layer](cache.block_input(layer, sl, tower.device))
+    finally:
+        h.remove()
+    return np.concatenate(out)
+
+
+@dataclass(frozen=True)
+class FieldMaps:
+    """Validated ratemaps of ``C`` neurons on a ``bins x bins`` grid.
+
+    Attributes
+    ----------
+    maps : (C, bins, bins) float64, NaN in unvisited bins.
+        Row = y bin (top of the image first), column = x bin.
+    occupancy : (bins, bins) float64, stimuli per bin (float: smoothed occupancies are kept as given).
+    """
+
+    maps: np.ndarray
+    occupancy: np.ndarray
+
+    @property
+    def bins(self) -> int:
+        return int(self.maps.shape[1])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.maps.shape[0])
+
+    @property
+    def visited(self) -> np.ndarray:
+        """(bins, bins) bool: bins with a finite value for every neuron."""
+        return np.isfinite(self.maps).all(axis=0) & (self.occupancy > 0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(C,) each neuron's mean over its visited bins (unweighted by occupancy)."""
+        return self.maps[:, self.visited].mean(axis=1)
+
+    def values_at(self, rows_cols: np.ndarray) -> np.ndarray:
+        """(n, C) ratemap value of every neuron at each stimulus's bin.
+
+        Raises
+        ------
+        ValueError
+            A stimulus outside the maps or in an unvisited bin: there is no
+            ratemap value to choose neurons by.
+        """
+        rc = np.asarray(rows_cols)
+        if rc.ndim != 2 or rc.shape[1] != 2:
+            raise ValueError(f"rows_cols must be (n, 2) (row, col) bin indices, got shape {rc.shape}")
+        bad = (rc < 0).any(axis=1) | (rc >= self.bins).any(axis=1)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} stimuli lie outside the ratemaps' extent; no ratemap value to lesion by")
+        ok = self.visited[rc[:, 0], rc[:, 1]]
+        if not ok.all():
+            raise ValueError(
+                f"{int((~ok).sum())} stimuli fall in bins with no ratemap value (unvisited when the maps were "
+                "built); build the maps from a stimulus set covering these locations"
+            )
+        return self.maps[:, rc[:, 0], rc[:, 1]].T
+
+
+def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
+    """Check and wrap ratemaps, e.g. read from 03's ``analysis/ratemaps_<condition>.npz``.
+
+    Parameters
+    ----------
+    maps : array (C, bins, bins)
+        One layer's ratemaps (as returned by ``helpers.ratemaps.ratemaps``),
+        NaN in unvisited bins. Row = y bin, column = x bin.
+    occupancy : array (bins, bins)
+        Stimuli per bin.
+
+    Returns
+    -------
+    FieldMaps
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, non-square maps, or no visited bin.
+    """
+    m = np.asarray(maps, dtype=np.float64)
+    occ = np.asarray(occupancy)
+    if m.ndim != 3 or m.shape[1] != m.shape[2]:
+        raise ValueError(f"maps must have shape (n_neurons, bins, bins), got {m.shape}")
+    if occ.shape != m.shape[1:]:
+        raise ValueError(f"occupancy must have shape {m.shape[1:]} (bins, bins) to match maps, got {occ.shape}")
+    fm = FieldMaps(m, occ.astype(np.float64))
+    if not fm.visited.any():
+        raise ValueError("maps have no visited bin (all NaN or zero occupancy)")
+    return fm
+
+
+def stimulus_bins(positions: np.ndarray, bins: int, extent: Sequence[float]) -> np.ndarray:
+    """Ratemap bin ``(row, col)`` = ``(y bin, x bin)`` of each stimulus centre.
+
+    Same convention as ``helpers.ratemaps``: edges ``linspace(min, max, bins+1)``,
+    the upper edge belongs to the last bin, positions outside ``extent`` get
+    ``-1``.
+
+    Parameters
+    ----------
+    positions : (n, 2) float, (x, y) pixels, y down.
+    bins : int >= 1
+    extent : (xmin, xmax, ymin, ymax) pixels.
+
+    Returns
+    -------
+    (n, 2) int64
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    pos = np.asarray(positions, dtype=float)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        raise ValueError(f"positions must have shape (n, 2) holding (x, y) pixels, got {pos.shape}")
+    xmin, xmax, ymin, ymax = (float(v) for v in extent)
+    if not (xmin < xmax and ymin < ymax):
+        raise ValueError(f"extent must be (xmin, xmax, ymin, ymax) with xmin < xmax, ymin < ymax, got {extent!r}")
+    x, y = pos[:, 0], pos[:, 1]
+    col = np.clip(np.floor((x - xmin) / (xmax - xmin) * bins), 0, bins - 1).astype(np.int64)
+    row = np.clip(np.floor((y - ymin) / (ymax - ymin) * bins), 0, bins - 1).astype(np.int64)
+    out = np.stack([row, col], axis=1)
+    out[~((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax))] = -1
+    return out
+
+
+def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
+    """rank[i, c] = position of channel c when row i is sorted by decreasing score (ties: lower c first)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(scores.shape[0], 0), axis=1)
+    return ranks
+
+
+def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int | None = None) -> np.ndarray:
+    """Per-stimulus lesion priority of every neuron.
+
+    ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
+    the sets are nested across proportions.
+
+    Parameters
+    ----------
+    fm : FieldMaps
+    rows_cols : (n, 2) int, stimulus bins (:func:`stimulus_bins`).
+    condition : {"Targeted", "Targeted_Abs", "Random"}
+        ``Targeted``: highest ratemap value at the stimulus's bin first.
+        ``Targeted_Abs``: largest ``|value - neuron's own map mean|`` first
+        (high or low activity). ``Random``: an independent uniformly random
+        order for every stimulus, from ``numpy.random.default_rng(seed)``.
+    seed : int
+        Required for ``Random``.
+
+    Returns
+    -------
+    (n, C) int64
+    """
+    n = np.asarray(rows_cols).shape[0]
+    if condition == "Random":
+        if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer for condition='Random', got {seed!r}")
+        rng = np.random.default_rng(int(seed))
+        return rng.permuted(np.tile(np.arange(fm.n_neurons, dtype=np.int64), (n, 1)), axis=1)
+    v = fm.values_at(rows_cols)
+    if condition == "Targeted":
+        return _ranks_from_scores(v)
+    if condition == "Targeted_Abs":
+        return _ranks_from_scores(np.abs(v - fm.mean[None, :]))
+    raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+
+
+def n_ablated(proportion: float, n_neurons: int) -> int:
+    """Number of neurons lesioned at ``proportion``: ``round(proportion * n_neurons)`` (half to even)."""
+    return int(np.round(float(proportion) * n_neurons))
+
+
+def _check_proportions(proportions: Sequence[float]) -> np.ndarray:
+    p = np.asarray(list(proportions), dtype=float)
+    if p.ndim != 1 or p.size == 0 or not np.all(np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise ValueError(f"proportions must be a non-empty list of numbers in [0, 1], got {list(proportions)!r}")
+    return p
+
+
+# =========================================================================== 2. targeted lesions
+
+
+@torch.no_grad()
+def targeted_lesion_study(
+    tower: Tower,
+    cache: ResidualCache,
+    task: ZeroShotTask,
+    fm: FieldMaps,
+    rows_cols: np.ndarray,
+    *,
+    layer: int = 9,
+    proportions: Sequence[float] = DEFAULT_PROPORTIONS,
+    n_random_seeds: int = 5,
+    include: Sequence[str] = CONDITIONS,
+    tokens: str = "all",
+    batch_size: int = 64,
+    progress: bool = True,
+):
+    """Per-stimulus neuron lesions at block ``layer`` for a sweep of proportions.
+
+    For stimulus ``i`` and proportion ``p``, the ``round(p * C)`` neurons of
+    highest priority (:func:`neuron_ranks`) are zeroed in the attention output
+    of block ``layer`` for that stimulus only (one batched forward with a
+    per-sample mask, from the cached input of block ``layer``). Proportion 0 is
+    the cached baseline; proportion 1 is the same lesion for every condition
+    and is computed once.
+
+    Parameters
+    ----------
+    tower : Tower
+    cache : ResidualCache
+        Must hold the input of block ``layer``.
+    task : ZeroShotTask
+    fm : FieldMaps
+        Ratemaps of the ``C`` attention-output channels of block ``layer``.
+    rows_cols : (n, 2) int
+        Bin of each cached stimulus in ``fm`` (:func:`stimulus_bins`), cache order.
+    layer : int
+        Block index, 0..N-1 (blog: 9).
+    proportions : sequence of float in [0, 1]
+    n_random_seeds : int >= 0
+        Random condition repeated with seeds ``0..n_random_seeds-1``.
+    include : sequence of condition names
+    tokens : {"all", "cls"}
+        Which tokens of a lesioned channel are zeroed (:func:`ablate_channels`).
+    batch_size : int
+    progress : bool
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``condition, seed, proportion, n_ablated, performance,
+        p_target, n_stimuli`` (``seed`` is empty for the targeted conditions).
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    layer = _check_block(tower, layer)
+    props = _check_proportions(proportions)
+    if isinstance(n_random_seeds, bool) or not isinstance(n_random_seeds, (int, np.integer)) or n_random_seeds < 0:
+        raise ValueError(f"n_random_seeds must be an integer >= 0, got {n_random_seeds!r}")
+    bad = [c for c in include if c not in CONDITIONS]
+    if bad or not include:
+        raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
+    _check_tokens(tokens)
+    batch_size = _check_batch_size(batch_size)
+    rc = np.asarray(rows_cols)
+    if rc.shape != (cache.n, 2):
+        raise ValueError(f"rows_cols must have shape ({cache.n}, 2), one bin per cached stimulus; got {rc.shape}")
+    if layer not in cache.blocks:
+        raise ValueError(f"cache lacks the input of block {layer}; build it with blocks including {layer}")
+
+    runs: list[tuple[str, int | None]] = []
+    for c in include:
+        runs += [(c, s) for s in range(n_random_seeds)] if c == "Random" else [(c, None)]
+    ranks = {r: neuron_ranks(fm, rc, r[0], r[1]) for r in runs}
+    C = fm.n_neurons
+    ks = sorted({n_ablated(p, C) for p in props})
+    interior = [k for k in ks if 0 < k < C]
+
+    # decisions[(run, k)] -> (correct, p); k == 0 is the baseline, k == C is shared
+    base = task.decide(cache.embeddings)
+    feats: dict = {}
+    jobs = [(r, k) for r in runs for k in interior] + ([("all", C)] if C in ks else [])
+    if jobs:
+        E = cache.embeddings.shape[1]
+        for job in jobs:
+            feats[job] = np.empty((cache.n, E), dtype=np.float32)
+        chunks = _chunks(cache.n, batch_size)
+        with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {layer}", disable=not progress) as bar:
+            for sl in chunks:
+                x = cache.block_input(layer, sl, tower.device)
+                for r, k in jobs:
+                    m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
+                    with ablate_channels(tower.blocks[layer].attn, m, tokens):
+                        feats[(r, k)][sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
+                    bar.update(1)
+    decided = {job: task.decide(f) for job, f in feats.items()}
+    rows = []
+    for r in runs:
+        for p in props:
+            k = n_ablated(p, C)
+            correct, pt = base if k == 0 else decided[("all", C)] if k == C else decided[(r, k)]
+            rows.append(
+                dict(condition=r[0], seed=r[1], proportion=float(p), n_ablated=k,
+                     performance=correct.mean(), p_target=pt.mean(), n_stimuli=cache.n)
+            )
+    df = pd.DataFrame(rows)
+    df["seed"] = df["seed"].astype("Int64")
+    return df
+
+
+def summarise_targeted(df, value: str = "performance"):
+    """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per condition and proportion.
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``condition, proportion, mean, sd, n_runs``.
+    """
+    g = df.groupby(["condition", "proportion"], sort=False)[value]
+    out = g.agg(mean="mean", sd="std", n_runs="count").reset_index()
+    out["sd"] = out["sd"].fillna(0.0)
+    return out
+
+
+# =========================================================================== 3. spatial specificity
+
+
+def region_mask(region: str | np.ndarray, bins: int) -> np.ndarray:
+    """Boolean (bins, bins) map of a region of the visual field.
+
+    Parameters
+    ----------
+    region : str or bool array (bins, bins)
+        One of :data:`REGIONS` (image convention: row 0 is the top, so
+        ``"lower-left"`` = bins whose centre lies below and left of the image
+        centre; with odd ``bins`` the middle row/column belongs to neither
+        half), or an explicit mask.
+    bins : int
+
+    Returns
+    -------
+    (bins, bins) bool
+    """
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    if not isinstance(region, str):
+        m = np.asarray(region, dtype=bool)
+        if m.shape != (bins, bins):
+            raise ValueError(f"region mask must have shape ({bins}, {bins}), got {m.shape}")
+        return m
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS} or a (bins, bins) bool mask, got {region!r}")
+    centre = np.arange(bins) + 0.5 - bins / 2.0  # bin centres relative to the middle
+    lower, upper = centre > 0, centre < 0  # rows (y down)
+    left, right = centre < 0, centre > 0  # columns
+    everywhere = np.ones(bins, bool)
+    parts = region.split("-")  # "lower-left" -> rows "lower", columns "left"; "left" -> all rows
+    r = {"lower": lower, "upper": upper}.get(parts[0], everywhere)
+    c = {"left": left, "right": right}.get(parts[-1], everywhere)
+    return r[:, None] & c[None, :]
+
+
+REGION_RULES = ("contrast", "peak", "com")
+
+
+def region_neurons(
+    fm: FieldMaps, mask: np.ndarray, *, rule: str = "contrast", proportion: float = 0.2
+) -> np.ndarray:
+    """Neurons whose fields lie in a region of the visual field.
+
+    Parameters
+    ----------
+    fm : FieldMaps
+    mask : (bins, bins) bool, the region (:func:`region_mask`).
+    rule : {"contrast", "peak", "com"}
+        ``"contrast"`` (default): the top ``round(proportion * C)`` neurons by
+        ``(mean of the map inside the region - mean outside) / SD of the map``
+        over visited bins (a d'-like, scale-free contrast; the blog's "cells
+        that have a high activity in the lower left part of the image").
+        ``"peak"``: every neuron whose map maximum lies in the region.
+        ``"com"``: every neuron whose centre of mass of ``map - min(map)``
+        falls in a region bin.
+    proportion : float in (0, 1]
+        Used by ``"contrast"`` only.
+
+    Returns
+    -------
+    (m,) int64 neuron indices, best first for ``"contrast"``, ascending otherwise.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != (fm.bins, fm.bins):
+        raise ValueError(f"mask must have shape ({fm.bins}, {fm.bins}), got {m.shape}")
+    vis = fm.visited
+    inside, outside = m & vis, ~m & vis
+    if not inside.any() or not outside.any():
+        raise ValueError("the region must contain visited bins and leave visited bins outside it")
+    if rule == "contrast":
+        if not (0 < float(proportion) <= 1):
+            raise ValueError(f"proportion must be in (0, 1], got {proportion!r}")
+        sd = fm.maps[:, vis].std(axis=1)
+        score = (fm.maps[:, inside].mean(axis=1) - fm.maps[:, outside].mean(axis=1)) / np.where(sd > 0, sd, np.inf)
+        k = max(1, n_ablated(proportion, fm.n_neurons))
+        return np.argsort(-score, kind="stable")[:k].astype(np.int64)
+    if rule == "peak":
+        flat = np.where(vis, fm.maps, -np.inf).reshape(fm.n_neurons, -1).argmax(axis=1)
+        return np.flatnonzero(m.ravel()[flat]).astype(np.int64)
+    if rule == "com":
+        w = np.where(vis, fm.maps, np.nan)
+        w = w - np.nanmin(w.reshape(fm.n_neurons, -1), axis=1)[:, None, None]
+        w = np.nan_to_num(w, nan=0.0)
+        tot = w.sum(axis=(1, 2))
+        rr, cc = np.meshgrid(np.arange(fm.bins), np.arange(fm.bins), indexing="ij")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = (w * rr).sum(axis=(1, 2)) / tot
+            c = (w * cc).sum(axis=(1, 2)) / tot
+        ok = tot > 0
+        ri = np.clip(np.floor(np.nan_to_num(r) + 0.5).astype(int), 0, fm.bins - 1)
+        ci = np.clip(np.floor(np.nan_to_num(c) + 0.5).astype(int), 0, fm.bins - 1)
+        return np.flatnonzero(ok & m[ri, ci]).astype(np.int64)
+    raise ValueError(f"rule must be one of {REGION_RULES}, got {rule!r}")
+
+
+@torch.no_grad()
+def spatial_lesion_study(
+    tower: Tower,
+    cache: ResidualCache,
+    task: ZeroShotTask,
+    neurons: np.ndarray,
+    positions: np.ndarray,
+    rows_cols: np.ndarray,
+    region: np.ndarray,
+    *,
+    layer: int = 9,
+    n_neurons: int | None = None,
+    tokens: str = "all",
+    batch_size: int = 64,
+):
+    """Lesion the same neurons for every stimulus; per-stimulus decisions before and after.
+
+    Parameters
+    ----------
+    neurons : (m,) int, channels of block ``layer``'s attention output to zero.
+    positions : (n, 2) float, stimulus centres (x, y) in pixels, cache order.
+    rows_cols : (n, 2) int, stimulus bins (for ``inside``).
+    region : (bins, bins) bool, the region; ``inside`` = the stimulus's bin is in it.
+    layer : int
+    n_neurons : int, optional
+        Channels of the attention output (default: ``out_proj.out_features``).
+    tokens : {"all", "cls"}
+
+    Returns
+    -------
+    pandas.DataFrame, one row per cached stimulus:
+        ``stimulus, x, y, row, col, inside, correct_before, correct_after,
+        p_before, p_after, n_lesioned``.
+    """
+    import pandas as pd
+
+    layer = _check_block(tower, layer)
+    C = int(n_neurons if n_neurons is not None else tower.blocks[layer].attn.out_proj.out_features)
+    idx = np.asarray(neurons, dtype=np.int64)
+    if idx.ndim != 1 or np.any((idx < 0) | (idx >= C)):
+        raise ValueError(f"neurons must be a 1-D array of channel indices in 0..{C - 1}")
+    rc = np.asarray(rows_cols)
+    pos = np.asarray(positions, dtype=float)
+    if rc.shape != (cache.n, 2) or pos.shape != (cache.n, 2):
+        raise ValueError(f"positions and rows_cols must have shape ({cache.n}, 2), got {pos.shape}, {rc.shape}")
+    reg = np.asarray(region, dtype=bool)
+    valid = (rc >= 0).all(axis=1) & (rc < reg.shape[0]).all(axis=1)
+    inside = np.zeros(cache.n, bool)
+    inside[valid] = reg[rc[valid, 0], rc[valid, 1]]
+    mask = np.zeros(C, bool)
+    mask[idx] = True
+    before = task.decide(cache.embeddings)
+    after = task.decide(embed_from_cache(tower, cache, layer, batch_size=batch_size, mask=mask, layer=layer, tokens=tokens))
+    return pd.DataFrame(
+        dict(
+            stimulus=cache.indices, x=pos[:, 0], y=pos[:, 1], row=rc[:, 0], col=rc[:, 1], inside=inside,
+            correct_before=before[0], correct_after=after[0], p_before=before[1], p_after=after[1],
+            n_lesioned=int(mask.sum()),
+        )
+    )
+
+
+def performance_maps(
+    positions: np.ndarray,
+    values: np.ndarray,
+    bins: int,
+    extent: Sequence[float],
+    sigma: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Performance ratemaps: mean of per-stimulus values (e.g. correctness) in each bin.
+
+    Uses ``helpers.ratemaps.ratemaps`` (NaN in empty bins; optional Gaussian
+    smoothing ``sigma`` in bins).
+
+    Parameters
+    ----------
+    positions : (n, 2) pixels
+    values : (n,) or (n, k), e.g. ``np.c_[correct_before, correct_after]``
+
+    Returns
+    -------
+    maps : (k, bins, bins) float64
+    occupancy : (bins, bins) int64
+    """
+    from helpers.ratemaps import ratemaps
+
+    v = np.asarray(values, dtype=float)
+    return ratemaps(np.asarray(positions, float), v if v.ndim == 2 else v[:, None], bins=bins, extent=extent, sigma=sigma)
+
+
+def localisation_test(
+    before: np.ndarray,
+    after: np.ndarray,
+    inside: np.ndarray,
+    *,
+    n_permutations: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, float]:
+    """Is the lesion's deficit larger inside the region than outside?
+
+    Deficit per stimulus = ``before - after`` (e.g. correctness 1/0, or the
+    target probability). Statistic = mean deficit inside - mean deficit
+    outside. One-sided permutation p-value: the ``inside`` labels are shuffled
+    ``n_permutations`` times (seeded), ``p = (1 + #{stat_perm >= stat}) /
+    (1 + n_permutations)``.
+
+    Returns
+    -------
+    dict with ``deficit_inside, deficit_outside, difference, p_value,
+    n_inside, n_outside`` and ``localised`` (``difference > 0`` and
+    ``p_value < alpha``).
+    """
+    b = np.asarray(before, dtype=float)
+    a = np.asarray(after, dtype=float)
+    ins = np.asarray(inside, dtype=bool)
+    if not (b.shape == a.shape == ins.shape) or b.ndim != 1:
+        raise ValueError(f"before, after and inside must be 1-D of equal length, got {b.shape}, {a.shape}, {ins.shape}")
+    n_in, n = int(ins.sum()), ins.size
+    if n_in == 0 or n_in == n:
+        raise ValueError("inside must select at least one stimulus and leave at least one outside")
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    d = b - a
+    stat = d[ins].mean() - d[~ins].mean()
+    rng = np.random.default_rng(seed)
+    total = d.sum()
+    hits = 0
+    for s in range(0, n_permutations, 500):  # chunks of 500 permutations: bounded memory
+        m = min(500, n_permutations - s)
+        perm = rng.permuted(np.tile(ins, (m, 1)), axis=1)
+        s_in = perm @ d
+        stats = s_in / n_in - (total - s_in) / (n - n_in)
+        hits += int((stats >= stat - 1e-12).sum())
+    return dict(
+        deficit_inside=float(d[ins].mean()), deficit_outside=float(d[~ins].mean()), difference=float(stat),
+        p_value=(1 + hits) / (1 + n_permutations), n_inside=n_in, n_outside=n - n_in,
+        localised=bool(stat > 0 and (1 + hits) / (1 + n_permutations) < alpha),
+    )
