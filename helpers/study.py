@@ -171,7 +171,13 @@ def run_study(
             continue
         t0 = time.perf_counter()
         print(f"[{nb.stem}] {'preparing' if prepare_only else 'running'} …", flush=True)
+        attempt = f"{nb.stem}.attempt"
+        if not prepare_only and "overwrite" in nb_params and "overwrite" not in params:
+            # Same inputs as an interrupted attempt: resume its artefacts. Other
+            # inputs (or FORCE): replace them; they belong to another study.
+            nb_params["overwrite"] = state.get(attempt) != key
         state.pop(nb.stem, None)
+        state[attempt] = key
         if not prepare_only:
             _write_state(folder, state)  # a failed stage must not look done
         try:
@@ -191,7 +197,7 @@ def run_study(
             state[nb.stem] = key
             _write_state(folder, state)
         print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
-    if not prepare_only:
+    if not prepare_only and not stages:  # a partial run could leave stale downstream figures
         from helpers.report import build_report
 
         report = build_report(folder)
