@@ -8,7 +8,7 @@ in any browser and can be mailed around.
 Figures are grouped by the stage that wrote them (file-name prefix
 ``design_``, ``record_``, ``analyse_``, ``perturb_``); tables are every CSV of
 the run folder, rendered with the numbers exactly as written in the CSV (floats
-rounded to 4 decimals for display).
+shown to 6 significant digits).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _fmt(v: str) -> str:
         return v
     if v.strip().lstrip("-").isdigit():
         return v
-    return "" if f != f else f"{f:.4f}"
+    return "" if f != f else f"{f:.6g}"
 
 
 def csv_to_html(path: Path, *, max_rows: int = MAX_TABLE_ROWS) -> str:

@@ -202,6 +202,8 @@ def run_study(
 
         report = build_report(folder)
         print(f"study finished in {time.perf_counter() - t_all:.1f} s; report: {report}", flush=True)
+    else:
+        print(f"done in {time.perf_counter() - t_all:.1f} s: {folder}", flush=True)
     return folder
 
 

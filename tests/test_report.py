@@ -88,7 +88,7 @@ def check_report(run):
                 if wf != wf:
                     assert g == ""
                 else:
-                    assert float(g) == pytest.approx(wf, abs=5e-5), (csv_path.name, g, w)
+                    assert float(g) == pytest.approx(wf, rel=1e-5, abs=1e-12), (csv_path.name, g, w)
     return doc
 
 
@@ -111,7 +111,7 @@ def test_report_embeds_figures_and_tables(tmp_path):
     assert "abc123" in text and "n_stimuli" in text
     # design section comes before perturb
     assert text.index("Design") < text.index("Perturb")
-    assert doc.tables["zeroshot.csv"][1][1] == "0.8812"
+    assert doc.tables["zeroshot.csv"][1][1] == "0.881235"
 
 
 def test_report_detects_mismatch(tmp_path):

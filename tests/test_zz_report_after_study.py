@@ -1,0 +1,31 @@
+"""End-to-end report check on the small study that `make test` runs under nbval.
+
+`make test` prepares the notebooks into data/_nbval/ and nbval executes them
+(01 -> 04) *before* this module runs (the notebooks are passed to pytest first).
+Here the report is built from that real run folder and checked: it exists,
+embeds every figure the notebooks wrote, and its numbers equal the CSV tables.
+"""
+
+import pytest
+
+from helpers.paths import DATA_DIR
+from helpers.report import build_report
+
+from test_report import check_report
+
+RUN = DATA_DIR / "_nbval"
+EXPECTED_FIGURES = ("design_", "record_", "analyse_top_ratemaps_", "analyse_fraction_significant",
+                    "perturb_layer_lesions_", "perturb_targeted_", "perturb_spatial_")
+
+
+@pytest.mark.skipif(not (RUN / "perturb" / "targeted_lesions.csv").is_file(),
+                    reason="needs the small study of `make test` (data/_nbval executed by nbval)")
+def test_report_of_the_small_study():
+    build_report(RUN)
+    doc = check_report(RUN)
+    names = [i["data-file"] for i in doc.imgs]
+    for prefix in EXPECTED_FIGURES:
+        assert any(n.startswith(prefix) for n in names), f"no {prefix}* figure in the report"
+    for table in ("zeroshot.csv", "significance.csv", "layer_lesions.csv", "targeted_lesions.csv"):
+        assert table in doc.tables, table
+    assert any(row[0] == "weights_hash" for row in doc.tables["model.json"])
