@@ -1,0 +1,1536 @@
+"""Hook-based recording of model activations to disk: the Record stage.
+
+The blog records "neural responses" by attaching forward hooks to the layers of
+CLIP's image tower and storing what they output while the stimuli pass through
+("Record" section of the seed blog; the analysed layers are
+``visual.transformer.resblocks.[L].attn``, L = 0..11, class token only).
+This module does the same with three guarantees the blog's snippet lacks:
+
+* **The token axis is established, not assumed.** open_clip has run its
+  transformer both sequence-first (L, B, D; older releases) and batch-first
+  (B, L, D; current). Which one is in use is read from the model
+  (``Transformer.batch_first`` and ``nn.MultiheadAttention.batch_first``) and
+  every captured tensor is checked against the batch size and the number of
+  tokens ``1 + grid**2`` seen at the tower's input, so a wrong class-token
+  extraction fails loudly instead of silently (cf. thingsvision issue 185).
+* **Reversible.** Hooks live inside a context manager (:class:`Capture`) and
+  are removed on exit and on error; parameters, buffers and modes are never
+  touched.
+* **Streaming, resumable storage.** Each batch is written straight into one
+  ``.npy`` memory map per layer; only the current batch is held in RAM. A JSON
+  manifest, rewritten atomically after every batch, says what was recorded and
+  how far it got, so an interrupted recording resumes where it stopped and a
+  recording that does not match the requested stimuli or model is refused.
+
+On-disk format (one folder per condition, see :mod:`helpers.paths`)::
+
+    manifest.json          see :func:`record` (``format`` = "helpers.record/1")
+    <module name>.npy      n_stimuli x [tokens x] neurons, float32 (or float16)
+    embeddings.npy         n_stimuli x embed_dim, float32, L2-normalised rows
+
+Token selections (``tokens=``)
+------------------------------
+For transformer modules whose output is ``(B, T, D)`` with ``T = 1 + gh*gw``
+(class token first, then the patch tokens in row-major order):
+
+``"cls"``      ``x[:, 0]`` -> ``(n, D)``. The default; what the blog analyses.
+``"patches"``  ``x[:, 1:]`` -> ``(n, gh*gw, D)``; patch ``p`` sits at row
+               ``p // gw``, column ``p % gw``; see :func:`patch_table`.
+``"all"``      ``x`` -> ``(n, T, D)`` (token 0 is the class token).
+``"mean"``     ``x[:, 1:].mean(1)`` -> ``(n, D)``, the mean over patch tokens
+               (computed in float32).
+
+For convolutional outputs ``(B, C, gh, gw)`` (``visual.conv1``, the patch
+embedding, which runs *before* the class token is prepended):
+
+``"cls"``      refused: there is no class token yet.
+``"patches"``  ``(n, gh*gw, C)``, same row-major order as the transformer's
+               patch tokens (token ``1 + p`` <-> conv position ``p``).
+``"all"``      identical to ``"patches"`` (there are no prefix tokens).
+``"mean"``     spatial mean ``(n, C)``.
+
+Outputs without a token axis ``(B, D)`` (e.g. ``visual``) accept only ``"all"``.
+Text-tower modules (``transformer.resblocks.*``, ``ln_final``...) have no class
+token; they accept ``"all"`` and ``"eot"`` (the end-of-text token that CLIP's
+text tower pools). They run inside ``encode_text``: use :class:`Capture` around
+it, or :func:`record_text`.
+
+Layer names
+-----------
+Modules are chosen by exact ``named_modules()`` names or glob patterns,
+matched one dotted component at a time: ``*``, ``?`` and ``[...]`` never cross
+a dot and ``**`` spans any number of components. So
+``"visual.transformer.resblocks.*"`` selects the 12 blocks (the residual
+stream after each block) and not their sub-modules, and
+``"visual.transformer.resblocks.*.attn"`` the 12 attention sublayers. Each
+recorded module also gets a self-explaining TransformerLens-style hook name
+(:func:`hook_name`), e.g. ``image.blocks.3.hook_attn_out``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import fnmatch
+import json
+import logging
+import os
+import platform
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: The blog's layers: the 12 attention sublayers of the image transformer.
+DEFAULT_LAYERS = "visual.transformer.resblocks.*.attn"
+
+#: Token selections understood by :func:`select_tokens`.
+TOKEN_SELECTIONS = ("cls", "patches", "all", "mean", "eot")
+
+#: Storage dtypes (numpy) by name.
+STORAGE_DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16}
+
+#: Manifest file name and format tag.
+MANIFEST = "manifest.json"
+EMBEDDINGS = "embeddings.npy"
+FORMAT = "helpers.record/1"
+
+#: Manifest fields that must agree before a recording is resumed or reused.
+IDENTITY_KEYS = (
+    "model",
+    "weights",
+    "weights_hash",
+    "seed",
+    "quick_gelu",
+    "compute_dtype",
+    "layers",
+    "tokens",
+    "storage_dtype",
+    "stimuli_hash",
+    "n_stimuli",
+    "input_size",
+)
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class LayoutError(RuntimeError):
+    """A captured tensor does not have the layout the model declares."""
+
+
+class RecordingMismatchError(ValueError):
+    """An existing recording was made with other stimuli, model or settings."""
+
+
+class IncompleteRecordingError(RuntimeError):
+    """A recording was loaded that has not finished (see ``allow_incomplete``)."""
+
+
+# =========================================================================== layer names
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs numerically (``resblocks.2`` < ``resblocks.10``)."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def match_layer(pattern: str, name: str) -> bool:
+    """Whether a dotted module ``name`` matches a glob ``pattern``.
+
+    Matching is per dotted component with :func:`fnmatch.fnmatchcase`, so
+    ``*``, ``?`` and ``[...]`` stay within one component; a component ``**``
+    matches any number (including zero) of components.
+    """
+
+    def rec(p: Sequence[str], n: Sequence[str]) -> bool:
+        if not p:
+            return not n
+        if p[0] == "**":
+            return any(rec(p[1:], n[i:]) for i in range(len(n) + 1))
+        return bool(n) and fnmatch.fnmatchcase(n[0], p[0]) and rec(p[1:], n[1:])
+
+    return rec(pattern.split("."), name.split("."))
+
+
+def _as_module(model: Any) -> nn.Module:
+    """The ``nn.Module`` of a :class:`~helpers.models.LoadedModel` or a module itself."""
+    m = getattr(model, "model", model)
+    if not isinstance(m, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module or a LoadedModel, got {type(model).__name__}")
+    if getattr(m, "_orig_mod", None) is not None:
+        raise ValueError(
+            "model is a torch.compile wrapper, which silently ignores forward hooks registered after "
+            "compiling; record the uncompiled module (model._orig_mod)"
+        )
+    return m
+
+
+def _parent(model: nn.Module, name: str) -> nn.Module | None:
+    if "." not in name:
+        return model if name else None
+    return model.get_submodule(name.rsplit(".", 1)[0])
+
+
+def _unhookable_reason(model: nn.Module, name: str, module: nn.Module) -> str | None:
+    """Why a forward hook on this module would never fire (or None)."""
+    if name == "":
+        return "the root module returns several outputs; choose sub-modules"
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return "it is a container that is never called itself; choose its elements"
+    if isinstance(_parent(model, name), nn.MultiheadAttention):
+        return (
+            "nn.MultiheadAttention uses its sub-layers' weights inside one fused call, so their hooks "
+            f"never fire; hook {name.rsplit('.', 1)[0]!r} instead"
+        )
+    return None
+
+
+_EXAMPLE_LAYERS = (
+    "visual.conv1",
+    "visual.ln_pre",
+    "visual.transformer.resblocks.0",
+    "visual.transformer.resblocks.0.attn",
+    "visual.transformer.resblocks.0.mlp",
+    "visual.ln_post",
+    "transformer.resblocks.0",
+    "ln_final",
+)
+
+
+def resolve_layers(model: Any, layers: str | Sequence[str] = DEFAULT_LAYERS) -> list[str]:
+    """Resolve exact module names and glob patterns to a sorted list of names.
+
+    Parameters
+    ----------
+    model : nn.Module or LoadedModel
+        An open_clip model (names are relative to it, e.g. ``visual.conv1``).
+    layers : str or sequence of str
+        Exact names from ``model.named_modules()`` or per-component glob
+        patterns (see :func:`match_layer`). Default: :data:`DEFAULT_LAYERS`.
+
+    Returns
+    -------
+    list of str
+        Unique names in natural order (``resblocks.2`` before ``resblocks.10``).
+        Globs skip modules whose hooks never fire (containers such as
+        ``ModuleList``, the sub-layers of ``nn.MultiheadAttention``).
+
+    Raises
+    ------
+    ValueError
+        Empty ``layers``, a pattern that matches nothing (the message lists
+        close matches and valid examples), or an exact name whose hook would
+        never fire.
+    """
+    m = _as_module(model)
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers or not all(isinstance(p, str) and p.strip() for p in layers):
+        raise ValueError(f"layers must be a module name, a glob pattern or a non-empty list of them, got {layers!r}")
+    modules = dict(m.named_modules())
+    names = [n for n in modules if n]
+    chosen: set[str] = set()
+    for pat in layers:
+        pat = pat.strip()
+        if not _GLOB_CHARS.search(pat):
+            if pat not in modules:
+                raise ValueError(_unmatched_message(pat, names))
+            why = _unhookable_reason(m, pat, modules[pat])
+            if why:
+                raise ValueError(f"layers: cannot record {pat!r}: {why}")
+            chosen.add(pat)
+            continue
+        hits = [n for n in names if match_layer(pat, n) and _unhookable_reason(m, n, modules[n]) is None]
+        if not hits:
+            raise ValueError(_unmatched_message(pat, names))
+        chosen.update(hits)
+    return sorted(chosen, key=natural_key)
+
+
+def _unmatched_message(pattern: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.5)
+    examples = [n for n in _EXAMPLE_LAYERS if n in names] or list(names[:8])
+    msg = f"layers: {pattern!r} matches no module of this model."
+    if close:
+        msg += f" Close matches: {close}."
+    msg += (
+        f" Valid names look like {examples}; globs match one dotted component per '*' "
+        "(use '**' to span several), e.g. 'visual.transformer.resblocks.*.attn'."
+    )
+    return msg
+
+
+_BLOCK_RE = re.compile(r"^(?P<visual>visual\.)?(?P<text>text\.)?transformer\.resblocks\.(?P<i>\d+)(?:\.(?P<sub>.+))?$")
+
+_BLOCK_SUFFIX = {
+    None: ("hook_resid_post", "residual stream after block {i} (block output)"),
+    "ln_1": ("ln1.hook_normalized", "block {i} pre-attention LayerNorm output"),
+    "attn": ("hook_attn_out", "block {i} attention output (before the residual add)"),
+    "ls_1": ("hook_attn_out_scaled", "block {i} attention output after LayerScale"),
+    "ln_2": ("ln2.hook_normalized", "block {i} pre-MLP LayerNorm output"),
+    "mlp": ("hook_mlp_out", "block {i} MLP output (before the residual add)"),
+    "mlp.c_fc": ("mlp.hook_pre", "block {i} MLP hidden units before the nonlinearity"),
+    "mlp.gelu": ("mlp.hook_post", "block {i} MLP hidden units after the nonlinearity"),
+    "mlp.c_proj": ("mlp.hook_out", "block {i} MLP output projection"),
+    "ls_2": ("hook_mlp_out_scaled", "block {i} MLP output after LayerScale"),
+}
+
+_OTHER_NAMES = {
+    "visual": ("image.hook_pooled", "image embedding (pooled and projected)"),
+    "visual.conv1": ("image.hook_patch_embed", "patch embedding (conv1), before the class token is prepended"),
+    "visual.ln_pre": ("image.hook_ln_pre", "token embeddings after ln_pre (input to block 0)"),
+    "visual.transformer": ("image.hook_resid_final", "residual stream after the last block"),
+    "visual.ln_post": ("image.hook_ln_post", "final LayerNorm output"),
+    "token_embedding": ("text.hook_embed", "token embeddings"),
+    "transformer": ("text.hook_resid_final", "text residual stream after the last block"),
+    "ln_final": ("text.hook_ln_final", "text final LayerNorm output"),
+}
+
+
+def tower_of(name: str) -> str:
+    """``"image"`` for modules under ``visual``, ``"text"`` otherwise."""
+    return "image" if name == "visual" or name.startswith("visual.") else "text"
+
+
+def hook_name(name: str) -> str:
+    """TransformerLens-style label for a module, e.g. ``image.blocks.3.hook_attn_out``.
+
+    Unknown modules fall back to ``<tower>.<module name>``.
+    """
+    m = _BLOCK_RE.match(name)
+    if m and m.group("sub") in _BLOCK_SUFFIX:
+        return f"{tower_of(name)}.blocks.{m.group('i')}.{_BLOCK_SUFFIX[m.group('sub')][0]}"
+    if name in _OTHER_NAMES:
+        return _OTHER_NAMES[name][0]
+    return f"{tower_of(name)}.{name}"
+
+
+def describe_layer(name: str) -> str:
+    """One-line plain-language description of a module's output."""
+    m = _BLOCK_RE.match(name)
+    if m and m.group("sub") in _BLOCK_SUFFIX:
+        return f"{tower_of(name)} tower: " + _BLOCK_SUFFIX[m.group("sub")][1].format(i=m.group("i"))
+    if name in _OTHER_NAMES:
+        return f"{tower_of(name)} tower: {_OTHER_NAMES[name][1]}"
+    return f"{tower_of(name)} tower: output of {name}"
+
+
+def layer_label(name: str) -> str:
+    """Short axis label, e.g. ``L3 attn`` or ``L3 resid``."""
+    m = _BLOCK_RE.match(name)
+    if m:
+        sub = m.group("sub") or "resid"
+        return f"{'T' if tower_of(name) == 'text' else 'L'}{m.group('i')} {sub}"
+    return name.replace("visual.", "")
+
+
+# =========================================================================== token layout
+
+
+@dataclass(frozen=True)
+class ModuleLayout:
+    """How a module's output is laid out, as declared by the model.
+
+    Attributes
+    ----------
+    name : str
+    tower : {"image", "text"}
+    seq_first : bool
+        True when a 3-D output is ``(T, B, D)`` (inside an open_clip
+        Transformer run sequence-first); 3-D outputs are transposed to
+        ``(B, T, D)`` before any token is selected.
+    conv : bool
+        The module is a 2-D convolution (output ``(B, C, H, W)``).
+    mha : bool
+        The module is ``nn.MultiheadAttention`` (returns ``(output, weights)``).
+    """
+
+    name: str
+    tower: str
+    seq_first: bool
+    conv: bool
+    mha: bool
+
+
+def _transformer_batch_first(t: nn.Module) -> bool:
+    """Layout an open_clip Transformer runs its blocks in, read from the model."""
+    bf = getattr(t, "batch_first", None)
+    mhas = [m for m in t.modules() if isinstance(m, nn.MultiheadAttention)]
+    if bf is None:
+        if not mhas:
+            raise LayoutError("cannot establish the token layout: transformer has neither batch_first nor attention")
+        bf = mhas[0].batch_first
+    bad = [m for m in mhas if bool(m.batch_first) != bool(bf)]
+    if bad:
+        raise LayoutError(
+            f"transformer declares batch_first={bf} but {len(bad)} attention module(s) disagree; "
+            "refusing to guess where the token axis is"
+        )
+    return bool(bf)
+
+
+def module_layout(model: Any, name: str) -> ModuleLayout:
+    """Establish the output layout of module ``name`` from the model's own flags.
+
+    The nearest enclosing module with a ``resblocks`` attribute (open_clip's
+    ``Transformer``) decides: modules strictly inside it see its internal
+    layout (``batch_first`` flag, cross-checked against every
+    ``nn.MultiheadAttention.batch_first`` in it); the Transformer's own output
+    and modules outside it are batch-first.
+    """
+    m = _as_module(model)
+    module = m.get_submodule(name)
+    parts = name.split(".")
+    seq_first = False
+    for k in range(len(parts) - 1, 0, -1):
+        anc = m.get_submodule(".".join(parts[:k]))
+        if hasattr(anc, "resblocks"):
+            seq_first = not _transformer_batch_first(anc)
+            break
+    if isinstance(module, nn.MultiheadAttention) and bool(module.batch_first) == seq_first:
+        raise LayoutError(f"{name}: batch_first={module.batch_first} contradicts its transformer's layout")
+    return ModuleLayout(
+        name=name,
+        tower=tower_of(name),
+        seq_first=seq_first,
+        conv=isinstance(module, nn.Conv2d),
+        mha=isinstance(module, nn.MultiheadAttention),
+    )
+
+
+def check_tokens(tokens: str) -> str:
+    """Validate a token selection name (see the module docstring)."""
+    if tokens not in TOKEN_SELECTIONS:
+        raise ValueError(f"tokens must be one of {TOKEN_SELECTIONS}, got {tokens!r}")
+    return tokens
+
+
+def _refuse_static(layout: ModuleLayout, tokens: str) -> None:
+    """Refuse token selections that can never apply to a module, before any forward."""
+    if layout.tower == "text" and tokens in ("cls", "patches", "mean"):
+        raise ValueError(
+            f"tokens={tokens!r} is undefined for text-tower module {layout.name!r}: CLIP's text tower has no "
+            "class token or patches (and 'mean' would average padding); use tokens='eot' (the pooled "
+            "end-of-text token) or 'all'"
+        )
+    if layout.tower == "image" and tokens == "eot":
+        raise ValueError(f"tokens='eot' applies to text-tower modules only, not {layout.name!r}; use 'cls'")
+    if layout.conv and tokens == "cls":
+        raise ValueError(
+            f"tokens='cls' is undefined for {layout.name!r}: a convolution output (B, C, H, W) runs before the "
+            "class token is prepended. Use tokens='patches' (one row per grid position, row-major, "
+            "like the transformer's patch tokens), 'all' (same as 'patches') or 'mean' (spatial mean)"
+        )
+
+
+@dataclass
+class TowerInput:
+    """What the tower's input revealed in the current forward."""
+
+    batch: int
+    n_tokens: int | None
+    n_prefix: int
+    grid: tuple[int, int] | None = None
+    text: torch.Tensor | None = None
+    pool: str | None = None
+
+
+def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: TowerInput) -> torch.Tensor:
+    """Normalise one module output to batch-first, assert its shape, select tokens.
+
+    Parameters
+    ----------
+    x : tensor
+        The module output as produced: ``(B, T, D)`` or ``(T, B, D)`` (per
+        ``layout.seq_first``), ``(B, C, H, W)`` or ``(B, D)``.
+    layout : ModuleLayout
+    tokens : str
+        See the module docstring.
+    inp : TowerInput
+        Batch size, expected token count and prefix tokens, from the tower input.
+
+    Returns
+    -------
+    tensor
+        ``(B, D)``, ``(B, P, D)`` or ``(B, T, D)``; a view or a new tensor.
+
+    Raises
+    ------
+    LayoutError
+        The shape contradicts the declared layout (batch or token count).
+    ValueError
+        The selection is undefined for this kind of output.
+    """
+    name = layout.name
+    if x.ndim == 3:
+        if layout.seq_first:
+            x = x.transpose(0, 1)
+        if x.shape[0] != inp.batch or (inp.n_tokens is not None and x.shape[1] != inp.n_tokens):
+            flipped = x.shape[1] == inp.batch and x.shape[0] == inp.n_tokens
+            raise LayoutError(
+                f"{name}: output {tuple(x.shape)} (after applying the declared "
+                f"{'sequence' if layout.seq_first else 'batch'}-first layout) does not match batch={inp.batch}, "
+                f"tokens={inp.n_tokens}" + ("; it looks transposed, so the declared layout is wrong" if flipped else "")
+            )
+        p = inp.n_prefix
+        if tokens == "all":
+            return x
+        if tokens == "eot":
+            if inp.text is None:
+                raise ValueError(f"tokens='eot' needs the text input; {name} is not in the text tower")
+            return x[torch.arange(x.shape[0], device=x.device), _eot_index(inp)]
+        if p < 1 and tokens == "cls":
+            raise ValueError(f"tokens='cls': {name} has no class token")
+        if tokens == "cls":
+            return x[:, 0]
+        if inp.grid is not None and x.shape[1] - p != inp.grid[0] * inp.grid[1]:
+            raise LayoutError(f"{name}: {x.shape[1] - p} patch tokens, expected grid {inp.grid}")
+        if tokens == "patches":
+            return x[:, p:]
+        if tokens == "mean":
+            return x[:, p:].float().mean(dim=1)
+    elif x.ndim == 4:
+        if x.shape[0] != inp.batch:
+            raise LayoutError(f"{name}: output {tuple(x.shape)} does not start with batch={inp.batch}")
+        if tokens in ("patches", "all"):
+            return x.flatten(2).transpose(1, 2)
+        if tokens == "mean":
+            return x.float().mean(dim=(2, 3))
+        raise ValueError(
+            f"tokens={tokens!r} is undefined for {name}: its output {tuple(x.shape)} has no class token; "
+            "use 'patches', 'all' or 'mean'"
+        )
+    elif x.ndim == 2:
+        if x.shape[0] != inp.batch:
+            raise LayoutError(f"{name}: output {tuple(x.shape)} does not start with batch={inp.batch}")
+        if tokens == "all":
+            return x
+        raise ValueError(f"{name}: output {tuple(x.shape)} has no token axis; only tokens='all' applies")
+    raise LayoutError(f"{name}: unsupported output shape {tuple(x.shape)}")
+
+
+def _eot_index(inp: TowerInput) -> torch.Tensor:
+    text = inp.text
+    if inp.pool in (None, "argmax"):
+        return text.argmax(dim=-1)
+    if inp.pool == "last":
+        return torch.full((text.shape[0],), text.shape[1] - 1, dtype=torch.long, device=text.device)
+    if inp.pool == "first":
+        return torch.zeros(text.shape[0], dtype=torch.long, device=text.device)
+    raise ValueError(f"tokens='eot': text pooling {inp.pool!r} is not supported")
+
+
+def patch_table(source: Any = None, *, grid: Sequence[int] | None = None, patch_size: Sequence[int] | None = None):
+    """Where each patch token looks: row, column and pixel box in the input frame.
+
+    Parameters
+    ----------
+    source : LoadedModel, open_clip CLIP / VisionTransformer, or a recording manifest (dict), optional
+        Where to read ``grid`` and ``patch_size`` from.
+    grid : (rows, cols), optional
+        Patch grid, e.g. ``(7, 7)`` for ViT-B/32 at 224 px.
+    patch_size : (height, width) in pixels, optional
+        E.g. ``(32, 32)``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per patch, in token order: ``patch`` (0..P-1, the index along
+        the ``patches`` axis), ``token`` (its index in the full sequence,
+        ``patch + 1`` behind the class token), ``row``, ``col`` (row-major),
+        and the half-open pixel box ``x0 <= x < x1``, ``y0 <= y < y1`` with its
+        centre ``cx, cy`` in the model's input frame (x right, y down; see
+        :func:`helpers.stimuli.positions_in_input` for stimulus positions in
+        the same frame).
+    """
+    import pandas as pd
+
+    if source is not None:
+        if isinstance(source, Mapping):
+            geo = source.get("geometry", source)
+            grid, patch_size = geo["grid"], geo["patch_size"]
+        else:
+            m = _as_module(source)
+            vis = getattr(m, "visual", m)
+            patch_size = tuple(vis.patch_size)
+            grid = tuple(vis.grid_size)
+    if grid is None or patch_size is None:
+        raise ValueError("patch_table needs a model, a manifest, or both grid= and patch_size=")
+    gh, gw = (int(v) for v in grid)
+    ph, pw = (int(v) for v in patch_size)
+    p = np.arange(gh * gw)
+    row, col = p // gw, p % gw
+    return pd.DataFrame(
+        {
+            "patch": p,
+            "token": p + 1,
+            "row": row,
+            "col": col,
+            "x0": col * pw,
+            "x1": (col + 1) * pw,
+            "y0": row * ph,
+            "y1": (row + 1) * ph,
+            "cx": (col + 0.5) * pw,
+            "cy": (row + 0.5) * ph,
+        }
+    )
+
+
+# =========================================================================== capture
+
+
+class _TowerInputHook:
+    """Forward pre-hook on a tower's entry module: records batch size and geometry."""
+
+    def __init__(self, capture: "Capture", tower: str):
+        self.capture, self.tower = capture, tower
+        self.__name__ = f"hook_{tower}_input"
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__} (helpers.record)>"
+
+    def __call__(self, module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()))
+        if self.tower == "image":
+            ph, pw = module.patch_size if hasattr(module, "patch_size") else (None, None)
+            has_cls = getattr(module, "class_embedding", None) is not None
+            grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph else None
+            n_prefix = 1 if has_cls else 0
+            n_tok = (n_prefix + grid[0] * grid[1]) if grid else None
+            self.capture.inputs["image"] = TowerInput(int(x.shape[0]), n_tok, n_prefix, grid)
+        else:
+            pool = getattr(self.capture.model, "text_pool_type", None) or getattr(module, "pool_type", None)
+            self.capture.inputs["text"] = TowerInput(int(x.shape[0]), int(x.shape[1]), 0, None, x.detach(), pool)
+
+
+class _OutputHook:
+    """Forward hook that stores the selected tokens of one module's output."""
+
+    def __init__(self, capture: "Capture", layout: ModuleLayout):
+        self.capture, self.layout = capture, layout
+        self.__name__ = hook_name(layout.name)
+
+    def __repr__(self) -> str:
+        return f"<{self.__name__} on {self.layout.name!r}, tokens={self.capture.tokens!r} (helpers.record)>"
+
+    def __call__(self, module, args, output):
+        cap, name = self.capture, self.layout.name
+        if isinstance(output, tuple):
+            if not self.layout.mha:
+                raise LayoutError(f"{name} returned a tuple of {len(output)}; only nn.MultiheadAttention is understood")
+            output = output[0]  # (attn_output, attn_weights or None)
+        if not isinstance(output, torch.Tensor):
+            raise LayoutError(f"{name} returned {type(output).__name__}, not a tensor")
+        inp = cap.inputs.get(self.layout.tower)
+        if inp is None:
+            raise LayoutError(
+                f"{name} ran but the {self.layout.tower} tower's input was not seen; run the forward through "
+                "model.encode_image / model.visual (image) or model.encode_text (text)"
+            )
+        sel = select_tokens(output.detach(), self.layout, cap.tokens, inp)
+        cap.outputs[name] = sel.clone() if sel.data_ptr() == output.data_ptr() or sel._is_view() else sel
+        cap.calls[name] += 1
+
+
+class Capture:
+    """Context manager that records named modules during any forward pass.
+
+    Parameters
+    ----------
+    model : nn.Module or LoadedModel
+        An open_clip model.
+    layers : str or sequence of str
+        Names or globs, see :func:`resolve_layers`.
+    tokens : str
+        Token selection applied inside the hook (so only the selection is kept),
+        see the module docstring. Default ``"all"``.
+
+    Attributes
+    ----------
+    names : list of str
+        Resolved module names.
+    outputs : dict name -> tensor
+        Selected, batch-first, detached outputs of the most recent call of each
+        module, on the model's device and in its dtype (``"mean"`` is float32).
+    calls : Counter
+        How often each module ran since the last :meth:`clear`.
+
+    Examples
+    --------
+    >>> with Capture(lm, "transformer.resblocks.*", tokens="eot") as cap:   # doctest: +SKIP
+    ...     lm.model.encode_text(lm.tokenizer(["a black circle"]))
+    >>> cap.outputs["transformer.resblocks.11"].shape                       # doctest: +SKIP
+    torch.Size([1, 512])
+
+    Hooks are registered on ``__enter__`` and removed on ``__exit__``, also when
+    the body raises; the model's parameters, buffers and modes are not touched.
+    """
+
+    def __init__(self, model: Any, layers: str | Sequence[str] = DEFAULT_LAYERS, tokens: str = "all"):
+        self.model = _as_module(model)
+        self.tokens = check_tokens(tokens)
+        self.names = resolve_layers(self.model, layers)
+        self.layouts = {n: module_layout(self.model, n) for n in self.names}
+        for lay in self.layouts.values():
+            _refuse_static(lay, tokens)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.inputs: dict[str, TowerInput] = {}
+        self.calls: Counter = Counter()
+        self._handles: list = []
+
+    def _tower_entries(self) -> dict[str, nn.Module]:
+        towers = {lay.tower for lay in self.layouts.values()}
+        entries = {}
+        if "image" in towers:
+            entries["image"] = self.model.visual
+        if "text" in towers:
+            text = getattr(self.model, "text", None)
+            entries["text"] = text if isinstance(text, nn.Module) else self.model.token_embedding
+        return entries
+
+    def __enter__(self) -> "Capture":
+        try:
+            for tower, entry in self._tower_entries().items():
+                h = entry.register_forward_pre_hook(_TowerInputHook(self, tower), with_kwargs=True, prepend=True)
+                self._handles.append(h)
+            for name in self.names:
+                mod = self.model.get_submodule(name)
+                self._handles.append(mod.register_forward_hook(_OutputHook(self, self.layouts[name])))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.remove()
+        return False
+
+    def remove(self) -> None:
+        """Remove every hook this capture registered (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def clear(self) -> None:
+        """Forget outputs, inputs and call counts (call before each forward)."""
+        self.outputs.clear()
+        self.inputs.clear()
+        self.calls.clear()
+
+    def missing(self) -> list[str]:
+        """Modules that did not run since the last :meth:`clear`."""
+        return [n for n in self.names if self.calls[n] == 0]
+
+    def check_complete(self) -> None:
+        """Raise unless every module ran exactly once since the last :meth:`clear`."""
+        miss = self.missing()
+        if miss:
+            towers = sorted({self.layouts[n].tower for n in miss})
+            raise RuntimeError(
+                f"{len(miss)} recorded module(s) did not run in this forward ({miss[:4]}...); "
+                f"{'/'.join(towers)}-tower modules only run in "
+                + ("encode_text" if towers == ["text"] else "encode_image")
+            )
+        multi = [n for n in self.names if self.calls[n] > 1]
+        if multi:
+            raise RuntimeError(f"module(s) ran more than once in one forward, outputs would be ambiguous: {multi}")
+
+
+def capture(model: Any, layers: str | Sequence[str] = DEFAULT_LAYERS, tokens: str = "all") -> Capture:
+    """Shorthand for :class:`Capture` (use as ``with capture(...) as cap:``)."""
+    return Capture(model, layers, tokens)
+
+
+# =========================================================================== forward loop
+
+
+def _batch_source(
+    lm, stim, batch_size: int, start: int, images: torch.Tensor | None, num_workers: int
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Batches of preprocessed images from ``start`` on, from ``images`` or by rendering."""
+    n = len(stim)
+    if images is not None:
+        if images.ndim != 4 or images.shape[0] != n:
+            raise ValueError(f"images must be preprocessed (n={n}, 3, S, S), got {tuple(images.shape)}")
+        for a in range(start, n, batch_size):
+            b = min(a + batch_size, n)
+            yield images[a:b], np.arange(a, b)
+        return
+    from helpers.stimuli import iter_batches
+
+    yield from iter_batches(stim, lm.preprocess, batch_size, indices=range(start, n), num_workers=num_workers)
+
+
+def _forward_batches(lm, cap: Capture, batches: Iterable) -> Iterator[tuple[np.ndarray, dict, torch.Tensor]]:
+    """Run ``encode_image`` per batch; yield (indices, {name: tensor}, embeddings)."""
+    for images, idx in batches:
+        cap.clear()
+        x = images.to(device=lm.device, dtype=lm.dtype)
+        emb = lm.model.encode_image(x, normalize=True)
+        cap.check_complete()
+        yield np.asarray(idx), {n: cap.outputs[n] for n in cap.names}, emb
+
+
+def _image_only(names: Sequence[str]) -> None:
+    text = [n for n in names if tower_of(n) == "text"]
+    if text:
+        raise ValueError(
+            f"layers: {text[:3]} are text-tower modules, which do not run on images; record them with "
+            "Capture(...) around encode_text or with record_text()"
+        )
+
+
+@torch.inference_mode()
+def record_arrays(
+    lm,
+    stim,
+    *,
+    layers: str | Sequence[str] = DEFAULT_LAYERS,
+    tokens: str = "cls",
+    indices: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Record a *small* subset in memory (for checks; everything is held in RAM).
+
+    Returns
+    -------
+    acts : dict name -> float32 array (n_sel, [tokens,] neurons)
+    embeddings : (n_sel, embed_dim) float32, L2-normalised
+    """
+    from helpers.stimuli import iter_batches
+
+    with Capture(lm, layers, tokens) as cap:
+        _image_only(cap.names)
+        chunks: dict[str, list] = {n: [] for n in cap.names}
+        embs = []
+        for _, outs, emb in _forward_batches(lm, cap, iter_batches(stim, lm.preprocess, batch_size, indices=indices)):
+            for n, t in outs.items():
+                chunks[n].append(t.float().cpu().numpy())
+            embs.append(emb.float().cpu().numpy())
+    return {n: np.concatenate(c) for n, c in chunks.items()}, np.concatenate(embs)
+
+
+@torch.inference_mode()
+def record_text(
+    lm, prompts: Sequence[str], layers: str | Sequence[str] = "transformer.resblocks.*", tokens: str = "eot"
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Record text-tower modules while encoding prompts.
+
+    Returns
+    -------
+    acts : dict name -> float32 array (n_prompts, [77,] width)
+    embeddings : (n_prompts, embed_dim) float32, L2-normalised
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
+    with Capture(lm, layers, tokens) as cap:
+        emb = lm.model.encode_text(lm.tokenizer(list(prompts)).to(lm.device), normalize=True)
+        cap.check_complete()
+        acts = {n: cap.outputs[n].float().cpu().numpy() for n in cap.names}
+    return acts, emb.float().cpu().numpy()
+
+
+# =========================================================================== storage
+
+
+def _versions() -> dict[str, str]:
+    import open_clip
+
+    import helpers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "open_clip": getattr(open_clip, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "helpers": helpers.__version__,
+    }
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def _geometry(model: nn.Module, input_size: int) -> dict:
+    vis = model.visual
+    ps = getattr(vis, "patch_size", None)
+    if ps is None:
+        return {"input_size": int(input_size)}
+    ps = [int(v) for v in ps]
+    grid = [int(input_size) // ps[0], int(input_size) // ps[1]]
+    return {
+        "input_size": int(input_size),
+        "patch_size": ps,
+        "grid": grid,
+        "n_prefix_tokens": 1 if getattr(vis, "class_embedding", None) is not None else 0,
+        "n_tokens": 1 + grid[0] * grid[1],
+        "transformer_batch_first": _transformer_batch_first(vis.transformer) if hasattr(vis, "transformer") else None,
+        "token_order": "class token at 0, then patches row-major (token 1 + row*cols + col)",
+    }
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Read ``manifest.json`` from a recording folder (or the file itself)."""
+    p = Path(path)
+    p = p / MANIFEST if p.is_dir() or not p.suffix else p
+    if not p.is_file():
+        raise FileNotFoundError(f"no recording manifest at {p}; run notebooks/02_record.ipynb (helpers.record.record)")
+    return json.loads(p.read_text())
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    """Atomic rewrite: a crash leaves either the old or the new manifest."""
+    tmp = folder / (MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _identity_diff(stored: Mapping, wanted: Mapping) -> list[str]:
+    out = []
+    for k in IDENTITY_KEYS:
+        a, b = stored.get(k), wanted.get(k)
+        if a != b:
+            out.append(f"{k}: recorded {a!r}, requested {b!r}")
+    return out
+
+
+def _file_name(layer: str) -> str:
+    return f"{layer}.npy"
+
+
+def _clear_folder(folder: Path, old: Mapping | None) -> None:
+    """Delete a previous recording's files (manifest, embeddings, layer arrays)."""
+    files = {MANIFEST, MANIFEST + ".tmp", EMBEDDINGS}
+    if old:
+        files.update(a["file"] for a in old.get("arrays", {}).values())
+    files.update(p.name for p in folder.glob("*.npy"))
+    for f in files:
+        (folder / f).unlink(missing_ok=True)
+
+
+def _models_weights_hash(model: nn.Module) -> str:
+    from helpers.models import weights_hash
+
+    return weights_hash(model)
+
+
+def record(
+    lm,
+    stim,
+    out_dir: str | Path,
+    *,
+    layers: str | Sequence[str] = DEFAULT_LAYERS,
+    tokens: str = "cls",
+    storage_dtype: str = "float32",
+    batch_size: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+    images: torch.Tensor | None = None,
+    on_batch: Callable[[dict], None] | None = None,
+    condition: str | None = None,
+    weights_hash: str | None = None,
+) -> dict:
+    """Record ``layers`` for every stimulus, streaming into per-layer ``.npy`` memmaps.
+
+    One ``encode_image`` forward per batch records all layers and the final
+    embedding. Only the current batch is held in memory. After each batch the
+    arrays are flushed and ``manifest.json`` is rewritten atomically with the
+    number of stimuli done, so an interrupted call resumes when called again
+    with the same arguments.
+
+    Parameters
+    ----------
+    lm : helpers.models.LoadedModel
+        Model, preprocessing, device and compute dtype (``lm.dtype``:
+        float32 is exact; bfloat16 is ~3-4x faster on CPUs with bf16 support).
+    stim : helpers.stimuli.StimulusSet
+        Stimuli, recorded in order ``0 .. n-1``.
+    out_dir : str or Path
+        Recording folder (created).
+    layers : str or sequence of str
+        Module names or globs (:func:`resolve_layers`); image tower only.
+    tokens : {"cls", "patches", "all", "mean"}
+        Token selection (module docstring). Default ``"cls"``.
+    storage_dtype : {"float32", "float16"}
+        On-disk dtype; activations are converted on write (float16 refuses
+        values that would overflow to inf).
+    batch_size : int
+        Images per forward (> 0).
+    overwrite : bool
+        Delete an existing recording in ``out_dir`` and start fresh. Without
+        it, an existing recording is resumed (incomplete) or returned as is
+        (complete) when its manifest matches on every :data:`IDENTITY_KEYS`
+        field, and refused otherwise. Resuming with another ``batch_size`` or
+        ``num_workers`` is allowed (batch size changes results only within
+        float tolerance; each session is logged in ``progress.sessions``).
+    progress : bool
+        Show a ``tqdm`` bar (images/s).
+    num_workers : int
+        DataLoader workers for rendering (0 = in-process).
+    images : tensor (n, 3, S, S), optional
+        Pre-processed images to use instead of rendering ``stim`` (benchmarks,
+        repeated recordings). Must correspond to ``stim``.
+    on_batch : callable(dict), optional
+        Called after each batch is committed with ``{"condition", "batch",
+        "n_done", "n_total", "images_per_s"}``; an exception raised there stops
+        the recording like an interruption.
+    condition : str, optional
+        Label stored in the manifest (``"model"`` / ``"random"``).
+    weights_hash : str, optional
+        Precomputed :func:`helpers.models.weights_hash` of ``lm.model`` (skips
+        hashing ~600 MB; you vouch that it is current).
+
+    Returns
+    -------
+    dict
+        The final manifest: ``format``, ``complete``, the identity fields
+        (:data:`IDENTITY_KEYS`), ``arrays`` (per layer: file, shape, dtype,
+        hook, description), ``embeddings``, ``geometry`` (input size, patch
+        size, grid, token order), ``versions``, ``device``, ``progress``
+        (``n_done``, ``sessions``) and timestamps.
+
+    Raises
+    ------
+    RecordingMismatchError
+        ``out_dir`` holds a recording of other stimuli/model/settings.
+    ValueError
+        Invalid parameters.
+    LayoutError
+        A module output contradicts the model's declared token layout.
+    """
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {tuple(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_tokens(tokens)
+    if tokens == "eot":
+        raise ValueError("tokens='eot' is for text-tower modules; image recordings use 'cls', 'patches', 'all' or 'mean'")
+    model = lm.model
+    cap = Capture(model, layers, tokens)
+    names = cap.names
+    _image_only(names)
+    n = len(stim)
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    identity = {
+        "model": lm.name,
+        "weights": lm.weights,
+        "weights_hash": weights_hash or _models_weights_hash(model),
+        "seed": lm.seed,
+        "quick_gelu": bool(lm.quick_gelu),
+        "compute_dtype": _dtype_name(lm.dtype),
+        "layers": list(names),
+        "tokens": tokens,
+        "storage_dtype": storage_dtype,
+        "stimuli_hash": stim.hash,
+        "n_stimuli": n,
+        "input_size": int(lm.input_size),
+    }
+    old = read_manifest(folder) if (folder / MANIFEST).is_file() else None
+    if overwrite:
+        _clear_folder(folder, old)
+        old = None
+    elif old is None and any(folder.glob("*.npy")):
+        raise RecordingMismatchError(
+            f"{folder} holds .npy files but no {MANIFEST}; refusing to mix. Pass overwrite=True to start fresh"
+        )
+    elif old is not None:
+        diff = _identity_diff(old, identity)
+        if old.get("format") != FORMAT:
+            diff.insert(0, f"format: recorded {old.get('format')!r}, this code writes {FORMAT!r}")
+        if diff:
+            raise RecordingMismatchError(
+                f"{folder} holds a different recording; refusing to resume or mix it:\n  - "
+                + "\n  - ".join(diff)
+                + "\nPass overwrite=True to delete it and record afresh, or choose another folder."
+            )
+        if old.get("complete"):
+            log.info("recording in %s is complete and matches; nothing to do", folder)
+            return old
+
+    store_np = STORAGE_DTYPES[storage_dtype]
+    store_t = torch.float16 if storage_dtype == "float16" else torch.float32
+    manifest = old or {
+        "format": FORMAT,
+        "complete": False,
+        "condition": condition,
+        **identity,
+        "model_label": getattr(lm, "label", lm.name),
+        "arrays": {},
+        "embeddings": None,
+        "geometry": _geometry(model, lm.input_size),
+        "versions": _versions(),
+        "created": _now(),
+        "progress": {"n_done": 0, "sessions": []},
+    }
+    start = int(manifest["progress"]["n_done"])
+    manifest["device"] = str(lm.device)
+    manifest["batch_size"] = int(batch_size)
+    session = {"started": _now(), "start_at": start, "batch_size": int(batch_size), "versions": _versions()}
+    manifest["progress"]["sessions"].append(session)
+    _write_manifest(folder, manifest)
+
+    arrays: dict[str, np.memmap] = {}
+    emb_mm: np.memmap | None = None
+    if start > 0:
+        arrays, emb_mm = _open_existing(folder, manifest, mode="r+")
+
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=n, initial=start, unit="img", desc=f"record {condition or lm.name}", disable=not progress)
+    done = start
+    try:
+        with torch.inference_mode(), cap:
+            batches = _batch_source(lm, stim, int(batch_size), start, images, num_workers)
+            for j, (idx, outs, emb) in enumerate(_forward_batches(lm, cap, batches)):
+                a, b = int(idx[0]), int(idx[-1]) + 1
+                if b - a != len(idx) or a != done:
+                    raise RuntimeError(f"batches out of order: expected stimuli from {done}, got {idx[:3]}...")
+                host = {nm: _to_storage(t, store_t, nm) for nm, t in outs.items()}
+                emb_np = emb.float().cpu().numpy()
+                if emb_mm is None:
+                    arrays, emb_mm = _allocate(folder, manifest, host, emb_np, n, store_np)
+                    _write_manifest(folder, manifest)
+                for nm, arr in host.items():
+                    arrays[nm][a:b] = arr
+                emb_mm[a:b] = emb_np
+                for mm in (*arrays.values(), emb_mm):
+                    mm.flush()
+                done = b
+                rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
+                manifest["progress"]["n_done"] = done
+                session.update(n_done=done, images_per_s=round(rate, 3), updated=_now())
+                manifest["updated"] = session["updated"]
+                _write_manifest(folder, manifest)
+                bar.update(b - a)
+                if on_batch is not None:
+                    on_batch({"condition": condition, "batch": j, "n_done": done, "n_total": n, "images_per_s": rate})
+    finally:
+        bar.close()
+        for mm in (*arrays.values(), *([emb_mm] if emb_mm is not None else [])):
+            mm.flush()
+        del arrays, emb_mm
+    if done != n:
+        raise RuntimeError(f"recording stopped at {done}/{n} stimuli")
+    manifest["complete"] = True
+    manifest["finished"] = _now()
+    _write_manifest(folder, manifest)
+    return manifest
+
+
+def _to_storage(t: torch.Tensor, store_t: torch.dtype, name: str) -> np.ndarray:
+    out = t.to(device="cpu", dtype=store_t)
+    if store_t == torch.float16 and not bool(torch.isfinite(out).all()) and bool(torch.isfinite(t).all()):
+        raise ValueError(
+            f"storage_dtype='float16' overflows for {name} (|x| max {float(t.abs().max()):.4g} > 65504); "
+            "use storage_dtype='float32'"
+        )
+    return out.numpy()
+
+
+def _allocate(folder: Path, manifest: dict, host: Mapping[str, np.ndarray], emb: np.ndarray, n: int, store_np):
+    from numpy.lib.format import open_memmap
+
+    arrays = {}
+    for nm, arr in host.items():
+        shape = (n, *arr.shape[1:])
+        arrays[nm] = open_memmap(folder / _file_name(nm), mode="w+", dtype=store_np, shape=shape)
+        manifest["arrays"][nm] = {
+            "file": _file_name(nm),
+            "shape": list(shape),
+            "dtype": np.dtype(store_np).name,
+            "hook": hook_name(nm),
+            "description": describe_layer(nm),
+            "axes": _axes(manifest["tokens"], len(shape)),
+        }
+    emb_mm = open_memmap(folder / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(n, emb.shape[1]))
+    manifest["embeddings"] = {
+        "file": EMBEDDINGS,
+        "shape": [n, int(emb.shape[1])],
+        "dtype": "float32",
+        "description": "final image embedding (encode_image, L2-normalised), same forward pass",
+    }
+    return arrays, emb_mm
+
+
+def _axes(tokens: str, ndim: int) -> list[str]:
+    if ndim == 2:
+        return ["stimulus", "neuron"]
+    return ["stimulus", "patch" if tokens == "patches" else "token", "neuron"]
+
+
+def _open_existing(folder: Path, manifest: Mapping, mode: str = "r"):
+    arrays = {}
+    for nm, spec in manifest["arrays"].items():
+        arrays[nm] = _open_checked(folder / spec["file"], spec, mode)
+    emb = manifest.get("embeddings")
+    emb_mm = _open_checked(folder / emb["file"], emb, mode) if emb else None
+    return arrays, emb_mm
+
+
+def _open_checked(path: Path, spec: Mapping, mode: str) -> np.memmap:
+    if not path.is_file():
+        raise RecordingMismatchError(f"{path} is listed in the manifest but missing; pass overwrite=True to re-record")
+    arr = np.load(path, mmap_mode=mode)
+    if list(arr.shape) != list(spec["shape"]) or arr.dtype.name != spec["dtype"]:
+        raise RecordingMismatchError(
+            f"{path} is {arr.shape} {arr.dtype}, manifest says {tuple(spec['shape'])} {spec['dtype']}; "
+            "pass overwrite=True to re-record"
+        )
+    return arr
+
+
+class Recording(NamedTuple):
+    """A loaded recording: ``manifest, arrays, embeddings = load_recording(...)``."""
+
+    manifest: dict
+    arrays: dict[str, np.ndarray]
+    embeddings: np.ndarray
+
+
+def load_recording(path: str | Path, *, allow_incomplete: bool = False, mmap_mode: str | None = "r") -> Recording:
+    """Open a recording folder.
+
+    Parameters
+    ----------
+    path : str or Path
+        Folder holding ``manifest.json`` (e.g. ``paths.recordings_dir(run, "model")``).
+    allow_incomplete : bool
+        Also open an unfinished recording; arrays are then cut to the
+        ``progress.n_done`` stimuli recorded so far.
+    mmap_mode : {"r", "r+", "c", None}
+        Passed to :func:`numpy.load`; ``"r"`` (default) maps read-only without
+        reading the data into RAM, ``None`` loads into memory.
+
+    Returns
+    -------
+    Recording
+        ``(manifest, {layer: (n, [tokens,] neurons) array}, (n, embed_dim) embeddings)``;
+        layers in recorded (natural) order.
+
+    Raises
+    ------
+    FileNotFoundError
+        No manifest.
+    IncompleteRecordingError
+        The recording has not finished and ``allow_incomplete`` is False.
+    RecordingMismatchError
+        A file is missing or its shape/dtype differs from the manifest.
+    """
+    folder = Path(path)
+    man = read_manifest(folder)
+    n_done = int(man["progress"]["n_done"])
+    if not man.get("complete"):
+        if not allow_incomplete:
+            raise IncompleteRecordingError(
+                f"recording in {folder} is incomplete ({n_done}/{man['n_stimuli']} stimuli); resume it by calling "
+                "record() again with the same arguments, or pass allow_incomplete=True"
+            )
+        if not man.get("arrays"):
+            return Recording(man, {}, np.zeros((0, 0), np.float32))
+    arrays, emb = _open_existing(folder, man, mode="r")
+    if mmap_mode is None:
+        arrays = {k: np.array(v) for k, v in arrays.items()}
+        emb = np.array(emb)
+    elif mmap_mode != "r":
+        arrays, emb = _open_existing(folder, man, mode=mmap_mode)
+    if not man.get("complete"):
+        arrays = {k: v[:n_done] for k, v in arrays.items()}
+        emb = emb[:n_done]
+    ordered = {k: arrays[k] for k in man["layers"] if k in arrays}
+    return Recording(man, ordered, emb)
+
+
+# =========================================================================== conditions
+
+
+def condition_specs(weights: str, *, include_random: bool = True, seed: int = 0, random_seed: int = 1) -> dict:
+    """Which weights and seed each condition uses.
+
+    ``"model"`` uses ``weights`` (and ``seed`` when ``weights="random"``);
+    ``"random"`` is the blog's control, the same architecture with open_clip's
+    random initialisation after ``torch.manual_seed(random_seed)``. When the
+    "model" itself is random, the two conditions are two different random
+    draws: a pipeline check, not a scientific comparison.
+
+    Returns
+    -------
+    dict condition -> {"weights": str, "seed": int}
+
+    Raises
+    ------
+    ValueError
+        ``weights="random"`` with ``seed == random_seed`` (the control would be
+        identical to the model).
+    """
+    from helpers.models import RANDOM
+
+    specs = {"model": {"weights": weights, "seed": int(seed)}}
+    if include_random:
+        if weights == RANDOM and int(seed) == int(random_seed):
+            raise ValueError(
+                f"random_seed must differ from seed when weights='random' (both {seed}): the control "
+                "would be the same network"
+            )
+        specs["random"] = {"weights": RANDOM, "seed": int(random_seed)}
+    return specs
+
+
+def record_conditions(
+    model: str,
+    weights: str,
+    stim,
+    run_dir: str | Path,
+    *,
+    layers: str | Sequence[str] = DEFAULT_LAYERS,
+    tokens: str = "cls",
+    dtype: str = "float32",
+    storage_dtype: str = "float32",
+    batch_size: int = 64,
+    include_random: bool = True,
+    seed: int = 0,
+    random_seed: int = 1,
+    device: str = "auto",
+    overwrite: bool = False,
+    progress: bool = True,
+    num_workers: int = 0,
+) -> dict[str, dict]:
+    """Record the chosen weights and (by default) the random-weights control.
+
+    Each condition goes to ``paths.recordings_dir(run_dir, condition)``; models
+    are loaded one at a time (see :func:`condition_specs` for seeds). Other
+    parameters as in :func:`record` and :func:`helpers.models.load_model`.
+
+    Returns
+    -------
+    dict condition -> manifest
+    """
+    import gc
+
+    from helpers import paths
+    from helpers.models import load_model
+
+    out = {}
+    for cond, spec in condition_specs(weights, include_random=include_random, seed=seed, random_seed=random_seed).items():
+        lm = load_model(model, spec["weights"], device=device, dtype=dtype, seed=spec["seed"])
+        out[cond] = record(
+            lm,
+            stim,
+            paths.recordings_dir(run_dir, cond),
+            layers=layers,
+            tokens=tokens,
+            storage_dtype=storage_dtype,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=progress,
+            num_workers=num_workers,
+            condition=cond,
+        )
+        del lm
+        gc.collect()
+    return out
+
+
+def recording_summary(run_dir: str | Path, conditions: Sequence[str] | None = None):
+    """One row per recorded array: condition, layer, hook, shape, dtype, MB, complete.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import pandas as pd
+
+    from helpers import paths
+
+    rows = []
+    for cond in conditions or paths.CONDITIONS:
+        folder = paths.recordings_dir(run_dir, cond)
+        if not (folder / MANIFEST).is_file():
+            continue
+        man = read_manifest(folder)
+        specs = list(man.get("arrays", {}).items())
+        if man.get("embeddings"):
+            specs.append(("embeddings", {**man["embeddings"], "hook": "image.hook_embedding"}))
+        for name, spec in specs:
+            nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+            rows.append(
+                {
+                    "condition": cond,
+                    "layer": name,
+                    "hook": spec.get("hook", ""),
+                    "shape": " x ".join(str(s) for s in spec["shape"]),
+                    "dtype": spec["dtype"],
+                    "MB": round(nbytes / 2**20, 2),
+                    "complete": bool(man.get("complete")),
+                }
+            )
+    return pd.DataFrame(rows, columns=["condition", "layer", "hook", "shape", "dtype", "MB", "complete"])
+
+
+# =========================================================================== checks and summaries
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    return a.reshape(a.shape[0], -1)
+
+
+def agreement(
+    reference: Mapping[str, np.ndarray],
+    test: Mapping[str, np.ndarray],
+    ref_embeddings: np.ndarray | None = None,
+    test_embeddings: np.ndarray | None = None,
+):
+    """How closely a test recording reproduces a reference one, per layer.
+
+    Parameters
+    ----------
+    reference, test : dict name -> (n, ...) arrays
+        Same stimuli, same layers.
+    ref_embeddings, test_embeddings : (n, d) arrays, optional
+        L2-normalised embeddings; adds an ``embedding`` row with cosines.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per layer: ``pearson_r`` over all (stimulus, unit) values;
+        ``neuron_r_median`` / ``neuron_r_min``, the per-unit correlation across
+        stimuli (what tuning maps depend on); ``max_abs_diff``; ``rel_rmse``
+        (RMS difference over the reference's SD). The ``embedding`` row adds
+        ``cosine_mean`` and ``cosine_min`` over stimuli.
+    """
+    import pandas as pd
+
+    pairs = [(k, reference[k], test[k]) for k in reference]
+    if ref_embeddings is not None and test_embeddings is not None:
+        pairs.append(("embedding", ref_embeddings, test_embeddings))
+    rows = []
+    for name, a, b in pairs:
+        a, b = _flat(a), _flat(b)
+        if a.shape != b.shape:
+            raise ValueError(f"{name}: shapes differ {a.shape} vs {b.shape}")
+        r_all = float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+        za, zb = a - a.mean(0), b - b.mean(0)
+        den = np.sqrt((za**2).sum(0) * (zb**2).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r_unit = np.where(den > 0, (za * zb).sum(0) / den, np.nan)
+        row = {
+            "layer": name,
+            "hook": hook_name(name) if name != "embedding" else "image.hook_embedding",
+            "pearson_r": r_all,
+            "neuron_r_median": float(np.nanmedian(r_unit)) if np.isfinite(r_unit).any() else np.nan,
+            "neuron_r_min": float(np.nanmin(r_unit)) if np.isfinite(r_unit).any() else np.nan,
+            "max_abs_diff": float(np.abs(a - b).max()),
+            "rel_rmse": float(np.sqrt(((a - b) ** 2).mean()) / max(a.std(), 1e-30)),
+            "cosine_mean": np.nan,
+            "cosine_min": np.nan,
+        }
+        if name == "embedding":
+            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+            row.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def subset_indices(n_total: int, n: int) -> np.ndarray:
+    """``n`` evenly spaced stimulus indices out of ``n_total`` (all if fewer)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    return np.unique(np.linspace(0, n_total - 1, min(n, n_total)).round().astype(int))
+
+
+def dtype_agreement(
+    model: str,
+    weights: str,
+    stim,
+    *,
+    layers: str | Sequence[str] = DEFAULT_LAYERS,
+    tokens: str = "cls",
+    n: int = 32,
+    test_dtype: str = "bfloat16",
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "auto",
+):
+    """Agreement of a reduced-precision compute dtype with float32 on a small subset.
+
+    Loads the model twice (float32 and ``test_dtype``, same weights), records
+    ``n`` evenly spaced stimuli in memory with both and compares them with
+    :func:`agreement` (per-layer correlations, embedding cosine).
+
+    Returns
+    -------
+    pandas.DataFrame
+        See :func:`agreement`; ``n`` and ``test_dtype`` columns added.
+    """
+    import gc
+
+    from helpers.models import load_model
+
+    idx = subset_indices(len(stim), n)
+    res = {}
+    for dt in ("float32", test_dtype):
+        lm = load_model(model, weights, device=device, dtype=dt, seed=seed)
+        res[dt] = record_arrays(lm, stim, layers=layers, tokens=tokens, indices=idx, batch_size=batch_size)
+        del lm
+        gc.collect()
+    (ra, re_), (ta, te) = res["float32"], res[test_dtype]
+    df = agreement(ra, ta, re_, te)
+    df.insert(2, "n", len(idx))
+    df.insert(3, "test_dtype", test_dtype)
+    return df
+
+
+def activation_stats(
+    recordings: Mapping[str, Recording | Mapping[str, np.ndarray]],
+    *,
+    quantiles: Sequence[float] = (0.01, 0.25, 0.5, 0.75, 0.99),
+    max_stimuli: int = 512,
+):
+    """Distribution of activation values per layer and condition.
+
+    Parameters
+    ----------
+    recordings : dict condition -> Recording (or dict layer -> array)
+    quantiles : sequence of float in [0, 1]
+    max_stimuli : int
+        At most this many evenly spaced stimuli are read per layer (bounds RAM
+        for token-resolved recordings).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``condition, layer, label, n_values, mean, sd`` and one
+        ``q<percent>`` column per quantile (e.g. ``q1``, ``q50``, ``q99``).
+    """
+    import pandas as pd
+
+    rows = []
+    for cond, rec in recordings.items():
+        arrays = rec.arrays if isinstance(rec, Recording) else rec
+        for name, arr in arrays.items():
+            v = np.asarray(arr[subset_indices(arr.shape[0], max_stimuli)], dtype=np.float64).ravel()
+            qs = np.quantile(v, quantiles)
+            row = {"condition": cond, "layer": name, "label": layer_label(name), "n_values": v.size,
+                   "mean": float(v.mean()), "sd": float(v.std())}
+            row.update({f"q{100 * q:g}": float(x) for q, x in zip(quantiles, qs)})
+            rows.append(row)
+    return pd.DataFrame(rows)
