@@ -184,6 +184,18 @@ def _check_model_name(name: str) -> None:
         )
 
 
+def input_size(name: str) -> int:
+    """Side in pixels of the square image input of open_clip model ``name`` (224 for ViT-B-32).
+
+    Read from the model config, without building the model or loading weights.
+    """
+    import open_clip
+
+    _check_model_name(name)
+    size = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 def is_checkpoint_path(weights: str) -> bool:
     """True when ``weights`` names a local checkpoint file rather than a tag."""
     return str(weights).lower().endswith(CHECKPOINT_SUFFIXES) or os.sep in str(weights)

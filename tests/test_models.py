@@ -149,3 +149,10 @@ def test_embeddings_are_in_stimulus_order(vit_random):
         vit_random, stimuli.iter_batches(s, vit_random.preprocess, 4, indices=[5, 4, 3, 2, 1, 0]), progress=False
     )
     assert np.allclose(fwd, rev, atol=1e-5)
+
+
+def test_input_size_from_config_without_weights():
+    assert models.input_size("ViT-B-32") == 224
+    assert models.input_size("ViT-L-14-336") == 336
+    with pytest.raises(ValueError, match="model="):
+        models.input_size("nope")
