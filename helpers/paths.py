@@ -56,11 +56,15 @@ def run_path(run_dir: str | Path) -> Path:
     return p
 
 
-def figures_dir(run_dir: str | Path) -> Path:
-    """``<run>/figures``, created if missing."""
-    p = run_path(run_dir) / "figures"
+def _subdir(run_dir: str | Path, name: str) -> Path:
+    p = run_path(run_dir) / name
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def figures_dir(run_dir: str | Path) -> Path:
+    """``<run>/figures``, created if missing."""
+    return _subdir(run_dir, "figures")
 
 
 def stimuli_manifest(run_dir: str | Path) -> Path:
@@ -77,13 +81,9 @@ def recordings_dir(run_dir: str | Path, condition: str) -> Path:
 
 def analysis_dir(run_dir: str | Path) -> Path:
     """``<run>/analysis``, created if missing."""
-    p = run_path(run_dir) / "analysis"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return _subdir(run_dir, "analysis")
 
 
 def perturb_dir(run_dir: str | Path) -> Path:
     """``<run>/perturb``, created if missing."""
-    p = run_path(run_dir) / "perturb"
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return _subdir(run_dir, "perturb")

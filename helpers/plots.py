@@ -24,7 +24,7 @@ def save(fig: "matplotlib.figure.Figure", path: str | Path | None) -> "matplotli
     return fig
 
 
-# ---- design figures (owner: Design stage) ----
+# =========================================================================== design figures
 
 
 def plot_example_stimuli(stim, indices=None, *, n: int = 8, path=None):
@@ -81,9 +81,8 @@ def plot_composite(mean_img: np.ndarray, *, path=None):
     return save(fig, path)
 
 
-# ---- end design figures ----
 
-# ---- record figures (owner: Record stage) ----
+# =========================================================================== record figures
 
 
 def plot_activation_distributions(stats, *, title: str | None = None, path: str | Path | None = None):
@@ -116,9 +115,8 @@ def plot_activation_distributions(stats, *, title: str | None = None, path: str 
     fig.tight_layout()
     return save(fig, path)
 
-# ---- end record figures ----
 
-# ---- analyse figures (owner: Analyse stage) ----
+# =========================================================================== analyse figures
 #: Display names of the spatial scores (keys as in helpers.scores.SCORE_NAMES).
 SCORE_LABELS = {"si": "spatial info", "grid": "grid score", "border": "border score"}
 #: Colours of the two weight conditions.
@@ -334,9 +332,8 @@ def plot_fraction_significant(
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
-# ---- end analyse figures ----
 
-# ---- perturb figures (owner: Perturb stage) ----
+# =========================================================================== perturb figures
 def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None = None):
     """Performance per lesioned unit, visual and text towers, with the baseline (blog's layer-lesion figure).
 
@@ -467,4 +464,3 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
-# ---- end perturb figures ----
