@@ -70,3 +70,15 @@ def test_notebook_defaults_are_python_literals():
     assert study._literal("[0, .05, 1]") == [0, 0.05, 1]
     assert study._literal('{"circle": "a black circle"}') == {"circle": "a black circle"}
     assert study._literal('"openai"') == "openai"
+
+
+def test_every_parameter_line_is_parsed_by_papermill():
+    """papermill skips a line it can't parse with only a warning; the runner would then drop it."""
+    import ast
+
+    for nb in study.notebooks():
+        doc = json.loads(nb.read_text())
+        cell = next(c for c in doc["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        tree = ast.parse("".join(cell["source"]))
+        assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+        assert assigned == set(study.notebook_parameters(nb)), nb.name
