@@ -30,8 +30,9 @@ STAGES = (
     ("perturb", "4 · Perturb: lesions"),
 )
 
-#: CSV tables shown in full; longer tables (e.g. one row per neuron) are summarised.
-MAX_TABLE_ROWS = 60
+#: CSV tables up to this many rows are shown in full; longer ones (one row per
+#: neuron or per stimulus) are named with their size, not rendered.
+MAX_TABLE_ROWS = 200
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -55,20 +56,24 @@ def _fmt(v: str) -> str:
 
 
 def csv_to_html(path: Path, *, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """Render a CSV as an HTML table (first ``max_rows`` rows, with a note if cut)."""
+    """Render a CSV as an HTML table, or a one-line pointer when it has more than ``max_rows`` rows."""
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))
     if not rows:
         return "<p><em>(empty table)</em></p>"
     head, body = rows[0], rows[1:]
+    if len(body) > max_rows:  # per-neuron / per-stimulus tables: point at the file
+        return (
+            f'<p class="long-table" data-source="{html.escape(path.name)}"><em>{len(body)} rows '
+            f"({html.escape(', '.join(head))}) in <code>{html.escape(path.name)}</code>, beside this report."
+            "</em></p>"
+        )
     out = [f'<table data-source="{html.escape(path.name)}"><thead><tr>']
     out += [f"<th>{html.escape(h)}</th>" for h in head]
     out.append("</tr></thead><tbody>")
     for r in body[:max_rows]:
         out.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>")
     out.append("</tbody></table>")
-    if len(body) > max_rows:
-        out.append(f"<p><em>{len(body) - max_rows} more rows in <code>{html.escape(path.name)}</code>.</em></p>")
     return "".join(out)
 
 

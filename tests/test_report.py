@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
-from helpers.report import build_report
+from helpers.report import MAX_TABLE_ROWS, build_report
 
 
 class _Cells(HTMLParser):
@@ -74,8 +74,12 @@ def check_report(run):
         assert img["src"].startswith("data:image/png;base64,")
         raw = base64.b64decode(img["src"].split(",", 1)[1])
         assert raw == (run / "figures" / img["data-file"]).read_bytes()
+    text = report.read_text(encoding="utf-8")
     for csv_path in run.rglob("*.csv"):
         rows = list(csv.reader(open(csv_path, newline="")))
+        if len(rows) - 1 > MAX_TABLE_ROWS:
+            assert f'data-source="{csv_path.name}"><em>{len(rows) - 1} rows' in text, csv_path.name
+            continue
         shown = doc.tables[csv_path.name]
         assert shown[0] == rows[0]
         for got, want in zip(shown[1:], rows[1:]):
@@ -112,6 +116,16 @@ def test_report_embeds_figures_and_tables(tmp_path):
     # design section comes before perturb
     assert text.index("Design") < text.index("Perturb")
     assert doc.tables["zeroshot.csv"][1][1] == "0.881235"
+
+
+def test_long_tables_are_pointed_at_not_rendered(tmp_path):
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    rows = "\n".join(f"model,L0,{i},0.5" for i in range(MAX_TABLE_ROWS + 1))
+    (run / "analysis" / "scores.csv").write_text("condition,layer,neuron,si\n" + rows + "\n")
+    build_report(run)
+    check_report(run)
+    assert "scores.csv" not in parse_report(run / "report.html").tables
 
 
 def test_report_detects_mismatch(tmp_path):
