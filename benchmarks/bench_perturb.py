@@ -35,7 +35,7 @@ import torch
 
 from helpers import lesions as L
 from helpers import models, stimuli
-from helpers.ratemaps import ratemaps
+from helpers.ratemaps import bin_indices, ratemaps
 
 LAYER = 9
 PROPORTIONS = L.DEFAULT_PROPORTIONS
@@ -61,7 +61,7 @@ def _prepare(dtype: str, n: int, batch_size: int):
     finally:
         h.remove()
     fm = L.field_maps(*ratemaps(pos, np.concatenate(rec), bins=BINS, extent=extent, sigma=SIGMA))
-    rc = L.stimulus_bins(pos, fm.bins, extent)
+    rc = bin_indices(pos, fm.bins, extent)
     return lm, stim, pos, extent, batches, fm, rc
 
 

@@ -110,7 +110,6 @@ __all__ = [
     "attention_cls",
     "FieldMaps",
     "field_maps",
-    "stimulus_bins",
     "neuron_ranks",
     "n_ablated",
     "targeted_lesion_study",
@@ -979,39 +978,6 @@ def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
     return fm
 
 
-def stimulus_bins(positions: np.ndarray, bins: int, extent: Sequence[float]) -> np.ndarray:
-    """Ratemap bin ``(row, col)`` = ``(y bin, x bin)`` of each stimulus centre.
-
-    Same convention as ``helpers.ratemaps``: edges ``linspace(min, max, bins+1)``,
-    the upper edge belongs to the last bin, positions outside ``extent`` get
-    ``-1``.
-
-    Parameters
-    ----------
-    positions : (n, 2) float, (x, y) pixels, y down.
-    bins : int >= 1
-    extent : (xmin, xmax, ymin, ymax) pixels.
-
-    Returns
-    -------
-    (n, 2) int64
-    """
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
-        raise ValueError(f"bins must be a positive integer, got {bins!r}")
-    pos = np.asarray(positions, dtype=float)
-    if pos.ndim != 2 or pos.shape[1] != 2:
-        raise ValueError(f"positions must have shape (n, 2) holding (x, y) pixels, got {pos.shape}")
-    xmin, xmax, ymin, ymax = (float(v) for v in extent)
-    if not (xmin < xmax and ymin < ymax):
-        raise ValueError(f"extent must be (xmin, xmax, ymin, ymax) with xmin < xmax, ymin < ymax, got {extent!r}")
-    x, y = pos[:, 0], pos[:, 1]
-    col = np.clip(np.floor((x - xmin) / (xmax - xmin) * bins), 0, bins - 1).astype(np.int64)
-    row = np.clip(np.floor((y - ymin) / (ymax - ymin) * bins), 0, bins - 1).astype(np.int64)
-    out = np.stack([row, col], axis=1)
-    out[~((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax))] = -1
-    return out
-
-
 def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     """rank[i, c] = position of channel c when row i is sorted by decreasing score (ties: lower c first)."""
     order = np.argsort(-scores, axis=1, kind="stable")
@@ -1029,7 +995,7 @@ def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int
     Parameters
     ----------
     fm : FieldMaps
-    rows_cols : (n, 2) int, stimulus bins (:func:`stimulus_bins`).
+    rows_cols : (n, 2) int, stimulus bins (:func:`helpers.ratemaps.bin_indices`).
     condition : {"Targeted", "Targeted_Abs", "Random"}
         ``Targeted``: highest ratemap value at the stimulus's bin first.
         ``Targeted_Abs``: largest ``|value - neuron's own map mean|`` first
@@ -1105,7 +1071,7 @@ def targeted_lesion_study(
     fm : FieldMaps
         Ratemaps of the ``C`` attention-output channels of block ``layer``.
     rows_cols : (n, 2) int
-        Bin of each cached stimulus in ``fm`` (:func:`stimulus_bins`), cache order.
+        Bin of each cached stimulus in ``fm`` (:func:`helpers.ratemaps.bin_indices`), cache order.
     layer : int
         Block index, 0..N-1 (blog: 9).
     proportions : sequence of float in [0, 1]

@@ -87,6 +87,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers.models import weights_hash as models_weights_hash
+
 log = logging.getLogger(__name__)
 
 #: The blog's layers: the 12 attention sublayers of the image transformer.
@@ -923,12 +925,6 @@ def _clear_folder(folder: Path, old: Mapping | None) -> None:
         (folder / f).unlink(missing_ok=True)
 
 
-def _models_weights_hash(model: nn.Module) -> str:
-    from helpers.models import weights_hash
-
-    return weights_hash(model)
-
-
 def record(
     lm,
     stim,
@@ -1032,7 +1028,7 @@ def record(
     identity = {
         "model": lm.name,
         "weights": lm.weights,
-        "weights_hash": weights_hash or _models_weights_hash(model),
+        "weights_hash": weights_hash or models_weights_hash(model),
         "seed": lm.seed,
         "quick_gelu": bool(lm.quick_gelu),
         "compute_dtype": _dtype_name(lm.dtype),

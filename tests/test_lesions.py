@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import lesions as L
-from helpers import models, stimuli
+from helpers import models, ratemaps, stimuli
 
 TOL = 1e-5  # fp32 max abs difference allowed between truncated and full forwards
 N_STIM = 6
@@ -324,7 +324,7 @@ def _tiny_cache(tower, x):
 
 def test_planted_targeted_lesions_hurt_more_than_random():
     tower, task, x, positions, rc, fm, extent = _planted()
-    assert np.array_equal(L.stimulus_bins(positions, fm.bins, extent), rc)
+    assert np.array_equal(ratemaps.bin_indices(positions, fm.bins, extent), rc)
     cache = _tiny_cache(tower, x)
     props = [0, 0.05, 0.1, 0.2, 0.5, 1]
     df = L.targeted_lesion_study(
@@ -375,13 +375,6 @@ def test_bfloat16_cache_is_bit_exact():
 
 
 # --------------------------------------------------------------------------- small pure functions
-
-
-def test_stimulus_bins_match_helpers_ratemaps():
-    ratemaps = pytest.importorskip("helpers.ratemaps")
-    pos = np.random.default_rng(0).uniform(-5, 230, size=(500, 2))
-    ext = (0.0, 224.0, 0.0, 224.0)
-    assert np.array_equal(L.stimulus_bins(pos, 20, ext), ratemaps.bin_indices(pos, 20, ext))
 
 
 def test_region_mask_uses_image_convention():
