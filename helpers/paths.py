@@ -43,6 +43,9 @@ def run_path(run_dir: str | Path) -> Path:
     ----------
     run_dir : str or Path
         ``"quick"`` means ``<repo>/data/quick``; an absolute path is used as is.
+        A relative path that already starts with ``data/`` (``"data/quick"``) is
+        taken from the repository root, so it also means ``<repo>/data/quick``
+        rather than ``<repo>/data/data/quick``.
 
     Returns
     -------
@@ -51,7 +54,7 @@ def run_path(run_dir: str | Path) -> Path:
     """
     p = Path(run_dir).expanduser()
     if not p.is_absolute():
-        p = DATA_DIR / p
+        p = (REPO_ROOT / p) if p.parts[:1] == (DATA_DIR.name,) else (DATA_DIR / p)
     p.mkdir(parents=True, exist_ok=True)
     return p
 

@@ -82,3 +82,14 @@ def test_every_parameter_line_is_parsed_by_papermill():
         tree = ast.parse("".join(cell["source"]))
         assigned = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
         assert assigned == set(study.notebook_parameters(nb)), nb.name
+
+
+def test_run_path_accepts_a_data_prefix(tmp_path, monkeypatch):
+    from helpers import paths
+
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(paths, "DATA_DIR", tmp_path / "data")
+    assert paths.run_path("quick") == tmp_path / "data" / "quick"
+    assert paths.run_path("data/quick") == tmp_path / "data" / "quick"
+    assert paths.run_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    assert not (tmp_path / "data" / "data").exists()
