@@ -131,7 +131,16 @@ def run_study(
         Inject parameters without executing (papermill ``--prepare-only``); used
         to build the copies nbval re-executes.
     force : bool
-        Rerun every stage even when its inputs are unchanged.
+        Rerun every selected stage even when its inputs are unchanged, replacing
+        its artefacts. The record of stages not selected is kept.
+
+    Notes
+    -----
+    A stage is skipped when its key (:func:`stage_key`: notebook, parameters,
+    upstream key and the content hash of the upstream artefacts) equals the one
+    recorded when it last finished, its executed notebook exists, and its own
+    artefacts (:data:`STAGE_OUTPUTS`) still hash to what it left. The record is
+    ``<run>/.stages.json``.
 
     Returns
     -------
@@ -156,17 +165,26 @@ def run_study(
     if not prepare_only:
         preflight(merged)
     print(f"run folder: {folder}", flush=True)
-    state = {} if (force or prepare_only) else _read_state(folder)
+    state = {} if prepare_only else _read_state(folder)
     t_all = time.perf_counter()
+    cached = state.pop(HASH_CACHE, None)
+    hashes = _HashCache(cached if isinstance(cached, dict) else None)
     upstream = ""
+    previous: tuple[str, ...] = ()
     for nb in notebooks():
         nb_params = {k: merged[k] for k in notebook_parameters(nb) if k in merged}
-        key = stage_key(nb, nb_params, upstream)
-        upstream = key
+        key = stage_key(nb, nb_params, upstream, artefacts_hash(folder, previous, hashes))
+        upstream, previous = key, STAGE_OUTPUTS.get(nb.stem, ())
         if nb not in nbs:
             continue
         out = folder / nb.name
-        if not prepare_only and state.get(nb.stem) == key and out.is_file():
+        done = f"{nb.stem}.outputs"
+        if (
+            not (prepare_only or force)
+            and state.get(nb.stem) == key
+            and out.is_file()
+            and state.get(done) == artefacts_hash(folder, previous, hashes)
+        ):
             print(f"[{nb.stem}] skipped: parameters and upstream artefacts unchanged (FORCE=1 reruns)", flush=True)
             continue
         t0 = time.perf_counter()
@@ -174,12 +192,15 @@ def run_study(
         attempt = f"{nb.stem}.attempt"
         if not prepare_only and "overwrite" in nb_params and "overwrite" not in params:
             # Same inputs as an interrupted attempt: resume its artefacts. Other
-            # inputs (or FORCE): replace them; they belong to another study.
-            nb_params["overwrite"] = state.get(attempt) != key
+            # inputs, a finished stage whose artefacts were changed since, or
+            # FORCE: replace them; they belong to another study.
+            resume = state.get(attempt) == key and state.get(nb.stem) != key
+            nb_params["overwrite"] = force or not resume
         state.pop(nb.stem, None)
+        state.pop(done, None)
         state[attempt] = key
         if not prepare_only:
-            _write_state(folder, state)  # a failed stage must not look done
+            _write_state(folder, state, hashes)  # a failed stage must not look done
         try:
             pm.execute_notebook(
                 str(nb),
@@ -195,7 +216,8 @@ def run_study(
             raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {out}") from e
         if not prepare_only:
             state[nb.stem] = key
-            _write_state(folder, state)
+            state[done] = artefacts_hash(folder, previous, hashes)
+            _write_state(folder, state, hashes)
         print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
     if not prepare_only and not stages:  # a partial run could leave stale downstream figures
         from helpers.report import build_report
@@ -212,23 +234,109 @@ class StageFailed(RuntimeError):
 
 
 STATE_FILE = ".stages.json"
+HASH_CACHE = "file_hashes"
+
+#: Data artefacts each stage writes, relative to the run folder (files, or
+#: folders taken recursively). The next stage's key includes their content
+#: hashes, and a stage is only skipped while its own artefacts are as it left
+#: them. Figures are not inputs of any stage and are left out; so is the
+#: perturbation stage's scratch cache.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "01_design": ("stimuli.json", "model.json", "zeroshot.csv"),
+    "02_record": ("recordings",),
+    "03_analyse": ("analysis",),
+    "04_perturb": ("perturb",),
+}
+_SCRATCH = {"cache"}
 
 
-def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str) -> str:
-    """Identity of a stage's inputs: its notebook, its parameters and its upstream stage.
+def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str, artefacts: str = "") -> str:
+    """Identity of a stage's inputs: its notebook, parameters, upstream stage and upstream artefacts.
 
-    Chaining the upstream key makes a changed parameter rerun exactly the stages
-    downstream of the first stage that declares it. The stimulus and recording
-    artefacts themselves carry content hashes that later stages verify.
+    Parameters
+    ----------
+    nb : Path
+        The stage's notebook (its bytes are hashed, so an edited notebook reruns).
+    nb_params : mapping
+        The parameters the notebook receives.
+    upstream : str
+        Key of the previous stage. Chaining makes a changed parameter rerun
+        exactly the stages downstream of the first stage that declares it.
+    artefacts : str
+        :func:`artefacts_hash` of the previous stage's outputs as they are on
+        disk now, so a recording replaced by hand (or by running a notebook in
+        Jupyter) reruns everything that reads it.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest.
     """
     h = hashlib.sha256()
     h.update(nb.read_bytes())
     h.update(json.dumps(nb_params, sort_keys=True, default=str).encode())
     h.update(upstream.encode())
+    h.update(artefacts.encode())
     return h.hexdigest()
 
 
-def _read_state(folder: Path) -> dict[str, str]:
+class _HashCache:
+    """SHA-256 of files, reused while a file's size and mtime are unchanged (as git's index does)."""
+
+    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+        self.entries: dict[str, list] = dict(entries or {})
+
+    def sha256(self, path: Path, rel: str) -> str:
+        st = path.stat()
+        hit = self.entries.get(rel)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            return hit[2]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        self.entries[rel] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        return h.hexdigest()
+
+
+def artefacts_hash(folder: Path, outputs: Iterable[str], cache: _HashCache | None = None) -> str:
+    """Content hash of a stage's artefacts in the run folder.
+
+    Parameters
+    ----------
+    folder : Path
+        The run folder.
+    outputs : iterable of str
+        Files or folders relative to ``folder`` (see :data:`STAGE_OUTPUTS`);
+        folders are walked recursively, skipping scratch folders named ``cache``.
+    cache : _HashCache, optional
+        Reuses digests of files whose size and mtime are unchanged.
+
+    Returns
+    -------
+    str
+        SHA-256 over the sorted (relative path, file digest) pairs; missing
+        files simply don't contribute, so deleting one changes the hash.
+    """
+    cache = cache or _HashCache()
+    files: list[Path] = []
+    for rel in outputs:
+        p = folder / rel
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            files += [
+                f for f in p.rglob("*")
+                if f.is_file() and not _SCRATCH.intersection(f.relative_to(folder).parts[:-1])
+            ]
+    h = hashlib.sha256()
+    for f in sorted(files):
+        rel = f.relative_to(folder).as_posix()
+        h.update(f"{rel}\t{cache.sha256(f, rel)}\n".encode())
+    return h.hexdigest()
+
+
+def _read_state(folder: Path) -> dict[str, Any]:
     p = folder / STATE_FILE
     try:
         return json.loads(p.read_text()) if p.is_file() else {}
@@ -236,8 +344,11 @@ def _read_state(folder: Path) -> dict[str, str]:
         return {}
 
 
-def _write_state(folder: Path, state: Mapping[str, str]) -> None:
-    (folder / STATE_FILE).write_text(json.dumps(dict(state), indent=1))
+def _write_state(folder: Path, state: Mapping[str, Any], hashes: _HashCache | None = None) -> None:
+    doc = dict(state)
+    if hashes is not None:
+        doc[HASH_CACHE] = hashes.entries
+    (folder / STATE_FILE).write_text(json.dumps(doc, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
