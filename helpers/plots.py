@@ -220,6 +220,39 @@ def plot_top_ratemaps(
     return save(fig, path)
 
 
+def _score_by_layer_axes(by_condition, score_names, height: float, argname: str, **subplot_kw):
+    """One panel per score with layers on x: ``(conditions, layers, x, fig, axes)``.
+
+    ``by_condition`` maps condition -> layer -> score name -> value; layers are
+    taken in the mapping order of the first condition. ``argname`` names the
+    caller's parameter in the error for an empty mapping.
+    """
+    conditions = list(by_condition)
+    if not conditions:
+        raise ValueError(f"{argname} must hold at least one condition")
+    layers = list(by_condition[conditions[0]])
+    x = np.arange(len(layers))
+    fig, axes = plt.subplots(
+        1, len(score_names), figsize=(4.2 * len(score_names), height), squeeze=False, **subplot_kw
+    )
+    return conditions, layers, x, fig, axes
+
+
+def _finish_score_by_layer(fig, axes, layers, score_names, title: str | None, path):
+    """Layer ticks and score titles (after plotting: ``boxplot`` resets ticks), legend, suptitle, save."""
+    x = np.arange(len(layers))
+    for ax, name in zip(axes[0], score_names):
+        ax.set_xticks(x)
+        ax.set_xticklabels([str(layer) for layer in layers], rotation=90, fontsize=7)
+        ax.set_title(SCORE_LABELS.get(name, name))
+        ax.set_xlabel("layer")
+    axes[0, 0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def plot_score_distributions(
     scores_by_condition,
     *,
@@ -244,13 +277,10 @@ def plot_score_distributions(
     -------
     matplotlib.figure.Figure
     """
-    conditions = list(scores_by_condition)
-    if not conditions:
-        raise ValueError("scores_by_condition must hold at least one condition")
-    layers = list(scores_by_condition[conditions[0]])
-    x = np.arange(len(layers))
+    conditions, layers, x, fig, axes = _score_by_layer_axes(
+        scores_by_condition, score_names, 3.4, "scores_by_condition"
+    )
     width = 0.8 / len(conditions)
-    fig, axes = plt.subplots(1, len(score_names), figsize=(4.2 * len(score_names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], score_names):
         for c, cond in enumerate(conditions):
             offset = (c - (len(conditions) - 1) / 2) * width
@@ -274,15 +304,7 @@ def plot_score_distributions(
             if thresholds is not None:
                 thr = [thresholds[cond][layer][name] for layer in layers]
                 ax.scatter(x + offset, thr, marker="_", s=120, color=colour, zorder=3)
-        ax.set_xticks(x)
-        ax.set_xticklabels([str(layer) for layer in layers], rotation=90, fontsize=7)
-        ax.set_title(SCORE_LABELS.get(name, name))
-        ax.set_xlabel("layer")
-    axes[0, 0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return _finish_score_by_layer(fig, axes, layers, score_names, title, path)
 
 
 def plot_fraction_significant(
@@ -309,29 +331,18 @@ def plot_fraction_significant(
     -------
     matplotlib.figure.Figure
     """
-    conditions = list(significant_by_condition)
-    if not conditions:
-        raise ValueError("significant_by_condition must hold at least one condition")
-    layers = list(significant_by_condition[conditions[0]])
-    x = np.arange(len(layers))
-    fig, axes = plt.subplots(1, len(score_names), figsize=(4.2 * len(score_names), 3.2), squeeze=False, sharey=True)
+    conditions, layers, x, fig, axes = _score_by_layer_axes(
+        significant_by_condition, score_names, 3.2, "significant_by_condition", sharey=True
+    )
     for ax, name in zip(axes[0], score_names):
         for c, cond in enumerate(conditions):
             frac = [float(np.mean(significant_by_condition[cond][layer][name])) for layer in layers]
             ax.plot(x, frac, marker="o", color=CONDITION_COLOURS.get(cond, f"C{c}"), label=cond)
         if chance is not None:
             ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
-        ax.set_xticks(x)
-        ax.set_xticklabels([str(layer) for layer in layers], rotation=90, fontsize=7)
-        ax.set_title(SCORE_LABELS.get(name, name))
-        ax.set_xlabel("layer")
         ax.set_ylim(0, 1)
     axes[0, 0].set_ylabel("fraction significant")
-    axes[0, 0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return save(fig, path)
+    return _finish_score_by_layer(fig, axes, layers, score_names, title, path)
 
 # =========================================================================== perturb figures
 def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None = None):
