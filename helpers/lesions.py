@@ -85,6 +85,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers.stimuli import check_batch_size
+
 __all__ = [
     "LESION_MODES",
     "DEFAULT_PROPORTIONS",
@@ -516,12 +518,6 @@ class ResidualCache:
             shutil.rmtree(self.directory)
 
 
-def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
-
-
 @torch.no_grad()
 def build_residual_cache(
     tower: Tower,
@@ -664,7 +660,7 @@ def embed_from_cache(
     -------
     (n, E) float32 array of L2-normalised embeddings, in cache order.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     _check_block(tower, start, "start")
     if mask is not None:
         if layer is None:
@@ -873,7 +869,7 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     -------
     (n, C) float32 array.
     """
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     _check_block(tower, layer)
     out: list[np.ndarray] = []
 
@@ -1100,7 +1096,7 @@ def targeted_lesion_study(
     if bad or not include:
         raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
     _check_tokens(tokens)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_batch_size(batch_size)
     rc = np.asarray(rows_cols)
     if rc.shape != (cache.n, 2):
         raise ValueError(f"rows_cols must have shape ({cache.n}, 2), one bin per cached stimulus; got {rc.shape}")

@@ -88,6 +88,7 @@ import torch
 from torch import nn
 
 from helpers.models import weights_hash as models_weights_hash
+from helpers.stimuli import check_batch_size
 
 log = logging.getLogger(__name__)
 
@@ -1012,8 +1013,7 @@ def record(
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {tuple(STORAGE_DTYPES)}, got {storage_dtype!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     check_tokens(tokens)
     if tokens == "eot":
         raise ValueError("tokens='eot' is for text-tower modules; image recordings use 'cls', 'patches', 'all' or 'mean'")

@@ -413,6 +413,13 @@ class StimulusDataset:
         return self.preprocess(render_pil(self.stim, i)), i
 
 
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` as an int, or ValueError naming it unless it is a positive integer (bools refused)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
 def iter_batches(
     stim: StimulusSet,
     preprocess,
@@ -435,9 +442,7 @@ def iter_batches(
     import torch
     from torch.utils.data import DataLoader
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     ds = StimulusDataset(stim, preprocess, indices)
-    loader = DataLoader(ds, batch_size=int(batch_size), shuffle=False, num_workers=num_workers)
+    loader = DataLoader(ds, batch_size=check_batch_size(batch_size), shuffle=False, num_workers=num_workers)
     for images, idx in loader:
         yield images, idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)

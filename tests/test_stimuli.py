@@ -129,3 +129,12 @@ def test_dataset_yields_preprocessed_tensors_in_order(vit_random):
     assert np.allclose(corner, white, atol=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
         next(stimuli.iter_batches(s, vit_random.preprocess, batch_size=0))
+
+
+def test_check_batch_size_names_the_parameter():
+    from helpers.stimuli import check_batch_size
+
+    assert check_batch_size(np.int64(3)) == 3 and type(check_batch_size(np.int64(3))) is int
+    for bad in (0, -1, True, 2.0, "8"):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            check_batch_size(bad)
