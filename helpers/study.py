@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,8 +65,17 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         k = k.strip().lower()
         if not k:
             raise ValueError(f"override {item!r} has an empty key")
-        out[k] = yaml.safe_load(v) if v != "" else ""
+        try:
+            out[k] = yaml.safe_load(v) if v != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     return out
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
 
 
 def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -74,7 +87,10 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             p = REPO_ROOT / p
         if not p.is_file():
             raise FileNotFoundError(f"parameters file {path} not found")
-        doc = yaml.safe_load(p.read_text()) or {}
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"parameters file {p} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(doc, dict):
             raise ValueError(f"parameters file {p} must hold a mapping of name: value")
         params.update({str(k).lower(): v for k, v in doc.items()})
@@ -147,11 +163,12 @@ def run_study(
     Path
         The run folder.
     """
-    import papermill as pm
-
     nbs = notebooks()
     if stages:
-        wanted = {str(s).zfill(2) for s in stages}
+        known = {nb.name[:2] for nb in nbs}
+        wanted = {str(s).strip().zfill(2) for s in stages}
+        if not wanted <= known:
+            raise ValueError(f"stages must be among {sorted(known)}, got {sorted(wanted - known)}")
         nbs = [nb for nb in nbs if nb.name[:2] in wanted]
     declared = all_declared(notebooks())
     unknown = sorted(set(params) - set(declared))
@@ -161,9 +178,20 @@ def run_study(
     run_name = run or default_run_name(merged)
     folder = run_path(run_name)
     merged["run_dir"] = str(folder)
-    (folder / "params.yaml").write_text(yaml.safe_dump(dict(merged), sort_keys=True))
     if not prepare_only:
         preflight(merged)
+    with run_lock(folder):
+        _drop_scratch(folder)  # left by a killed run; never reused
+        try:
+            _run_stages(folder, nbs, merged, params, prepare_only, force, kernel, log_output, stages)
+        finally:
+            _drop_scratch(folder)
+    return folder
+
+
+def _run_stages(folder, nbs, merged, params, prepare_only, force, kernel, log_output, stages) -> None:
+    import papermill as pm
+
     print(f"run folder: {folder}", flush=True)
     state = {} if prepare_only else _read_state(folder)
     t_all = time.perf_counter()
@@ -189,6 +217,7 @@ def run_study(
             continue
         t0 = time.perf_counter()
         print(f"[{nb.stem}] {'preparing' if prepare_only else 'running'} …", flush=True)
+        (folder / "params.yaml").write_text(yaml.safe_dump(dict(merged), sort_keys=True))
         attempt = f"{nb.stem}.attempt"
         if not prepare_only and "overwrite" in nb_params and "overwrite" not in params:
             # Same inputs as an interrupted attempt: resume its artefacts. Other
@@ -201,19 +230,28 @@ def run_study(
         state[attempt] = key
         if not prepare_only:
             _write_state(folder, state, hashes)  # a failed stage must not look done
+        # Executed into a scratch name: a failed attempt never replaces the last good executed copy.
+        running = out if prepare_only else folder / f".{nb.stem}.running.ipynb"
         try:
             pm.execute_notebook(
                 str(nb),
-                str(out),
+                str(running),
                 parameters=nb_params,
                 kernel_name=kernel,
                 prepare_only=prepare_only,
                 progress_bar=False,
                 log_output=log_output,
                 cwd=str(REPO_ROOT),
+                extra_arguments=KERNEL_ARGS,
             )
         except pm.PapermillExecutionError as e:
-            raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {out}") from e
+            failed = folder / f"{nb.stem}.failed.ipynb"
+            if running.is_file():
+                os.replace(running, failed)
+            raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {failed}") from e
+        if running != out:
+            os.replace(running, out)
+            (folder / f"{nb.stem}.failed.ipynb").unlink(missing_ok=True)
         if not prepare_only:
             state[nb.stem] = key
             state[done] = artefacts_hash(folder, previous, hashes)
@@ -226,7 +264,51 @@ def run_study(
         print(f"study finished in {time.perf_counter() - t_all:.1f} s; report: {report}", flush=True)
     else:
         print(f"done in {time.perf_counter() - t_all:.1f} s: {folder}", flush=True)
-    return folder
+
+
+#: Kernel options: ipykernel's warning about local TCP transport is noise on every run.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+
+LOCK_FILE = ".lock"
+
+
+class RunLocked(RuntimeError):
+    """Another live runner holds the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold an exclusive lock on a run folder (``<run>/.lock``, holding the PID) while the block runs.
+
+    The lock is an ``flock``: the kernel drops it when its process dies, however
+    it dies, so a stale lock file from a killed runner is simply taken over.
+
+    Raises
+    ------
+    RunLocked
+        Another live process holds the folder; the message names its PID.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLocked(f"run folder {folder} is in use by another runner (PID {holder}); "
+                            "wait for it, or use another RUN=") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _drop_scratch(folder: Path) -> None:
+    """Delete scratch: the Perturb stage's residual-stream cache (gigabytes at blog scale), partial notebooks."""
+    shutil.rmtree(folder / "perturb" / "cache", ignore_errors=True)
+    for p in folder.glob(".*.running.ipynb"):  # a killed stage's partial executed copy
+        p.unlink(missing_ok=True)
 
 
 class StageFailed(RuntimeError):
@@ -373,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             log_output=args.log_output,
         )
-    except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed) as e:
+    except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed, RunLocked) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     return 0
