@@ -26,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from helpers.params import validate
 from helpers.paths import REPO_ROOT, run_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -175,6 +176,7 @@ def run_study(
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; the notebooks declare: {sorted(declared)}")
     merged = {**declared, **params}
+    validate(merged)
     run_name = run or default_run_name(merged)
     folder = run_path(run_name)
     merged["run_dir"] = str(folder)
