@@ -85,6 +85,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
 
 __all__ = [
@@ -573,6 +574,9 @@ def build_residual_cache(
             x = args[0]
             if k not in store:
                 shape = (int(n), *x.shape[1:])
+                if d is not None and not store:  # first block: check room for all of them
+                    need = len(ks) * int(np.prod(shape)) * np.dtype(sdt).itemsize
+                    require_free_space(d, need, f"the residual cache of {len(ks)} blocks")
                 store[k] = (
                     open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
                     if d is not None

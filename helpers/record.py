@@ -1156,6 +1156,11 @@ def _to_storage(t: torch.Tensor, store_t: torch.dtype, name: str) -> np.ndarray:
 def _allocate(folder: Path, manifest: dict, host: Mapping[str, np.ndarray], emb: np.ndarray, n: int, store_np):
     from numpy.lib.format import open_memmap
 
+    from helpers.paths import require_free_space
+
+    item = np.dtype(store_np).itemsize
+    need = sum(n * int(np.prod(a.shape[1:])) * item for a in host.values()) + n * emb.shape[1] * 4
+    require_free_space(folder, need, f"recording {len(host)} layers of {n} stimuli")
     arrays = {}
     for nm, arr in host.items():
         shape = (n, *arr.shape[1:])
