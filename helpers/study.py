@@ -132,6 +132,7 @@ def run_study(
     force: bool = False,
     kernel: str = "python3",
     log_output: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Execute (or only prepare) the study notebooks into the run folder.
 
@@ -150,6 +151,9 @@ def run_study(
     force : bool
         Rerun every selected stage even when its inputs are unchanged, replacing
         its artefacts. The record of stages not selected is kept.
+    verify : bool
+        Re-hash every artefact; by default files over :data:`ALWAYS_HASH_BYTES`
+        are trusted while their size and mtime are unchanged.
 
     Notes
     -----
@@ -185,20 +189,23 @@ def run_study(
     with run_lock(folder):
         _drop_scratch(folder)  # left by a killed run; never reused
         try:
-            _run_stages(folder, nbs, merged, params, prepare_only, force, kernel, log_output, stages)
+            _run_stages(folder, nbs, merged, params, prepare_only=prepare_only, force=force, kernel=kernel,
+                        log_output=log_output, partial=bool(stages), verify=verify)
         finally:
             _drop_scratch(folder)
     return folder
 
 
-def _run_stages(folder, nbs, merged, params, prepare_only, force, kernel, log_output, stages) -> None:
+def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str, Any], *, prepare_only: bool,
+                force: bool, kernel: str, log_output: bool, partial: bool, verify: bool) -> None:
+    """Run (or skip) each selected stage in order; see :func:`run_study`."""
     import papermill as pm
 
     print(f"run folder: {folder}", flush=True)
     state = {} if prepare_only else _read_state(folder)
     t_all = time.perf_counter()
     cached = state.pop(HASH_CACHE, None)
-    hashes = _HashCache(cached if isinstance(cached, dict) else None)
+    hashes = _HashCache(cached if isinstance(cached, dict) else None, verify=verify)
     upstream = ""
     previous: tuple[str, ...] = ()
     for nb in notebooks():
@@ -259,7 +266,7 @@ def _run_stages(folder, nbs, merged, params, prepare_only, force, kernel, log_ou
             state[done] = artefacts_hash(folder, previous, hashes)
             _write_state(folder, state, hashes)
         print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
-    if not prepare_only and not stages:  # a partial run could leave stale downstream figures
+    if not prepare_only and not partial:  # a partial run could leave stale downstream figures
         from helpers.report import build_report
 
         report = build_report(folder)
@@ -364,16 +371,23 @@ def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str, artefacts: 
     return h.hexdigest()
 
 
-class _HashCache:
-    """SHA-256 of files, reused while a file's size and mtime are unchanged (as git's index does)."""
+#: Files up to this size are always re-hashed; larger ones (recordings) reuse the
+#: cached hash while size and mtime are unchanged, unless ``verify`` is set.
+ALWAYS_HASH_BYTES = 16 * 2**20
 
-    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+
+class _HashCache:
+    """SHA-256 of files; large files reuse it while size and mtime are unchanged (as git's index does)."""
+
+    def __init__(self, entries: Mapping[str, Any] | None = None, verify: bool = False) -> None:
         self.entries: dict[str, list] = dict(entries or {})
+        self.verify = verify
 
     def sha256(self, path: Path, rel: str) -> str:
         st = path.stat()
         hit = self.entries.get(rel)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        trusted = not self.verify and st.st_size > ALWAYS_HASH_BYTES
+        if trusted and hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -444,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare-only", action="store_true", help="inject parameters, don't execute")
     ap.add_argument("--log-output", action="store_true", help="echo notebook output")
     ap.add_argument("--force", action="store_true", help="rerun stages whose inputs are unchanged")
+    ap.add_argument("--verify", action="store_true", help="re-hash every artefact, large ones too")
     args = ap.parse_args(argv)
     from helpers.models import WeightsUnavailableError
 
@@ -456,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare_only=args.prepare_only,
             force=args.force,
             log_output=args.log_output,
+            verify=args.verify,
         )
     except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed, RunLocked) as e:
         print(f"\nerror: {e}", file=sys.stderr)

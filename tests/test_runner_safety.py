@@ -105,3 +105,23 @@ def test_unknown_stages_and_bad_yaml_are_refused_with_names(stub, tmp_path, caps
     assert str(bad) in capsys.readouterr().err
     assert study.main(["--set", "proportions=[0,1"]) == 2
     assert "proportions" in capsys.readouterr().err
+
+
+def _edit_keeping_size_and_mtime(path, text):
+    st = path.stat()
+    assert len(text) == st.st_size
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # what `touch -r` does
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_caught(stub, monkeypatch):  # noqa: F811
+    stub()
+    _edit_keeping_size_and_mtime(stub.run / "derived" / "x.txt", "a=9 b=2")  # small artefact: always hashed
+    assert stub() == ["02_use"]
+    assert (stub.run / "derived" / "x.txt").read_text() == "a=1 b=2"
+    monkeypatch.setattr(study, "ALWAYS_HASH_BYTES", 0)  # every artefact counts as large now
+    stub()
+    _edit_keeping_size_and_mtime(stub.run / "derived" / "x.txt", "a=9 b=2")
+    assert stub() == []  # large files are trusted by (size, mtime) ...
+    assert stub(verify=True) == ["02_use"]  # ... unless --verify
+    assert (stub.run / "derived" / "x.txt").read_text() == "a=1 b=2"
