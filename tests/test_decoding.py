@@ -199,3 +199,23 @@ def test_shapes_and_values_are_checked():
         decode_position(bad, pos)
     with pytest.raises(ValueError, match="significant"):
         decoding_table(pos, {"m": {"L0": acts}}, {"m": {"L0": {"si": np.zeros(2, bool)}}}, progress=False)
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def test_decoding_figure_draws_every_condition_and_marks_empty_sets(tmp_path):
+    from helpers.plots import plot_decoding
+
+    pos, acts = planted(60, 4)
+    significant = {c: {"a": {"si": np.ones(4, bool)}, "b": {"si": np.eye(4, dtype=bool)[0]}}
+                   for c in ("model", "random")}
+    df = decoding_table(pos, {c: {"a": acts, "b": acts} for c in ("model", "random")}, significant,
+                        n_folds=3, progress=False)
+    fig = plot_decoding(df, layer_labels={"a": "L0", "b": "L1"}, path=tmp_path / "analyse_decoding.png")
+    assert (tmp_path / "analyse_decoding.png").is_file()
+    r2_ax, err_ax, frac_ax = fig.axes
+    assert len(r2_ax.lines) == 1 + 4  # zero line + 2 conditions x 2 neuron sets
+    assert [t.get_text() for t in r2_ax.get_xticklabels()] == ["L0", "L1"]
+    assert sum(t.get_text() == "none left" for t in r2_ax.texts) == 2
+    np.testing.assert_allclose(frac_ax.lines[0].get_ydata(), [1.0, 0.25])
