@@ -22,8 +22,7 @@ Procedure (:func:`decode_position`)
   The hat matrix ``H = 11'/n + U diag(s²/(s²+α)) U'`` includes the
   unpenalised intercept, so the LOO residual ``(y - ŷ)/(1 - h_ii)`` is
   exact for the ridge fit on the fold's standardised features (the fold's
-  standardisation is not recomputed without each stimulus, as in
-  scikit-learn's ``RidgeCV``). One penalty per fold is shared by x and y and
+  standardisation is not recomputed without each stimulus). One penalty per fold is shared by x and y and
   minimises the LOO squared error summed over both (ties: the larger).
 - The penalty is given per training stimulus, ``α = n_train · λ``, i.e. the
   objective is ``mean ‖y - ŷ‖² + λ ‖w‖²`` on standardised features, so the
@@ -36,7 +35,7 @@ Procedure (:func:`decode_position`)
   Euclidean error ``‖p_i - p̂_i‖`` in pixels. ``chance_median_error_px`` is
   the same for predicting each training fold's mean position.
 
-Everything is vectorised over neurons: one SVD per layer and fold.
+Everything is vectorised over neurons: one SVD per layer, neuron set and fold.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
-__all__ = ["LAMBDAS", "fold_indices", "fit_ridge", "decode_position", "decoding_table"]
+__all__ = ["LAMBDAS", "fold_indices", "fit_ridge", "decode_position", "significant_any", "decoding_table"]
 
 #: Default ridge penalties per training stimulus (λ = α / n_train), log-spaced.
 LAMBDAS: np.ndarray = np.logspace(-4, 4, 33)
@@ -61,7 +60,8 @@ NEURON_SETS: tuple[str, ...] = ("all", "non-significant")
 
 def _check_int(value, name: str, lo: int, hi: int | None = None) -> int:
     rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None and value > hi):
+    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+    if not ok or value < lo or (hi is not None and value > hi):
         raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
     return int(value)
 
@@ -171,7 +171,7 @@ def _left_singular(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     penalty shrinks them almost to zero anyway.
     """
     n, k = Z.shape
-    w, E = scipy.linalg.eigh(Z @ Z.T if n <= k else Z.T @ Z, check_finite=False)
+    w, E = scipy.linalg.eigh(Z @ Z.T if n <= k else Z.T @ Z, driver="evd", check_finite=False)
     keep = w > max(w[-1], 0.0) * max(n, k) * 1e3 * np.finfo(float).eps
     w, E = w[keep], E[:, keep]
     U = E if n <= k else (Z @ E) / np.sqrt(w)
