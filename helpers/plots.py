@@ -475,3 +475,66 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
         fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
+
+
+# =========================================================================== decoding figure
+def plot_decoding(df, *, layer_labels=None, title: str | None = None, path: str | Path | None = None):
+    """Position decoding by layer: R², median error and neurons removed, per condition and neuron set.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`helpers.decoding.decoding_table` output (columns ``condition,
+        layer, neurons, n_removed, n_neurons, r2, median_error_px,
+        chance_median_error_px``). Layers are plotted in their order of
+        appearance; solid lines use all neurons, dashed lines those left after
+        removing the significant ones (where none is left: no point, "none left").
+    layer_labels : mapping layer -> tick label, optional.
+    title, path
+        Figure title; save as PNG at ``path``.
+    """
+    if len(df) == 0:
+        raise ValueError("df must hold at least one row of helpers.decoding.decoding_table")
+    layers = list(dict.fromkeys(df["layer"]))
+    labels = [str((layer_labels or {}).get(layer, layer)) for layer in layers]
+    x = np.arange(len(layers))
+    styles = {"all": ("-", "o", "all neurons"), "non-significant": ("--", "x", "without significant")}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for c, (cond, dc) in enumerate(df.groupby("condition", sort=False)):
+        colour = CONDITION_COLOURS.get(cond, f"C{c}")
+        for name, d in dc.groupby("neurons", sort=False):
+            ls, marker, what = styles.get(name, (":", "s", name))
+            d = d.set_index("layer").reindex(layers)
+            for ax, col in zip(axes[:2], ("r2", "median_error_px")):
+                ax.plot(x, d[col].to_numpy(float), ls=ls, marker=marker, color=colour, label=f"{cond}: {what}")
+            for xi in x[(d["n_neurons"] == 0).to_numpy()]:  # NaN rows: say why there is no point
+                axes[0].annotate("none left", (xi, 0.02), rotation=90, fontsize=7, color=colour, ha="center")
+        d = dc[dc["neurons"] == "non-significant"].set_index("layer").reindex(layers)
+        if len(dc[dc["neurons"] == "non-significant"]):
+            frac = d["n_removed"].to_numpy(float) / (d["n_removed"] + d["n_neurons"]).to_numpy(float)
+            axes[2].plot(x, frac, marker="o", color=colour, label=cond)
+    r2 = df["r2"].to_numpy(float)
+    low = np.nanmin(r2) if np.isfinite(r2).any() else 0.0
+    axes[0].axhline(0, color="grey", lw=1)
+    axes[0].set_ylim(min(-0.05, low - 0.05), 1.02)
+    axes[0].set_ylabel("R² (out-of-fold, pooled x and y)")
+    axes[0].set_title("decoded position: R²")
+    axes[1].axhline(float(np.nanmean(df["chance_median_error_px"])), color="grey", ls=":", lw=1.5,
+                    label="chance (training mean)")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_ylabel("median error (px)")
+    axes[1].set_title("decoded position: median error")
+    axes[2].set_ylim(0, 1)
+    axes[2].set_ylabel("fraction removed")
+    axes[2].set_title("neurons significant for any score")
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_xlabel("layer")
+    axes[1].legend(fontsize=7)
+    if axes[2].lines:
+        axes[2].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
