@@ -111,6 +111,8 @@ def _spec() -> dict[str, Param]:
         "n_shuffles": Param(_int(0), "an integer >= 0 (0: no significance test)"),
         "percentile": Param(_float(0, 100, open_lo=True, open_hi=True), "a number in (0, 100)"),
         "top_k": Param(_int(1), "an integer >= 1"),
+        "decoding_folds": Param(_int(2), "an integer in 2..n_stimuli"),
+        "decoding_seed": seed,
         "layer": Param(_int(0), "a block index 0..depth-1 of the model's image tower"),
         "proportions": Param(_proportions, "a non-empty list of numbers in [0, 1]"),
         "n_random_seeds": Param(_int(0), "an integer >= 0"),
@@ -148,6 +150,9 @@ def _cross_checks(p: Mapping[str, Any], bad: set[str]) -> list[str]:
     n, k = p.get("n_stimuli"), p.get("n_lesion_stimuli")
     if k is not None and not {"n_stimuli", "n_lesion_stimuli"} & bad and n is not None and k > n:
         out.append(f"n_lesion_stimuli={k!r} must be <= n_stimuli={n!r}")
+    f = p.get("decoding_folds")
+    if f is not None and not {"n_stimuli", "decoding_folds"} & bad and n is not None and f > n:
+        out.append(f"decoding_folds={f!r} must be <= n_stimuli={n!r}")
     if "device" in p and "device" not in bad:
         out.append(_device_error(p["device"]))
     if "model" in p and "model" not in bad:

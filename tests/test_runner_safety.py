@@ -13,7 +13,7 @@ import papermill as pm
 import pytest
 
 from helpers import study
-from tests.test_incremental import stub  # noqa: F401  (fixture)
+from test_incremental import stub  # noqa: F401  (fixture)
 
 
 def _holder(folder):
