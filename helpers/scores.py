@@ -1122,8 +1122,9 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
     -------
     pandas.DataFrame with columns ``condition, layer, score, null_model,
     n_shuffles, fraction_significant`` (under ``null_model``),
-    ``fraction_significant_neuron``, ``fraction_significant_pooled`` and
-    ``pooled_threshold`` (the pooled null's percentile).
+    ``fraction_significant_neuron``, ``fraction_significant_pooled``,
+    ``fraction_calls_differ`` (neurons significant under one null model only)
+    and ``pooled_threshold`` (the pooled null's percentile).
     """
     import pandas as pd
 
@@ -1140,6 +1141,8 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
                     "fraction_significant": float(np.mean(res["significant"][layer][s])),
                     "fraction_significant_neuron": float(np.mean(res["significant_neuron"][layer][s])),
                     "fraction_significant_pooled": float(np.mean(res["significant_pooled"][layer][s])),
+                    "fraction_calls_differ": float(np.mean(
+                        res["significant_neuron"][layer][s] != res["significant_pooled"][layer][s])),
                     "pooled_threshold": res["thresholds"][layer][s],
                 })
     return pd.DataFrame(rows)

@@ -157,3 +157,5 @@ def test_score_layers_refuses_too_few_shuffles_and_reports_both_null_models():
     assert row.fraction_significant == row.fraction_significant_neuron == res["significant_neuron"]["a"]["border"].mean()
     assert row.fraction_significant_pooled == res["significant_pooled"]["a"]["border"].mean()
     assert row.pooled_threshold == res["thresholds"]["a"]["border"]
+    differ = res["significant_neuron"]["a"]["border"] != res["significant_pooled"]["a"]["border"]
+    assert row.fraction_calls_differ == differ.mean()
