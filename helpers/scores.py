@@ -1074,9 +1074,9 @@ def score_layers(
             sig = {s: significance(obs[s], null[s], percentile, null_model=null_model) for s in names}
             del null
         else:
-            none = np.zeros(a.shape[1], dtype=bool)
-            nan = np.full(a.shape[1], np.nan)
-            sig = {s: Significance(none, nan, float("nan"), none, none) for s in names}
+            k = a.shape[1]
+            sig = {s: Significance(np.zeros(k, bool), np.full(k, np.nan), float("nan"), np.zeros(k, bool),
+                                   np.zeros(k, bool)) for s in names}
         out["significant"][layer] = {s: r.significant for s, r in sig.items()}
         out["significant_neuron"][layer] = {s: r.significant_neuron for s, r in sig.items()}
         out["significant_pooled"][layer] = {s: r.significant_pooled for s, r in sig.items()}
