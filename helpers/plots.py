@@ -310,6 +310,7 @@ def plot_score_distributions(
 def plot_fraction_significant(
     significant_by_condition,
     *,
+    pooled_by_condition=None,
     score_names=("si", "grid", "border"),
     chance: float | None = 0.05,
     title: str | None = None,
@@ -320,8 +321,12 @@ def plot_fraction_significant(
     Parameters
     ----------
     significant_by_condition : mapping condition -> layer -> score name -> float or bool array
-        A fraction in [0, 1], or the boolean mask from
-        ``helpers.scores.significance`` (its mean is plotted).
+        A fraction in [0, 1], or a boolean mask such as
+        ``score_layers(...)["significant"]`` (its mean is plotted).
+    pooled_by_condition : same structure, optional
+        The decisions under the layer's pooled null (``score_layers(...)
+        ["significant_pooled"]``), drawn dashed with open markers in the
+        condition's colour, labelled "<condition>, pooled null".
     chance : float or None
         Expected false-positive rate (1 - percentile/100), drawn dashed.
     title, path
@@ -336,8 +341,12 @@ def plot_fraction_significant(
     )
     for ax, name in zip(axes[0], score_names):
         for c, cond in enumerate(conditions):
+            colour = CONDITION_COLOURS.get(cond, f"C{c}")
             frac = [float(np.mean(significant_by_condition[cond][layer][name])) for layer in layers]
-            ax.plot(x, frac, marker="o", color=CONDITION_COLOURS.get(cond, f"C{c}"), label=cond)
+            ax.plot(x, frac, marker="o", color=colour, label=cond)
+            if pooled_by_condition is not None:
+                frac = [float(np.mean(pooled_by_condition[cond][layer][name])) for layer in layers]
+                ax.plot(x, frac, marker="o", mfc="none", ls="--", color=colour, label=f"{cond}, pooled null")
         if chance is not None:
             ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
         ax.set_ylim(0, 1)
