@@ -78,6 +78,7 @@ def _spec() -> dict[str, Param]:
     from helpers.lesions import LESION_MODES, REGION_RULES, REGIONS
     from helpers.models import DTYPES
     from helpers.record import STORAGE_DTYPES
+    from helpers.scores import NULL_MODELS
     from helpers.stimuli import COLOURS, SHAPES
 
     seed = Param(_int(0), "an integer >= 0")
@@ -110,6 +111,7 @@ def _spec() -> dict[str, Param]:
         "sigma": Param(lambda v: v is None or _float(0, 100)(v), "None or a number of bins in 0..100"),
         "n_shuffles": Param(_int(0), "an integer >= 0 (0: no significance test)"),
         "percentile": Param(_float(0, 100, open_lo=True, open_hi=True), "a number in (0, 100)"),
+        "null_model": Param(_one_of(*NULL_MODELS), f"one of {list(NULL_MODELS)}"),
         "top_k": Param(_int(1), "an integer >= 1"),
         "decoding_folds": Param(_int(2), "an integer in 2..n_stimuli"),
         "decoding_seed": seed,
@@ -150,6 +152,13 @@ def _cross_checks(p: Mapping[str, Any], bad: set[str]) -> list[str]:
     n, k = p.get("n_stimuli"), p.get("n_lesion_stimuli")
     if k is not None and not {"n_stimuli", "n_lesion_stimuli"} & bad and n is not None and k > n:
         out.append(f"n_lesion_stimuli={k!r} must be <= n_stimuli={n!r}")
+    s, q = p.get("n_shuffles"), p.get("percentile")
+    if p.get("null_model") == "neuron" and s and q is not None and not {"n_shuffles", "percentile"} & bad:
+        from helpers.scores import min_shuffles
+
+        if s < min_shuffles(q):
+            out.append(f"n_shuffles={s!r} must be 0 or >= {min_shuffles(q)} at percentile={q!r}: a neuron tested "
+                       "against its own shuffles can't reach p < 1 - percentile/100 with fewer")
     f = p.get("decoding_folds")
     if f is not None and not {"n_stimuli", "decoding_folds"} & bad and n is not None and f > n:
         out.append(f"decoding_folds={f!r} must be <= n_stimuli={n!r}")
