@@ -1123,13 +1123,19 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
     pandas.DataFrame with columns ``condition, layer, score, null_model,
     n_shuffles, fraction_significant`` (under ``null_model``),
     ``fraction_significant_neuron``, ``fraction_significant_pooled``,
-    ``fraction_calls_differ`` (neurons significant under one null model only)
-    and ``pooled_threshold`` (the pooled null's percentile).
+    ``fraction_calls_differ`` (neurons significant under one null model only),
+    ``pooled_threshold`` (the pooled null's percentile) and ``note``. With
+    ``n_shuffles=0`` the fractions are NaN and ``note`` says "not computed".
     """
     import pandas as pd
 
     rows = []
     for cond, res in results_by_condition.items():
+        tested = res["n_shuffles"] > 0
+
+        def frac(mask: np.ndarray) -> float:  # NaN, not 0.0, when nothing was tested: 0.0 reads as a finding
+            return float(np.mean(mask)) if tested else float("nan")
+
         for layer in res["scores"]:
             for s in res["scores"][layer]:
                 rows.append({
@@ -1138,11 +1144,12 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
                     "score": s,
                     "null_model": res["null_model"],
                     "n_shuffles": res["n_shuffles"],
-                    "fraction_significant": float(np.mean(res["significant"][layer][s])),
-                    "fraction_significant_neuron": float(np.mean(res["significant_neuron"][layer][s])),
-                    "fraction_significant_pooled": float(np.mean(res["significant_pooled"][layer][s])),
-                    "fraction_calls_differ": float(np.mean(
-                        res["significant_neuron"][layer][s] != res["significant_pooled"][layer][s])),
+                    "fraction_significant": frac(res["significant"][layer][s]),
+                    "fraction_significant_neuron": frac(res["significant_neuron"][layer][s]),
+                    "fraction_significant_pooled": frac(res["significant_pooled"][layer][s]),
+                    "fraction_calls_differ": frac(
+                        res["significant_neuron"][layer][s] != res["significant_pooled"][layer][s]),
                     "pooled_threshold": res["thresholds"][layer][s],
+                    "note": "" if tested else "not computed: n_shuffles=0",
                 })
     return pd.DataFrame(rows)

@@ -139,6 +139,9 @@ def test_score_layers_refuses_too_few_shuffles_and_reports_both_null_models():
     assert pooled["significant"]["a"]["si"] is pooled["significant_pooled"]["a"]["si"]
     skipped = score_layers(pos, acts, **kw, n_shuffles=0, scores=("si",))
     assert not skipped["significant"]["a"]["si"].any() and np.isnan(skipped["p_values"]["a"]["si"]).all()
+    untested = significance_table({"model": skipped})  # no test ran: no fraction may read as a finding
+    assert untested[["fraction_significant", "fraction_significant_neuron", "fraction_significant_pooled"]].isna().all().all()
+    assert (untested.note != "").all()
 
     res = score_layers(pos, acts, **kw, n_shuffles=19)
     for layer, k in (("a", 6), ("b", 4)):
