@@ -476,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed, RunLocked) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages are kept; the same command resumes", file=sys.stderr)
+        return 130
     return 0
 
 
