@@ -144,6 +144,8 @@ __all__ = [
     "lesion_values",
     "localisation_table",
     "dissociation_table",
+    "double_dissociation",
+    "lesion_maps",
 ]
 
 #: Lesion modes of :func:`lesion`.
@@ -1717,14 +1719,15 @@ def localisation_did(
     )
 
 
-def lesion_values(df, column: str) -> dict[str, np.ndarray]:
+def lesion_values(df, column: str, *, mean_over_seeds: bool = False) -> dict[str, np.ndarray]:
     """Per-stimulus values of one column of :func:`spatial_lesion_study`'s table, by lesion kind.
 
     Returns
     -------
     dict kind -> array, rows in the region lesion's stimulus order:
     ``(n,)`` for ``region`` and ``opposite``, ``(n, s)`` for ``random``
-    (one column per seed, ascending). Kinds absent from ``df`` are absent.
+    (one column per seed, ascending; ``(n,)``, the mean over seeds, with
+    ``mean_over_seeds=True``). Kinds absent from ``df`` are absent.
     """
     reg = df[df["lesion"] == "region"]
     if len(reg) == 0:
@@ -1736,8 +1739,36 @@ def lesion_values(df, column: str) -> dict[str, np.ndarray]:
             wide = g.pivot(index="stimulus", columns="seed", values=column).sort_index(axis=1)
         else:
             wide = g.set_index("stimulus")[column]
-        out[kind] = wide.reindex(order).to_numpy(dtype=float)
+        v = wide.reindex(order).to_numpy(dtype=float)
+        out[kind] = v.mean(axis=1) if mean_over_seeds and v.ndim == 2 else v
     return out
+
+
+def lesion_maps(df, bins: int, extent: Sequence[float], sigma: float | None = None,
+                stems: Sequence[str] = ("margin", "p", "correct")) -> dict[str, np.ndarray]:
+    """Maps over the visual field of per-stimulus measures before and after each lesion kind.
+
+    Parameters
+    ----------
+    df : :func:`spatial_lesion_study` output (one model); positions from its ``x, y``.
+    bins, extent, sigma : as :func:`performance_maps`.
+    stems : column stems, e.g. ``"margin"`` for ``margin_before`` / ``margin_after``.
+
+    Returns
+    -------
+    dict ``"before"`` and each lesion kind present -> (len(stems), bins, bins)
+    float64; ``random`` is the per-stimulus mean over seeds.
+    """
+    reg = df[df["lesion"] == "region"]
+    pos = reg[["x", "y"]].to_numpy(dtype=float)
+    cols = {"before": [lesion_values(df, f"{s}_before")["region"] for s in stems]}
+    for s in stems:
+        for kind, v in lesion_values(df, f"{s}_after", mean_over_seeds=True).items():
+            cols.setdefault(kind, []).append(v)
+    names = list(cols)
+    maps, _ = performance_maps(pos, np.column_stack([v for k in names for v in cols[k]]), bins, extent, sigma)
+    k = len(stems)
+    return {name: maps[i * k:(i + 1) * k] for i, name in enumerate(names)}
 
 
 def localisation_table(
@@ -1842,11 +1873,43 @@ def dissociation_table(
     for metric in metrics:
         stem = DEFICIT_METRICS[metric]
         before = lesion_values(df, f"{stem}_before")["region"]
-        for kind, after in lesion_values(df, f"{stem}_after").items():
-            d = before - (after.mean(axis=1) if after.ndim == 2 else after)
+        for kind, after in lesion_values(df, f"{stem}_after", mean_over_seeds=True).items():
+            d = before - after
             for stimuli, sel in groups.items():
                 lo, hi = _bootstrap_ci(d[sel], None, n_bootstrap, ci, rng) if sel.any() else (np.nan, np.nan)
                 rows.append(dict(metric=metric, lesion=kind, stimuli=stimuli,
                                  mean_deficit=float(d[sel].mean()) if sel.any() else np.nan,
                                  ci_low=lo, ci_high=hi, n_stimuli=int(sel.sum())))
     return pd.DataFrame(rows)
+
+
+def double_dissociation(table):
+    """Per metric: does the region lesion hurt region A more than B, and the opposite lesion B more than A?
+
+    Read from :func:`localisation_table`'s rows ``control="opposite",
+    reference="opposite region"`` (stimuli in A = the region, in B = the
+    opposite region).
+
+    Returns
+    -------
+    pandas.DataFrame, one row per metric: ``a_on_a, a_on_b, b_on_a, b_on_b``
+    (mean deficit of lesion A/B on stimuli in A/B), ``interaction`` =
+    ``(a_on_a - a_on_b) - (b_on_a - b_on_b)`` (the DiD) with ``ci_low,
+    ci_high, p_value``, ``crossed`` (``a_on_a > a_on_b`` and ``b_on_b >
+    b_on_a``) and ``dissociated`` (crossed and the interaction significant).
+    """
+    import pandas as pd
+
+    rows = table[(table["control"] == "opposite") & (table["reference"] == "opposite region")]
+    if len(rows) == 0:
+        raise ValueError("table holds no control='opposite', reference='opposite region' rows (localisation_table)")
+    out = pd.DataFrame(dict(
+        metric=rows["metric"].to_numpy(),
+        a_on_a=rows["deficit_inside"].to_numpy(), a_on_b=rows["deficit_outside"].to_numpy(),
+        b_on_a=rows["control_deficit_inside"].to_numpy(), b_on_b=rows["control_deficit_outside"].to_numpy(),
+        interaction=rows["did"].to_numpy(), ci_low=rows["ci_low"].to_numpy(), ci_high=rows["ci_high"].to_numpy(),
+        p_value=rows["p_value"].to_numpy(),
+    ))
+    out["crossed"] = (out["a_on_a"] > out["a_on_b"]) & (out["b_on_b"] > out["b_on_a"])
+    out["dissociated"] = out["crossed"] & rows["localised"].to_numpy(dtype=bool)
+    return out

@@ -476,8 +476,8 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
     ncol = 3 + len(ctrl)
     fig, axes = plt.subplots(k, ncol, figsize=(4 * ncol, 3.8 * k), squeeze=False)
     for r in range(k):
-        diffs = [(after[r] - before[r], "after − before")] + [(m[r] - before[r], f"{name}: after − before")
-                                                              for name, m in ctrl.items()]
+        diffs = [(after[r] - before[r], "region lesion: after − before")]
+        diffs += [(m[r] - before[r], f"{name}: after − before") for name, m in ctrl.items()]
         finite = np.concatenate([d[np.isfinite(d)] for d, _ in diffs])
         lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
         if limits[r] is None:
@@ -485,7 +485,7 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
             lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
         else:
             lo, hi = limits[r]
-        panels = [(before[r], "before", "viridis", lo, hi), (after[r], "after", "viridis", lo, hi)]
+        panels = [(before[r], "before", "viridis", lo, hi), (after[r], "after region lesion", "viridis", lo, hi)]
         panels += [(d, name, "RdBu", -lim, lim) for d, name in diffs]
         for ax, (m, name, cmap, vlo, vhi) in zip(axes[r], panels):
             im = ax.imshow(m, extent=(xmin, xmax, ymax, ymin), cmap=cmap, vmin=vlo, vmax=vhi, interpolation="nearest")

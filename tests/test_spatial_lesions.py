@@ -97,6 +97,17 @@ def test_double_dissociation_cells_cross_only_for_a_local_deficit():
     assert set(cells["lesion"]) == {"region", "opposite", "random"}
 
 
+def test_double_dissociation_needs_the_unsaturated_scale():
+    dd = L.double_dissociation(L.localisation_table(synthetic_table(local=True), n_permutations=300,
+                                                    n_bootstrap=300)).set_index("metric")
+    assert dd.loc["margin", "dissociated"] and dd.loc["p_target", "dissociated"]
+    assert dd.loc["margin", "interaction"] == pytest.approx(2.0)
+    # correctness cannot see the opposite lesion: every upper-right stimulus stays correct (margin > 2 - 1)
+    assert dd.loc["correct", "b_on_b"] == 0.0 and not dd.loc["correct", "dissociated"]
+    uniform = L.double_dissociation(L.localisation_table(synthetic_table(), n_permutations=300, n_bootstrap=300))
+    assert not uniform["dissociated"].any() and not uniform["crossed"].any()
+
+
 def test_did_permutation_p_is_calibrated_under_a_heterogeneous_baseline():
     """Null: region and control lesions shift alike plus noise; the baseline varies over the field."""
     rng = np.random.default_rng(1)
@@ -250,6 +261,11 @@ def test_tiny_tower_region_lesion_is_localised_and_doubly_dissociated():
     c = L.dissociation_table(df, metrics=["correct"], n_bootstrap=100).set_index(["lesion", "stimuli"])["mean_deficit"]
     assert c[("region", "region")] == c[("opposite", "opposite")] == 1.0
     assert c[("region", "opposite")] == c[("opposite", "region")] == 0.0
+    maps = L.lesion_maps(df, 4, EXTENT, stems=("correct",))
+    assert set(maps) == {"before", "region", "opposite", "random"} and maps["before"].shape == (1, 4, 4)
+    change = (maps["region"] - maps["before"])[0]
+    region = L.region_mask("lower-left", 4)
+    assert (change[region] == -1).all() and (change[~region] == 0).all()
     with pytest.raises(ValueError, match="region"):
         L.spatial_lesion_study(tower, cache, task, sets[1:], np.zeros((cache.n, 2)), np.zeros((cache.n, 2), int),
                                L.region_mask("left", 4), layer=1, n_neurons=32)
@@ -291,3 +307,20 @@ def test_vit_spatial_lesion_study_matches_a_hooked_full_forward(vit_random):
     assert np.allclose(df.p_after, expit(df.margin_after), atol=1e-5)  # two prompts: p = sigmoid(margin)
     assert np.allclose(reg.margin_before, task.margin(cache.embeddings))
     assert not np.allclose(df.margin_after[df.lesion == "opposite"], reg.margin_after)
+
+
+def test_spatial_figures_draw_every_lesion(tmp_path):
+    from helpers import plots
+
+    df = synthetic_table(n=200, local=True, n_seeds=2)
+    maps = L.lesion_maps(df, 10, EXTENT, 1.0)
+    fig = plots.plot_spatial_lesion(
+        maps["before"], maps["region"], L.region_mask("lower-left", 10), opposite=L.opposite_region("lower-left", 10),
+        extent=EXTENT, labels=("margin", "P", "performance"), limits=[None, (0, 1), (0, 1)],
+        controls={"opposite": maps["opposite"], "random": maps["random"]}, path=tmp_path / "maps.png",
+    )
+    assert len(fig.axes) == 2 * 3 * 5  # 3 rows x 5 panels, each with a colourbar
+    cells = L.dissociation_table(df, metrics=["margin", "p_target"], n_bootstrap=50)
+    fig = plots.plot_double_dissociation(cells, names=("lower-left", "upper-right"), path=tmp_path / "dd.png")
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 3
+    assert (tmp_path / "maps.png").stat().st_size > 0 and (tmp_path / "dd.png").stat().st_size > 0
