@@ -1399,7 +1399,9 @@ def matched_lesions(
     k = min(len(v) for v in chosen.values())
     if k == 0:
         empty = [kind for kind, v in chosen.items() if len(v) == 0]
-        raise ValueError(f"rule={rule!r} selects no neuron for the {' and '.join(empty)} region(s); try rule='contrast'")
+        raise ValueError(
+            f"rule={rule!r} selects no neuron for the {' and '.join(empty)} region(s); try rule='contrast'"
+        )
     sets = []
     for kind, sel in chosen.items():
         score = region_contrast(fm, masks[kind])[sel]
@@ -1700,7 +1702,8 @@ def localisation_did(
     if b.shape != a.shape or b.ndim != 1 or c.ndim != 2 or c.shape[0] != b.shape[0] or c.shape[1] == 0:
         raise ValueError(f"before, after must be (n,) and control_after (n,) or (n, s); got {b.shape}, {a.shape}, "
                          f"{np.shape(control_after)}")
-    n_permutations, n_bootstrap = _check_int("n_permutations", n_permutations, 1), _check_int("n_bootstrap", n_bootstrap, 1)
+    n_permutations = _check_int("n_permutations", n_permutations, 1)
+    n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 1)
     ci, alpha = _check_fraction("ci", ci), _check_fraction("alpha", alpha)
     d = b - a
     cd = b[:, None] - c  # (n, s) control deficits

@@ -492,7 +492,7 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
             if opposite is not None:
                 _outline_region(ax, opposite, extent, linestyles="dashed")
             _outline_region(ax, region, extent)
-            ax.set_title(f"{labels[r]}: {name}" if labels[r] else name)
+            ax.set_title(f"{labels[r]}\n{name}" if labels[r] else name, fontsize=10)
             ax.set_xlabel("x (px)")
             fig.colorbar(im, ax=ax, fraction=0.046)
         axes[r, 0].set_ylabel("y (px)")
