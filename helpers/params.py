@@ -124,6 +124,9 @@ def _spec() -> dict[str, Param]:
         "region": Param(_one_of(*REGIONS), f"one of {list(REGIONS)}"),
         "region_rule": Param(_one_of(*REGION_RULES), f"one of {list(REGION_RULES)}"),
         "region_proportion": Param(_float(0, 1, open_lo=True), "a number in (0, 1]"),
+        "n_control_seeds": Param(_int(1), "an integer >= 1"),
+        "n_permutations": Param(_int(1), "an integer >= 1"),
+        "n_bootstrap": Param(_int(1), "an integer >= 1"),
     }
 
 

@@ -435,7 +435,7 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     return save(fig, path)
 
 
-def _outline_region(ax, region, extent, upsample: int = 16):
+def _outline_region(ax, region, extent, upsample: int = 16, linestyles: str = "solid"):
     """Draw the outline of a (bins, bins) bool region with square corners."""
     xmin, xmax, ymin, ymax = extent
     reg = np.kron(np.pad(np.asarray(region, float), 1), np.ones((upsample, upsample)))
@@ -443,40 +443,65 @@ def _outline_region(ax, region, extent, upsample: int = 16):
     step_x, step_y = (xmax - xmin) / nb / upsample, (ymax - ymin) / nb / upsample
     xc = xmin - (xmax - xmin) / nb + (np.arange(reg.shape[1]) + 0.5) * step_x
     yc = ymin - (ymax - ymin) / nb + (np.arange(reg.shape[0]) + 0.5) * step_y
-    ax.contour(xc, yc, reg, levels=[0.5], colors="k", linewidths=1.5)
+    if 0 < reg.mean() < 1:
+        ax.contour(xc, yc, reg, levels=[0.5], colors="k", linewidths=1.5, linestyles=linestyles)
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ymax, ymin)
 
 
-def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",), title: str | None = None,
-                        path: str | Path | None = None):
-    """Maps over the visual field before and after a regional lesion, and their difference.
+def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",), controls=None, opposite=None,
+                        limits=None, title: str | None = None, path: str | Path | None = None):
+    """Maps over the visual field before and after a regional lesion, and the change under each lesion.
+
+    Columns: before, after the region lesion, after − before for the region
+    lesion, then after − before for each control lesion. The change maps of a
+    row share one symmetric colour scale, so a deficit that is as large under
+    a control as under the region lesion looks alike.
 
     Parameters
     ----------
     before, after : (bins, bins) or (k, bins, bins) arrays, NaN in empty bins
         (row 0 = top of the image); one figure row per map.
-    region : (bins, bins) bool, outlined in every panel.
+    region : (bins, bins) bool, outlined (solid) in every panel.
     extent : (xmin, xmax, ymin, ymax) pixels.
-    labels : one label per row, e.g. ``("performance", "P(circle)")``.
+    labels : one label per row, e.g. ``("margin", "P(circle)", "performance")``.
+    controls : mapping name -> array like ``after``, optional
+        Maps after each control lesion (e.g. ``{"opposite": ..., "random": ...}``).
+    opposite : (bins, bins) bool, optional; outlined dashed.
+    limits : one (lo, hi) or None per row, optional
+        Colour range of the before/after maps; None = their joint data range.
+        Default (0, 1) for every row.
     """
     before = np.asarray(before, float)
     after = np.asarray(after, float)
+    ctrl = {name: np.asarray(m, float) for name, m in (controls or {}).items()}
     if before.ndim == 2:
         before, after = before[None], after[None]
+        ctrl = {name: m[None] for name, m in ctrl.items()}
     xmin, xmax, ymin, ymax = extent
     k = before.shape[0]
     labels = list(labels) + [""] * (k - len(labels))
-    fig, axes = plt.subplots(k, 3, figsize=(12, 3.8 * k), squeeze=False)
+    limits = [(0.0, 1.0)] * k if limits is None else list(limits)
+    ncol = 3 + len(ctrl)
+    fig, axes = plt.subplots(k, ncol, figsize=(4 * ncol, 3.8 * k), squeeze=False)
     for r in range(k):
-        diff = after[r] - before[r]
-        lim = max(0.05, float(np.nanmax(np.abs(diff)))) if np.isfinite(diff).any() else 1.0
-        panels = [(before[r], "before", "viridis", 0, 1), (after[r], "after", "viridis", 0, 1),
-                  (diff, "after − before", "RdBu", -lim, lim)]
-        for ax, (m, name, cmap, lo, hi) in zip(axes[r], panels):
-            im = ax.imshow(m, extent=(xmin, xmax, ymax, ymin), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        diffs = [(after[r] - before[r], "region lesion: after − before")]
+        diffs += [(m[r] - before[r], f"{name}: after − before") for name, m in ctrl.items()]
+        finite = np.concatenate([d[np.isfinite(d)] for d, _ in diffs])
+        lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
+        if limits[r] is None:
+            both = np.r_[before[r][np.isfinite(before[r])], after[r][np.isfinite(after[r])]]
+            lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        else:
+            lo, hi = limits[r]
+        panels = [(before[r], "before", "viridis", lo, hi), (after[r], "after region lesion", "viridis", lo, hi)]
+        panels += [(d, name, "RdBu", -lim, lim) for d, name in diffs]
+        for ax, (m, name, cmap, vlo, vhi) in zip(axes[r], panels):
+            im = ax.imshow(m, extent=(xmin, xmax, ymax, ymin), cmap=cmap, vmin=vlo, vmax=vhi, interpolation="nearest")
+            if opposite is not None:
+                _outline_region(ax, opposite, extent, linestyles="dashed")
             _outline_region(ax, region, extent)
-            ax.set_title(f"{labels[r]}: {name}" if labels[r] else name)
+            ax.set_title(f"{labels[r]}\n{name}" if labels[r] else name, fontsize=10)
             ax.set_xlabel("x (px)")
             fig.colorbar(im, ax=ax, fraction=0.046)
         axes[r, 0].set_ylabel("y (px)")
@@ -545,5 +570,53 @@ def plot_decoding(df, *, layer_labels=None, title: str | None = None, path: str 
         axes[2].legend(fontsize=7)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+#: y-axis labels of the deficit measures of :data:`helpers.lesions.DEFICIT_METRICS`.
+DEFICIT_LABELS = {
+    "margin": "deficit in logit margin",
+    "p_target": "deficit in P(target)",
+    "correct": "deficit in performance",
+}
+
+
+def plot_double_dissociation(cells, *, names=("region", "opposite"), metrics=None, title: str | None = None,
+                             path: str | Path | None = None):
+    """Mean deficit (before − after) of each lesion on the stimuli in each region, with CIs.
+
+    One panel per metric: x = stimuli in region A / in region B; one line per
+    lesion (A's neurons, B's neurons, random neurons as a reference). A double
+    dissociation is a crossing: lesion A's line falls from A to B, lesion B's
+    rises.
+
+    Parameters
+    ----------
+    cells : :func:`helpers.lesions.dissociation_table` output (one model).
+    names : (label of region A, label of region B), e.g. ``("lower-left", "upper-right")``.
+    metrics : metrics to draw, default every metric in ``cells``.
+    """
+    metrics = list(dict.fromkeys(cells["metric"])) if metrics is None else list(metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    styles = {"region": ("C3", "o", f"lesion {names[0]} neurons", -0.06),
+              "opposite": ("C0", "s", f"lesion {names[1]} neurons", 0.06),
+              "random": ("0.5", "^", "lesion random neurons", 0.0)}
+    for ax, metric in zip(axes[0], metrics):
+        d = cells[cells["metric"] == metric]
+        for kind, (colour, marker, label, dx) in styles.items():
+            g = d[d["lesion"] == kind].set_index("stimuli").reindex(["region", "opposite"])
+            if g["mean_deficit"].isna().all():
+                continue
+            x = np.arange(2) + dx
+            err = np.abs(np.vstack([g["mean_deficit"] - g["ci_low"], g["ci_high"] - g["mean_deficit"]]))
+            ax.errorbar(x, g["mean_deficit"], yerr=err, color=colour, marker=marker, capsize=3, label=label,
+                        ls="--" if kind == "random" else "-")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks([0, 1], [f"stimuli in\n{names[0]}", f"stimuli in\n{names[1]}"])
+        ax.set_xlim(-0.4, 1.4)
+        ax.set_ylabel(DEFICIT_LABELS.get(metric, metric) + " (before − after)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title or "double dissociation")
     fig.tight_layout()
     return save(fig, path)
