@@ -143,3 +143,23 @@ def test_selection_specificity_matches_set_arithmetic():
     assert len(i) == 500 and (i != j).all() and ((0 <= j) & (j < 400)).all()
     assert np.array_equal(i, L.stimulus_pairs(400, 500, seed=2)[0])
 
+
+def test_specificity_figure_draws_every_rule(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from helpers import plots
+
+    rows = [dict(condition=c, seed=s, proportion=p, n_ablated=round(p * 10), performance=0.5, p_target=0.5,
+                 n_stimuli=4, jaccard=(np.nan if p == 0 else j), n_common=round(p * 10 * j))
+            for c, s, j in (("Targeted", None, 0.1), ("Targeted_raw", None, 1.0), ("Random", 0, 0.05), ("Random", 1, 0.07))
+            for p in (0, 0.5, 1)]
+    df = pd.DataFrame(rows)
+    fig = plots.plot_selection_specificity(df, layer=9, n_neurons=10, path=tmp_path / "spec.png")
+    assert (tmp_path / "spec.png").stat().st_size > 0
+    left = fig.axes[0]
+    assert [t.get_text() for t in left.get_legend().get_texts()] == ["Targeted (z)", "Targeted_raw (blog: raw value)", "Random"]
+    raw = left.get_lines()[1]
+    assert np.allclose(raw.get_xdata(), [0.5, 1]) and np.allclose(raw.get_ydata(), [1.0, 1.0])  # p = 0 has no set
+    assert np.allclose(left.get_lines()[2].get_ydata(), [0.06, 0.06])  # Random: mean over seeds
+    plt.close(fig)
