@@ -11,9 +11,15 @@ reproduced here:
 2. **Targeted neuron lesions** at one block (blog: residual block 9). The
    neurons are the 768 channels of that block's attention output, the quantity
    recorded (stage 02) and mapped (stage 03). For every stimulus, the neurons
-   with the highest ratemap value at the stimulus's location are zeroed
-   (*Targeted*), or those deviating most from their own mean, high or low
-   (*Targeted_Abs*), or random ones (*Random*), for a sweep of proportions.
+   are ranked by their ratemap at the stimulus's bin, read from leave-one-out
+   maps that do not contain that stimulus (:func:`held_out_values`):
+   *Targeted* zeroes those with the largest spatial deviation
+   ``z = (value - the neuron's map mean) / its spatial SD``, *Targeted_Abs*
+   the largest ``|z|``, *Targeted_raw* (the blog's literal rule) the highest
+   map values, which mostly picks the same high-mean channels for every
+   stimulus, and *Random* random ones, for a sweep of proportions. Each
+   selection's stimulus specificity (mean pairwise Jaccard index of the
+   lesioned sets, :func:`selection_specificity`) is reported beside it.
 3. **Spatial specificity.** The neurons whose fields lie in one region of the
    visual field are zeroed for every stimulus, beside matched controls with
    the same number of neurons: the opposite region's neurons and random
@@ -122,10 +128,15 @@ __all__ = [
     "embed_images",
     "layer_lesion_study",
     "attention_cls",
+    "recorded_attention_cls",
     "FieldMaps",
     "field_maps",
+    "HeldOutValues",
+    "held_out_values",
     "neuron_ranks",
     "n_ablated",
+    "stimulus_pairs",
+    "selection_specificity",
     "targeted_lesion_study",
     "summarise_targeted",
     "OPPOSITE_REGIONS",
@@ -155,8 +166,8 @@ LESION_MODES = ("weights", "all")
 #: The blog's proportions of ablated neurons (x axis of the targeted-lesion figure).
 DEFAULT_PROPORTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
-#: Conditions of the targeted-lesion study, as labelled in the blog.
-CONDITIONS = ("Targeted", "Targeted_Abs", "Random")
+#: Selection rules of the targeted-lesion study (:func:`neuron_ranks`); "Targeted_raw" is the blog's literal rule.
+CONDITIONS = ("Targeted", "Targeted_Abs", "Targeted_raw", "Random")
 
 #: Named regions of the visual field (image convention: y grows downwards, so
 #: "lower" is the bottom half of the image = the high row indices of a map).
@@ -929,8 +940,8 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     """Class-token attention output of block ``layer`` for every cached stimulus.
 
     The quantity stage 02 records (CLS of ``visual.transformer.resblocks.<layer>.attn``),
-    recomputed from the cached block input by running that one block. A
-    fallback for building ratemaps when no recording is on disk.
+    recomputed from the cached block input by running that one block. The
+    fallback when no matching recording is on disk (:func:`recorded_attention_cls`).
 
     Returns
     -------
@@ -951,6 +962,53 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     finally:
         h.remove()
     return np.concatenate(out)
+
+
+def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices: np.ndarray):
+    """Stage 02's recording of what :func:`attention_cls` computes, when it is the same quantity.
+
+    Parameters
+    ----------
+    recording : helpers.record.Recording or None
+        From :func:`helpers.record.load_recording` (complete recordings only).
+    lm : helpers.models.LoadedModel
+        The model being lesioned; its weights hash (which covers the dtype)
+        must equal the recording's.
+    stimuli_hash : str
+        Hash of the stimulus set; a recording of other stimuli is an error.
+    layer : int
+        Block whose ``attn`` class token is wanted.
+    indices : (n,) int
+        Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
+
+    Returns
+    -------
+    acts : (n, C) float32 array, or None when the recording is absent, lacks
+        the layer, holds other tokens than the class token, or was made with
+        other weights or another dtype (then recompute with :func:`attention_cls`).
+    reason : str
+        Where ``acts`` came from, or why there are none.
+
+    Raises
+    ------
+    ValueError
+        The recording was made from other stimuli.
+    """
+    from helpers.models import weights_hash
+
+    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    if recording is None:
+        return None, "no complete recording"
+    man = recording.manifest
+    if man.get("stimuli_hash") != stimuli_hash:
+        raise ValueError("recording: it was made from another stimulus set (stimuli_hash differs); rerun stage 02")
+    if name not in recording.arrays:
+        return None, f"the recording lacks {name}"
+    if man.get("tokens") != "cls":
+        return None, f"the recording holds tokens={man.get('tokens')!r}, not the class token"
+    if man.get("weights_hash") != weights_hash(lm.model):
+        return None, "the recording was made with other weights or another dtype (weights hash differs)"
+    return np.asarray(recording.arrays[name][np.asarray(indices)], dtype=np.float32), f"stage 02's recording of {name}"
 
 
 @dataclass(frozen=True)
@@ -984,6 +1042,11 @@ class FieldMaps:
     def mean(self) -> np.ndarray:
         """(C,) each neuron's mean over its visited bins (unweighted by occupancy)."""
         return self.maps[:, self.visited].mean(axis=1)
+
+    @property
+    def sd(self) -> np.ndarray:
+        """(C,) each neuron's spatial SD: population SD (ddof 0) of its map over the visited bins."""
+        return self.maps[:, self.visited].std(axis=1)
 
     def values_at(self, rows_cols: np.ndarray) -> np.ndarray:
         """(n, C) ratemap value of every neuron at each stimulus's bin.
@@ -1041,6 +1104,141 @@ def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
     return fm
 
 
+@dataclass(frozen=True)
+class HeldOutValues:
+    """What each stimulus's neurons are chosen by, read from maps that do not contain that stimulus.
+
+    Row ``i`` comes from the leave-one-out ratemaps of stimulus ``i``
+    (:func:`held_out_values`): every map built from all stimuli but ``i``.
+
+    Attributes
+    ----------
+    value : (n, C) float64
+        Each neuron's held-out map value at stimulus ``i``'s bin.
+    mean : (n, C) float64
+        Mean of that neuron's held-out map over its visited bins (unweighted,
+        as :attr:`FieldMaps.mean`).
+    sd : (n, C) float64
+        Spatial SD of that map over the same bins (ddof 0, as :attr:`FieldMaps.sd`).
+    """
+
+    value: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+
+    @property
+    def n_stimuli(self) -> int:
+        return int(self.value.shape[0])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.value.shape[1])
+
+    @property
+    def z(self) -> np.ndarray:
+        """(n, C) spatial deviation ``(value - mean) / sd``; 0 for a neuron with a flat map (sd = 0)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sd > 0, (self.value - self.mean) / self.sd, 0.0)
+
+
+def _smoothing_matrix(bins: int, sigma: float) -> np.ndarray:
+    """(B, B) matrix K, B = bins²: ``K[b]`` is the smoothing of a unit impulse at flat bin ``b``.
+
+    The same filter as :func:`helpers.ratemaps.smooth_maps` (``gaussian_filter``,
+    zero padding, truncated at 4 sigma); identity for ``sigma = 0``. Smoothing
+    is linear, so ``G * sums = K.T @ sums`` over flat bins.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    eye = np.eye(bins * bins).reshape(-1, bins, bins)
+    if sigma > 0:
+        eye = gaussian_filter(eye, sigma=(0.0, sigma, sigma), mode="constant", cval=0.0)
+    return eye.reshape(bins * bins, bins * bins)
+
+
+def held_out_values(
+    activations: np.ndarray, rows_cols: np.ndarray, bins: int, sigma: float | None = None
+) -> HeldOutValues:
+    """Exact leave-one-out ratemap statistics for every stimulus, vectorised.
+
+    The ratemaps of :func:`helpers.ratemaps.ratemaps_from_bins` are
+    ``smooth(sums) / smooth(occupancy)`` on visited bins, NaN elsewhere
+    (:func:`helpers.ratemaps.smooth_maps`; plain means when ``sigma`` is 0).
+    Leaving stimulus ``i`` (activations ``a_i``, flat bin ``b``) out removes
+    ``a_i`` from the sums and 1 from the occupancy at ``b``; smoothing is
+    linear, so its held-out map is, at every bin ``x`` still visited,
+    ``(G*S(x) - a_i K_b(x)) / (G*O(x) - K_b(x))`` with ``K_b`` the smoothed
+    impulse at ``b``. The denominator depends on ``b`` only, so the map's sum
+    and sum of squares over visited bins are a few ``(B, B) @ (B, C)`` products
+    plus per-stimulus terms in ``a_i`` and ``a_i**2``: no map is built per
+    stimulus. Activations are centred per neuron first (the maps are
+    shift-equivariant), so the variance does not cancel catastrophically when
+    means dwarf spatial SDs.
+
+    The value at the stimulus's own bin is the held-out normalised
+    convolution there, also when the stimulus was alone in its bin (then it
+    comes from the neighbouring bins through the smoothing; that bin is not
+    counted among the visited bins of the mean and SD).
+
+    Parameters
+    ----------
+    activations : (n, C) float, one row per stimulus.
+    rows_cols : (n, 2) int, each stimulus's bin (:func:`helpers.ratemaps.bin_indices`).
+    bins : int >= 2, bins per side.
+    sigma : float >= 0 or None, Gaussian smoothing in bins (as for the ratemaps).
+
+    Returns
+    -------
+    HeldOutValues
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, a stimulus outside the maps, or a stimulus with no
+        held-out value at its bin (alone in its bin with ``sigma`` 0, or with
+        no other stimulus within the smoothing's reach).
+    """
+    from helpers.ratemaps import _check_bins, _check_sigma
+
+    bins, sigma = _check_bins(bins), _check_sigma(sigma)
+    a = np.asarray(activations, dtype=np.float64)
+    rc = np.asarray(rows_cols)
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"activations must have shape (n, C) with n >= 2 stimuli, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("activations must be finite")
+    if rc.shape != (a.shape[0], 2) or not np.issubdtype(rc.dtype, np.integer):
+        raise ValueError(f"rows_cols must be an ({a.shape[0]}, 2) integer array of bins, got {rc.dtype} {rc.shape}")
+    if ((rc < 0) | (rc >= bins)).any():
+        raise ValueError(f"rows_cols: {int(((rc < 0) | (rc >= bins)).any(axis=1).sum())} stimuli lie outside the maps")
+    B = bins * bins
+    f = rc[:, 0] * bins + rc[:, 1]
+    mu = a.mean(axis=0)
+    a = a - mu
+    sums = np.zeros((B, a.shape[1]))
+    np.add.at(sums, f, a)
+    occ = np.bincount(f, minlength=B).astype(np.float64)
+    K = _smoothing_matrix(bins, sigma)  # K[b, x]
+    gs, go = K.T @ sums, K.T @ occ  # smoothed sums and occupancy at x
+    den = go[None, :] - K  # den[b, x]: smoothed occupancy without one stimulus at b
+    vis = (occ[None, :] - np.eye(B)) > 0  # vis[b, x]: x still visited
+    w = np.where(vis, 1.0 / np.where(vis, den, 1.0), 0.0)
+    n_vis = vis.sum(axis=1)[f][:, None]
+    w2 = w * w
+    s1 = (w @ gs)[f] - a * (w * K).sum(axis=1)[f][:, None]
+    s2 = (w2 @ (gs * gs))[f] - 2 * a * ((w2 * K) @ gs)[f] + a * a * (w2 * K * K).sum(axis=1)[f][:, None]
+    mean = s1 / n_vis
+    sd = np.sqrt(np.maximum(s2 / n_vis - mean * mean, 0.0))
+    own = den[f, f]
+    if not (own > 0).all():
+        raise ValueError(
+            f"{int((own <= 0).sum())} stimuli have no held-out ratemap value at their bin (alone in it, and "
+            f"sigma={sigma} reaches no other stimulus); use sigma > 0, fewer bins or more stimuli"
+        )
+    value = (gs[f] - a * K[f, f][:, None]) / own[:, None]
+    return HeldOutValues(value + mu, mean + mu, sd)
+
+
 def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     """rank[i, c] = position of channel c when row i is sorted by decreasing score (ties: lower c first)."""
     order = np.argsort(-scores, axis=1, kind="stable")
@@ -1049,7 +1247,7 @@ def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int | None = None) -> np.ndarray:
+def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None) -> np.ndarray:
     """Per-stimulus lesion priority of every neuron.
 
     ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
@@ -1057,13 +1255,16 @@ def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int
 
     Parameters
     ----------
-    fm : FieldMaps
-    rows_cols : (n, 2) int, stimulus bins (:func:`helpers.ratemaps.bin_indices`).
-    condition : {"Targeted", "Targeted_Abs", "Random"}
-        ``Targeted``: highest ratemap value at the stimulus's bin first.
-        ``Targeted_Abs``: largest ``|value - neuron's own map mean|`` first
-        (high or low activity). ``Random``: an independent uniformly random
-        order for every stimulus, from ``numpy.random.default_rng(seed)``.
+    values : HeldOutValues
+        Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
+    condition : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"}
+        ``Targeted``: largest spatial deviation ``z = (value - mean) / sd``
+        first (the neuron fires more here than elsewhere, in units of its own
+        spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low).
+        ``Targeted_raw``: the blog's literal rule, highest map value first
+        (dominated by the neurons' mean levels). ``Random``: an independent
+        uniformly random order for every stimulus, from
+        ``numpy.random.default_rng(seed)``.
     seed : int
         Required for ``Random``.
 
@@ -1071,17 +1272,17 @@ def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int
     -------
     (n, C) int64
     """
-    n = np.asarray(rows_cols).shape[0]
     if condition == "Random":
         if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer for condition='Random', got {seed!r}")
         rng = np.random.default_rng(int(seed))
-        return rng.permuted(np.tile(np.arange(fm.n_neurons, dtype=np.int64), (n, 1)), axis=1)
-    v = fm.values_at(rows_cols)
+        return rng.permuted(np.tile(np.arange(values.n_neurons, dtype=np.int64), (values.n_stimuli, 1)), axis=1)
     if condition == "Targeted":
-        return _ranks_from_scores(v)
+        return _ranks_from_scores(values.z)
     if condition == "Targeted_Abs":
-        return _ranks_from_scores(np.abs(v - fm.mean[None, :]))
+        return _ranks_from_scores(np.abs(values.z))
+    if condition == "Targeted_raw":
+        return _ranks_from_scores(values.value)
     raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
 
 
@@ -1097,6 +1298,49 @@ def _check_proportions(proportions: Sequence[float]) -> np.ndarray:
     return p
 
 
+def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)``, ``i != j``, of stimuli: all of them when there are at most ``n_pairs``, else a seeded sample.
+
+    Returns
+    -------
+    i, j : (m,) int64
+    """
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
+        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    if n < 2:
+        raise ValueError(f"n must be >= 2 stimuli to form pairs, got {n}")
+    if n * (n - 1) // 2 <= n_pairs:
+        i, j = np.triu_indices(n, 1)
+        return i.astype(np.int64), j.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, n_pairs)
+    return i, (i + rng.integers(1, n, n_pairs)) % n
+
+
+def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """How stimulus-specific the ``k`` neurons lesioned per stimulus are.
+
+    Parameters
+    ----------
+    ranks : (n, C) int, from :func:`neuron_ranks`; stimulus ``i`` loses ``ranks[i] < k``.
+    k : int, neurons lesioned per stimulus.
+    pairs : (i, j) from :func:`stimulus_pairs`.
+
+    Returns
+    -------
+    dict with ``jaccard``: mean over the pairs of ``|S_i & S_j| / |S_i | S_j|``
+    (1 = every stimulus loses the same neurons; a random choice gives about
+    ``k / (2C - k)``; NaN for ``k = 0``), and ``n_common``: neurons lesioned
+    for every stimulus.
+    """
+    m = np.asarray(ranks) < k
+    if k <= 0:
+        return dict(jaccard=float("nan"), n_common=0)
+    i, j = pairs
+    inter = np.count_nonzero(m[i] & m[j], axis=1)
+    return dict(jaccard=float(np.mean(inter / (2 * k - inter))), n_common=int(m.all(axis=0).sum()))
+
+
 # =========================================================================== 2. targeted lesions
 
 
@@ -1105,8 +1349,7 @@ def targeted_lesion_study(
     tower: Tower,
     cache: ResidualCache,
     task: ZeroShotTask,
-    fm: FieldMaps,
-    rows_cols: np.ndarray,
+    values: HeldOutValues,
     *,
     layer: int = 9,
     proportions: Sequence[float] = DEFAULT_PROPORTIONS,
@@ -1114,16 +1357,19 @@ def targeted_lesion_study(
     include: Sequence[str] = CONDITIONS,
     tokens: str = "all",
     batch_size: int = 64,
+    n_pairs: int = 2000,
     progress: bool = True,
 ):
     """Per-stimulus neuron lesions at block ``layer`` for a sweep of proportions.
 
     For stimulus ``i`` and proportion ``p``, the ``round(p * C)`` neurons of
-    highest priority (:func:`neuron_ranks`) are zeroed in the attention output
-    of block ``layer`` for that stimulus only (one batched forward with a
-    per-sample mask, from the cached input of block ``layer``). Proportion 0 is
-    the cached baseline; proportion 1 is the same lesion for every condition
-    and is computed once.
+    highest priority (:func:`neuron_ranks`, from maps that leave stimulus
+    ``i`` out) are zeroed in the attention output of block ``layer`` for that
+    stimulus only (one batched forward with a per-sample mask, from the cached
+    input of block ``layer``). Proportion 0 is the cached baseline; proportion
+    1 is the same lesion for every condition and is computed once. Each row
+    also reports the selection's specificity (:func:`selection_specificity`,
+    on the same seeded stimulus pairs for every row).
 
     Parameters
     ----------
@@ -1131,26 +1377,28 @@ def targeted_lesion_study(
     cache : ResidualCache
         Must hold the input of block ``layer``.
     task : ZeroShotTask
-    fm : FieldMaps
-        Ratemaps of the ``C`` attention-output channels of block ``layer``.
-    rows_cols : (n, 2) int
-        Bin of each cached stimulus in ``fm`` (:func:`helpers.ratemaps.bin_indices`), cache order.
+    values : HeldOutValues
+        Held-out map statistics of the ``C`` attention-output channels of
+        block ``layer`` (:func:`held_out_values`), one row per cached stimulus.
     layer : int
         Block index, 0..N-1 (blog: 9).
     proportions : sequence of float in [0, 1]
     n_random_seeds : int >= 0
         Random condition repeated with seeds ``0..n_random_seeds-1``.
-    include : sequence of condition names
+    include : sequence of condition names (:data:`CONDITIONS`)
     tokens : {"all", "cls"}
         Which tokens of a lesioned channel are zeroed (:func:`ablate_channels`).
     batch_size : int
+    n_pairs : int
+        Stimulus pairs sampled (seed 0) for the Jaccard index (all pairs when fewer).
     progress : bool
 
     Returns
     -------
     pandas.DataFrame
         Columns ``condition, seed, proportion, n_ablated, performance,
-        p_target, n_stimuli`` (``seed`` is empty for the targeted conditions).
+        p_target, n_stimuli, jaccard, n_common`` (``seed`` is empty for the
+        targeted conditions).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -1164,17 +1412,17 @@ def targeted_lesion_study(
         raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
     _check_tokens(tokens)
     batch_size = check_batch_size(batch_size)
-    rc = np.asarray(rows_cols)
-    if rc.shape != (cache.n, 2):
-        raise ValueError(f"rows_cols must have shape ({cache.n}, 2), one bin per cached stimulus; got {rc.shape}")
+    if not isinstance(values, HeldOutValues) or values.n_stimuli != cache.n:
+        raise ValueError(f"values must be HeldOutValues with one row per cached stimulus ({cache.n})")
     if layer not in cache.blocks:
         raise ValueError(f"cache lacks the input of block {layer}; build it with blocks including {layer}")
+    pairs = stimulus_pairs(cache.n, n_pairs)
 
     runs: list[tuple[str, int | None]] = []
     for c in include:
         runs += [(c, s) for s in range(n_random_seeds)] if c == "Random" else [(c, None)]
-    ranks = {r: neuron_ranks(fm, rc, r[0], r[1]) for r in runs}
-    C = fm.n_neurons
+    ranks = {r: neuron_ranks(values, r[0], r[1]) for r in runs}
+    C = values.n_neurons
     ks = sorted({n_ablated(p, C) for p in props})
     interior = [k for k in ks if 0 < k < C]
 
@@ -1203,7 +1451,8 @@ def targeted_lesion_study(
             correct, pt = base if k == 0 else decided[("all", C)] if k == C else decided[(r, k)]
             rows.append(
                 dict(condition=r[0], seed=r[1], proportion=float(p), n_ablated=k,
-                     performance=correct.mean(), p_target=pt.mean(), n_stimuli=cache.n)
+                     performance=correct.mean(), p_target=pt.mean(), n_stimuli=cache.n,
+                     **selection_specificity(ranks[r], k, pairs))
             )
     df = pd.DataFrame(rows)
     df["seed"] = df["seed"].astype("Int64")
@@ -1212,6 +1461,9 @@ def targeted_lesion_study(
 
 def summarise_targeted(df, value: str = "performance"):
     """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per condition and proportion.
+
+    ``value`` is any numeric column of :func:`targeted_lesion_study`'s table,
+    e.g. ``"performance"``, ``"p_target"`` or ``"jaccard"``.
 
     Returns
     -------

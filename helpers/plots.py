@@ -398,9 +398,30 @@ def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None 
     return save(fig, path)
 
 
+#: Colour, marker and legend label of each targeted-lesion selection rule.
+_RULE_STYLES = {
+    "Targeted": ("C3", "o", "Targeted (z)"),
+    "Targeted_Abs": ("C1", "s", r"Targeted$_{Abs}$ (|z|)"),
+    "Targeted_raw": ("C2", "D", "Targeted_raw (blog: raw value)"),
+    "Random": ("C0", "^", "Random"),
+}
+
+
+def _rule_curves(ax, df, value: str) -> None:
+    """One line per selection rule of ``summarise_targeted(df, value)``; Random as mean ± SD over seeds."""
+    from helpers.lesions import summarise_targeted
+
+    for cond, d in summarise_targeted(df, value).groupby("condition", sort=False):
+        colour, marker, label = _RULE_STYLES.get(cond, (None, "o", cond))
+        d = d.sort_values("proportion")
+        ax.plot(d["proportion"], d["mean"], marker=marker, color=colour, label=label)
+        if (d["sd"] > 0).any():
+            ax.fill_between(d["proportion"], d["mean"] - d["sd"], d["mean"] + d["sd"], color=colour, alpha=0.25, lw=0)
+
+
 def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
                           path: str | Path | None = None):
-    """Performance vs proportion of ablated neurons per condition (blog's targeted-lesion figure).
+    """Performance vs proportion of ablated neurons per selection rule (blog's targeted-lesion figure).
 
     Left: performance (fraction classified "a black circle"); right: mean
     probability of the target prompt, which still moves when decisions don't.
@@ -411,26 +432,44 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     df : pandas.DataFrame
         :func:`helpers.lesions.targeted_lesion_study` output.
     """
-    from helpers.lesions import summarise_targeted
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    styles = {"Targeted": ("C3", "o"), "Targeted_Abs": ("C1", "s"), "Random": ("C0", "^")}
     for ax, value, ylabel in zip(axes, ("performance", "p_target"),
                                  ('performance ("a black circle")', "mean P(target prompt)")):
-        summary = summarise_targeted(df, value)
-        for cond, d in summary.groupby("condition", sort=False):
-            colour, marker = styles.get(cond, (None, "o"))
-            d = d.sort_values("proportion")
-            label = {"Targeted_Abs": r"Targeted$_{Abs}$"}.get(cond, cond)
-            ax.plot(d["proportion"], d["mean"], marker=marker, color=colour, label=label)
-            if (d["sd"] > 0).any():
-                ax.fill_between(d["proportion"], d["mean"] - d["sd"], d["mean"] + d["sd"], color=colour,
-                                alpha=0.25, lw=0)
+        _rule_curves(ax, df, value)
         ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)
     fig.suptitle(title or f"lesions in residual block {layer}")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
+                               path: str | Path | None = None):
+    """How stimulus-specific each selection rule's lesioned sets are, by proportion ablated.
+
+    Left: mean pairwise Jaccard index between different stimuli's sets (1 =
+    every stimulus loses the same neurons; Random shows the chance level).
+    Right: fraction of each set that is lesioned for every stimulus
+    (``n_common / n_ablated``).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`helpers.lesions.targeted_lesion_study` output (columns
+        ``jaccard``, ``n_common``, ``n_ablated``).
+    """
+    d = df[df["n_ablated"] > 0].assign(shared=lambda t: t["n_common"] / t["n_ablated"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, value, ylabel in zip(axes, ("jaccard", "shared"),
+                                 ("mean Jaccard between two stimuli's sets", "fraction lesioned for every stimulus")):
+        _rule_curves(ax, d, value)
+        ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"selection specificity in residual block {layer}")
     fig.tight_layout()
     return save(fig, path)
 
