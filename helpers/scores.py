@@ -503,7 +503,7 @@ def _reconstruct(seed: np.ndarray, mask: np.ndarray, diagonal: bool) -> np.ndarr
     return out
 
 
-def _opened_centre(a0: np.ndarray, eroded: np.ndarray) -> np.ndarray:
+def _opened_centre(a0: np.ndarray) -> np.ndarray:
     """Value at the centre of the opening by reconstruction of (h, w, k) maps: (k,).
 
     Reconstructed in a 7x7 window first; that value ``v`` is exact when the
@@ -513,15 +513,17 @@ def _opened_centre(a0: np.ndarray, eroded: np.ndarray) -> np.ndarray:
     """
     h, w, _ = a0.shape
     cy, cx = h // 2, w // 2
-    rw = min(3, cy, cx)
-    win = np.s_[cy - rw : cy + rw + 1, cx - rw : cx + rw + 1]
-    value = _reconstruct(eroded[win], a0[win], diagonal=True)[rw, rw]
-    seed = np.zeros(a0[win].shape, dtype=np.int8)
+    rw = min(3, cy - 1, cx - 1)
+    around = a0[cy - rw - 1 : cy + rw + 2, cx - rw - 1 : cx + rw + 2]  # the window and its neighbours
+    win = a0[cy - rw : cy + rw + 1, cx - rw : cx + rw + 1]
+    value = _reconstruct(_erode(around)[1:-1, 1:-1], win, diagonal=True)[rw, rw]
+    seed = np.zeros(win.shape, dtype=np.int8)
     seed[rw, rw] = 1
-    region = _reconstruct(seed, (a0[win] >= value).astype(np.int8), diagonal=True)
+    region = _reconstruct(seed, (win >= value).astype(np.int8), diagonal=True)
     spills = region[[0, -1]].any(axis=(0, 1)) | region[:, [0, -1]].any(axis=(0, 1))
     if spills.any():
-        value[spills] = _reconstruct(eroded[..., spills], a0[..., spills], diagonal=True)[cy, cx]
+        whole = a0[..., spills]
+        value[spills] = _reconstruct(_erode(whole), whole, diagonal=True)[cy, cx]
     return value
 
 
@@ -529,7 +531,7 @@ def _bnt_central_radius(crop: np.ndarray) -> np.ndarray:
     """Radius (bins) of the central field found by BNT's adaptive search.
 
     ``crop`` (k, 2Ly+1, 2Lx+1): the autocorrelogram around the zero lag
-    (NaN = undefined, treated as 0 and ignored when looking for holes). As
+    (NaN = undefined, treated as 0 and ignored as holes). As
     BNT's ``placefieldAdaptive`` seeded at the zero lag: open the map by
     reconstruction (erosion with a 3x3 cross, 8-connected reconstruction);
     the field at threshold ``t`` is the 4-connected set of bins >= ``t``
@@ -549,22 +551,20 @@ def _bnt_central_radius(crop: np.ndarray) -> np.ndarray:
     """
     k, h, w = crop.shape
     cy, cx = h // 2, w // 2
-    valid = np.isfinite(crop).transpose(1, 2, 0)
-    a0 = np.ascontiguousarray(np.where(valid, crop.transpose(1, 2, 0), 0.0))
-    peak = _opened_centre(a0, _erode(a0))
+    a0 = np.ascontiguousarray(crop.transpose(1, 2, 0))  # maps last
+    undefined = np.isnan(a0)
+    a0[undefined] = 0.0
+    peak = _opened_centre(a0)
     ok = peak > 0
-    thresholds = np.unique(np.concatenate([np.r_[a, b, grow] for a, b, grow in _BNT_ATTEMPTS]))  # ascending
+    thresholds, below, inside = _bnt_levels()
     n_thr = thresholds.size
-
-    def level(x: np.ndarray) -> np.ndarray:
-        """Number of thresholds reached by each bin, relative to its map's peak: int8."""
-        out = np.zeros(x.shape, dtype=np.int8)
-        rel = x / np.where(ok, peak, np.inf)  # 0 (below every threshold) for failed maps
-        reached = np.flatnonzero(rel >= thresholds[0])  # a minority: search only those
-        out.flat[reached] = np.searchsorted(thresholds, rel.flat[reached], side="right")
-        return out
-
-    levels = level(a0)
+    # level = number of thresholds <= a0 / peak (0 for failed maps), exactly:
+    # the thresholds below the value's 1/1024 bucket, plus those inside it
+    rel = a0 / np.where(ok, peak, np.inf)
+    bucket = np.clip(rel * 1024, 0, 1024).astype(np.intp)  # exact: scaling by a power of 2
+    levels = below[bucket]
+    for inner in inside:
+        levels += rel >= inner[bucket]
     opened = _reconstruct(_erode(levels), levels, diagonal=True)
     seed = np.zeros_like(opened)
     seed[cy, cx] = opened[cy, cx]
@@ -575,12 +575,14 @@ def _bnt_central_radius(crop: np.ndarray) -> np.ndarray:
         border[:, edge] = -m[:, edge]
     g = -_reconstruct(border, -m, diagonal=False)
 
-    offsets = (n_thr + 1) * np.arange(k)
+    g[undefined] = 0  # BNT ignores holes made of unvisited bins
 
     def above(x: np.ndarray) -> np.ndarray:
-        """(k, thresholds): number of valid bins whose level exceeds j, for each j."""
-        hist = np.bincount((np.where(valid, x, 0) + offsets).ravel(), minlength=k * (n_thr + 1))
-        return np.cumsum(hist.reshape(k, n_thr + 1)[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        """(k, thresholds): number of bins whose level exceeds j, for each j."""
+        where = np.flatnonzero(x)  # level-0 bins exceed nothing (most bins)
+        code = (where % k) * (n_thr + 1) + x.flat[where]  # (map, level)
+        hist = np.bincount(code, minlength=k * (n_thr + 1)).reshape(k, n_thr + 1)
+        return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]
 
     area = above(m)
     has_hole = above(g) > area
@@ -609,6 +611,22 @@ def _bnt_central_radius(crop: np.ndarray) -> np.ndarray:
             field = np.where(active, a_t, field)
             last = np.where(active, a_t, last)
     return np.where(field >= _BNT_MIN_FIELD_BINS, np.floor(np.sqrt(field / np.pi)), 0).astype(np.int64)
+
+
+@lru_cache(maxsize=1)
+def _bnt_levels() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The ascending thresholds of ``_BNT_ATTEMPTS``; for each 1/1024-wide
+    bucket ``[b, b+1)/1024`` of relative values (b = 0..1024), the number of
+    thresholds below it (int8) and the thresholds inside it (+inf padded)."""
+    thresholds = np.unique(np.concatenate([np.r_[a, b, grow] for a, b, grow in _BNT_ATTEMPTS]))
+    edges = np.arange(1026) / 1024
+    below = np.searchsorted(thresholds, edges[:-1], side="left").astype(np.int8)
+    counts = np.searchsorted(thresholds, edges[1:], side="left") - below
+    inside = [np.full(1025, np.inf) for _ in range(counts.max())]
+    for b in np.flatnonzero(counts):
+        for i, t in enumerate(thresholds[below[b] : below[b] + counts[b]]):
+            inside[i][b] = t
+    return thresholds, below, inside
 
 
 @lru_cache(maxsize=16)
