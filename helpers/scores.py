@@ -208,8 +208,9 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     For each lag :math:`\tau = (\tau_y, \tau_x)` the value is the Pearson
     correlation between the map and the map shifted by :math:`\tau`, computed
     over the bins where both are visited (Sargolini et al. 2006, the
-    "overlap-normalised" autocorrelogram of BNT/opexebo and DeepMind). All
-    sums are cross-correlations computed with FFTs batched over neurons.
+    "overlap-normalised" autocorrelogram of BNT/opexebo and DeepMind). The
+    pair sums are cross-correlations computed with FFTs batched over neurons
+    (cumulative sums over the rectangular windows of maps without NaN).
 
     Parameters
     ----------
@@ -223,7 +224,8 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     ndarray, shape (k, 2n-1, 2m-1) or (2n-1, 2m-1)
         Zero lag at index ``(n-1, m-1)``; row offset = y lag, column offset =
         x lag. Values in [-1, 1]; NaN where the overlap is too small or one
-        side is constant; the whole array is NaN for a constant or empty map.
+        side is constant (its variance below 1e-9 of the map's); the whole
+        array is NaN for a constant or empty map.
 
     Notes
     -----
