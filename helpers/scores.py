@@ -858,9 +858,9 @@ def grid_score(
     if variant not in _GRID_VARIANTS:
         raise ValueError(f"variant must be one of {_GRID_VARIANTS}, got {variant!r}")
     if variant == "bnt":
-        given = [name for name, val in (("min_overlap", min_overlap), ("central_threshold", central_threshold),
-                                        ("min_ring_width", min_ring_width), ("max_radius_fraction", max_radius_fraction))
-                 if val is not None]
+        langston_only = {"min_overlap": min_overlap, "central_threshold": central_threshold,
+                         "min_ring_width": min_ring_width, "max_radius_fraction": max_radius_fraction}
+        given = [name for name, val in langston_only.items() if val is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to variant='langston'")
         if min(_bnt_lag_limits(n, m)) < _BNT_WINDOW + 1:
