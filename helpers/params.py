@@ -18,8 +18,8 @@ import numpy as np
 #: Token selections whose recordings 03 and 04 can map: one vector per stimulus and neuron.
 STUDY_TOKENS = ("cls", "mean")
 
-#: Smallest ratemap side the scores accept (the grid score's annuli need room).
-MIN_BINS = 6
+#: Smallest ratemap side the scores accept (the BNT grid score needs 5 x 5).
+MIN_BINS = 5
 
 
 def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], bool]:

@@ -19,7 +19,7 @@ def test_every_notebook_parameter_is_declared_and_every_default_and_preset_is_va
 @pytest.mark.parametrize(
     "bad",
     [
-        {"proportions": [1.5]}, {"proportions": []}, {"layer": 12}, {"layer": -1}, {"bins": 5}, {"bins": 2.5},
+        {"proportions": [1.5]}, {"proportions": []}, {"layer": 12}, {"layer": -1}, {"bins": 4}, {"bins": 2.5},
         {"n_stimuli": 0}, {"n_stimuli": True}, {"tokens": "patches"}, {"tokens": "foo"}, {"device": "cuda:99"},
         {"model": "ViT-B-99"}, {"dtype": "int8"}, {"percentile": 100}, {"sigma": -1}, {"region": "middle"},
         {"prompts": {"circle": "a black circle"}}, {"n_lesion_stimuli": 10_000}, {"diameter_min": 90.0},
