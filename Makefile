@@ -58,7 +58,7 @@ study: $(STAMP)
 test: $(STAMP)
 	rm -rf $(NBVAL_RUN)
 	$(PY) -m helpers.study --params params/nbval.yaml --run $(NBVAL_RUN) --prepare-only
-	MPLBACKEND=Agg $(PY) -m pytest $(NBVAL_RUN)/0*.ipynb tests --nbval-lax --nbval-current-env -p no:cacheprovider
+	MPLBACKEND=Agg $(PY) -m pytest $(NBVAL_RUN)/0*.ipynb tests --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
 
 clean-nbval:
 	rm -rf $(NBVAL_RUN)
