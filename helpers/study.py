@@ -97,6 +97,22 @@ def default_run_name(params: Mapping[str, Any]) -> str:
     return f"{params.get('model', 'ViT-B-32')}_{w}_n{params.get('n_stimuli', 3000)}"
 
 
+def with_implied_model(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` plus ``model`` when the weights imply it and it was not given.
+
+    ``weights=control-spatial`` implies ``model=ViT-B-32-control``
+    (:func:`helpers.models.model_for_weights`); an explicit other ``model`` is
+    kept here and refused by :func:`preflight` with both names.
+    """
+    from helpers import models
+
+    out = dict(params)
+    implied = models.model_for_weights(str(out.get("weights", "")))
+    if implied and "model" not in out:
+        out["model"] = implied
+    return out
+
+
 def preflight(params: Mapping[str, Any]) -> None:
     """Fail in seconds, before any notebook starts, if the weights can't be had."""
     from helpers import models
@@ -154,6 +170,7 @@ def run_study(
         wanted = {str(s).zfill(2) for s in stages}
         nbs = [nb for nb in nbs if nb.name[:2] in wanted]
     declared = all_declared(notebooks())
+    params = with_implied_model(params)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; the notebooks declare: {sorted(declared)}")
