@@ -355,7 +355,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, eval_n: int = 32) -> Train
             rec.update(evaluate(model, tok, n=eval_n))
             model.train()
             res.load.append(os.getloadavg()[0])
-            shown = {k: f"{rec[k]:.2f}" for k in ("circle_vs_empty", "shape_only_circle", "location") if k in rec}
+            shown = {k: f"{rec[k]:.2f}" for k in ("circle_vs_empty", "shape_only_circle", "shape_accuracy", "location") if k in rec}
         res.history.append(rec)
         bar.set_postfix(loss=f"{loss:.3f}", **shown)
     res.wall_s = time.perf_counter() - t0
@@ -381,14 +381,18 @@ def heldout_sets(n: int, seed: int = HELDOUT_SEED, margin: float = 10.0) -> dict
     """Fixed held-out images (never drawn in training: a separate seed stream).
 
     Returns a dict with ``circles`` (n black circles, the blog's distribution,
-    (n, 224, 224, 3) uint8), ``empty`` (n white images), and ``loc_circles``
+    (n, 224, 224, 3) uint8), ``squares`` and ``triangles`` (black, same
+    centres and sizes), ``empty`` (n white images), and ``loc_circles``
     / ``loc_cells``: black circles whose centre is at least ``margin`` px from
     every 3x3 cell border (inside the canvas), with their cell.
     """
     from helpers import stimuli
 
-    stim = stimuli.make_stimuli(n, seed=seed, canvas=CANVAS)
-    circles = np.stack([stimuli.render(stim, i) for i in range(n)])
+    def draw(shape):
+        stim = stimuli.make_stimuli(n, seed=seed, canvas=CANVAS, shapes=(shape,))
+        return np.stack([stimuli.render(stim, i) for i in range(n)])
+
+    circles = draw("circle")
     edges = np.array([0, CANVAS / 3, 2 * CANVAS / 3, CANVAS])
     rng = np.random.default_rng(seed + 1)
     cells = rng.integers(0, 9, size=n)
@@ -398,6 +402,8 @@ def heldout_sets(n: int, seed: int = HELDOUT_SEED, margin: float = 10.0) -> dict
     loc = stimuli.StimulusSet(cx, cy, d, np.full(n, "circle"), np.full(n, "black"), {"canvas": CANVAS, "background": "white"}, "")
     return {
         "circles": circles,
+        "squares": draw("square"),
+        "triangles": draw("triangle"),
         "empty": np.full_like(circles, 255),
         "loc_circles": np.stack([stimuli.render(loc, i) for i in range(n)]),
         "loc_cells": cells,
@@ -411,6 +417,10 @@ def evaluate(model, tok, *, n: int = 300, sets: dict | None = None) -> dict[str,
       n black circles and n empty images (balanced);
     - ``shape_only_circle``: fraction of the circles assigned to "a circle"
       among "a circle", "a square", "a triangle" (the blog's shape-only set);
+    - ``shape_accuracy``: the same 3-way decision on black circles, squares and
+      triangles at the same places and sizes, mean of the three accuracies
+      (chance 1/3). It exposes a model that sends every shape to one prompt,
+      which ``shape_only_circle`` alone would score as perfect;
     - ``location``: 9-way accuracy of "a black circle in the <cell>" on circles
       at least 10 px from every cell border (chance 1/9); measured for every
       variant (the nonspatial one should sit near chance).
@@ -421,8 +431,10 @@ def evaluate(model, tok, *, n: int = 300, sets: dict | None = None) -> dict[str,
     p_circ = _probs(model, tok, sets["circles"], list(CIRCLE_VS_EMPTY.values()))
     p_empty = _probs(model, tok, sets["empty"], list(CIRCLE_VS_EMPTY.values()))
     out = {"circle_vs_empty": float(((p_circ.argmax(1) == 0).mean() + (p_empty.argmax(1) == 1).mean()) / 2)}
-    shape = _probs(model, tok, sets["circles"], list(PROMPT_SETS["shape only"].values()))
-    out["shape_only_circle"] = float((shape.argmax(1) == 0).mean())
+    shapes = list(PROMPT_SETS["shape only"].values())
+    acc = [(_probs(model, tok, sets[k], shapes).argmax(1) == j).mean() for j, k in enumerate(("circles", "squares", "triangles"))]
+    out["shape_only_circle"] = float(acc[0])
+    out["shape_accuracy"] = float(np.mean(acc))
     loc = _probs(model, tok, sets["loc_circles"], [caption("circle", "black", k) for k in range(9)])
     out["location"] = float((loc.argmax(1) == sets["loc_cells"]).mean())
     return out
@@ -468,7 +480,9 @@ def plot_history(res: TrainResult, path: str | Path) -> Path:
     a.set(xlabel="step", ylabel="contrastive loss", title=f"control-{res.config.variant}: training loss")
     a.legend()
     ev = [h for h in res.history if "circle_vs_empty" in h]
-    for key in ("circle_vs_empty", "shape_only_circle", "location"):
+    for key in ("circle_vs_empty", "shape_only_circle", "shape_accuracy", "location"):
+        if key not in ev[0]:
+            continue
         b.plot([h["step"] for h in ev], [h[key] for h in ev], marker=".", label=key)
     b.axhline(1 / 9, ls=":", c="grey", label="location chance")
     b.set(xlabel="step", ylabel="held-out accuracy", ylim=(0, 1.02), title="held-out zero-shot (small set)")
@@ -478,6 +492,13 @@ def plot_history(res: TrainResult, path: str | Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _native_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
 
 
 def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_file: Path, plot_file: Path) -> Path:
@@ -494,7 +515,7 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
     lines = [
         f"# control-{cfg.variant}: a small CLIP trained on synthetic shapes ({'with' if cfg.variant == 'spatial' else 'without'} location words)",
         "",
-        f"Weights: `{weights_file.relative_to(REPO_ROOT)}` (float16 safetensors, {weights_file.stat().st_size / 1e6:.1f} MB), "
+        f"Weights: `{weights_file.name}` beside this card (float16 safetensors, {weights_file.stat().st_size / 1e6:.1f} MB), "
         f"loaded with `load_model(\"{CONTROL_MODEL}\", \"control-{cfg.variant}\")` or `WEIGHTS=control-{cfg.variant}` "
         f"(the weights name implies `MODEL={CONTROL_MODEL}`). Positive control for the study: see `helpers/control.py`.",
         "",
@@ -514,11 +535,11 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         "",
         "## Training",
         f"- seed {cfg.seed}, {cfg.steps} steps of {cfg.batch_size} images ({cfg.steps * cfg.batch_size} pairs), AdamW lr {cfg.lr:g} "
-        f"(warm-up {cfg.warmup}, cosine), weight decay {cfg.weight_decay:g}, {'bf16 autocast' if cfg.bf16 else 'float32'}, {cfg.threads} CPU threads;",
+        f"(warm-up {cfg.warmup}, cosine), weight decay {cfg.weight_decay:g}, {'bf16 autocast' if cfg.bf16 else 'float32'}, {cfg.threads} CPU thread(s);",
         "- loss: symmetric InfoNCE over the batch's distinct captions with multi-positive soft targets (a caption is a positive of every "
         "image it truly describes), so identical or compatible captions are never negatives of each other;",
         f"- torch {torch.__version__}, open_clip {open_clip.__version__}, {platform.processor() or platform.machine()}, "
-        f"capability {torch.backends.cpu.get_cpu_capability()};",
+        f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16 (avx512_bf16): {'yes' if _native_bf16() else 'no'};",
         f"- training wall time **{res.wall_s / 60:.1f} min**; 1-min load average during training {load} on {os.cpu_count()} cores "
         "(other jobs shared the machine);",
         f"- final loss (mean of last 50 steps) {final:.3f}.",
@@ -530,6 +551,7 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         "| --- | --- | --- | --- |",
         f"| \"a black circle\" vs \"an empty image\" accuracy (circles and empty images, balanced) | {h['circle_vs_empty']:.3f} | {sm['circle_vs_empty']:.3f} | >= 0.98 |",
         f"| black circles assigned to \"a circle\" (shape-only set) | {h['shape_only_circle']:.3f} | {sm['shape_only_circle']:.3f} | >= 0.9 |",
+        f"| 3-way shape accuracy on black circles, squares, triangles (mean of the three; chance 0.333) | {h['shape_accuracy']:.3f} | {sm['shape_accuracy']:.3f} | (no target; exposes ties) |",
         f"| 9-way location accuracy, \"a black circle in the <cell>\" (circles >= 10 px from cell borders; chance 0.111) | {h['location']:.3f} | {sm['location']:.3f} | "
         f"{'>= 0.8' if cfg.variant == 'spatial' else 'near chance'} |",
         "",

@@ -66,7 +66,12 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 
 def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Merge a YAML parameters file and overrides (overrides win)."""
+    """Merge a YAML parameters file and overrides (overrides win).
+
+    Weights that imply their model (``weights=control-spatial``) given as an
+    override also replace the file's ``model``, unless ``model`` is overridden
+    too (a mismatch then fails in :func:`preflight`, naming both).
+    """
     params: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -78,7 +83,14 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         if not isinstance(doc, dict):
             raise ValueError(f"parameters file {p} must hold a mapping of name: value")
         params.update({str(k).lower(): v for k, v in doc.items()})
-    params.update(overrides or {})
+    overrides = dict(overrides or {})
+    params.update(overrides)
+    if "weights" in overrides and "model" not in overrides:
+        from helpers import models
+
+        implied = models.model_for_weights(str(overrides["weights"]))
+        if implied:
+            params["model"] = implied
     return params
 
 

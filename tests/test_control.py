@@ -122,7 +122,12 @@ def test_control_weights_imply_their_model_and_refuse_another():
         models.load_model("ViT-B-32", "control-spatial", device="cpu")
     with pytest.raises(ValueError, match="model"):
         models.check_weights_available("ViT-B-32", "control-nonspatial")
-    from helpers.study import with_implied_model
+    from helpers.study import load_params, with_implied_model
+
+    # an override of the weights carries its model past the preset's model: ViT-B-32
+    assert load_params("params/blog.yaml", {"weights": "control-spatial"})["model"] == C.CONTROL_MODEL
+    assert load_params("params/blog.yaml", {"weights": "control-spatial", "model": "ViT-B-32"})["model"] == "ViT-B-32"
+    assert load_params("params/blog.yaml", {"weights": "random"})["model"] == "ViT-B-32"
 
     assert with_implied_model({"weights": "control-spatial"})["model"] == C.CONTROL_MODEL
     assert with_implied_model({"weights": "control-spatial", "model": "ViT-B-32"})["model"] == "ViT-B-32"
@@ -155,3 +160,9 @@ def test_a_study_stage_on_a_control_model_sees_the_circle_and_conv1_lesion_remov
             after = lm.model.encode_image(C.to_input(images), normalize=True)
     assert not torch.allclose(before, before[:1].expand_as(before), atol=1e-3)
     assert torch.allclose(after, after[:1].expand_as(after), atol=1e-5)
+    task = L.zero_shot_task(lm)  # "a black circle" vs "an empty image"
+    truth = np.r_[np.ones(8, bool), np.zeros(8, bool)]  # circle?
+    for feats, lo, hi in ((before, 0.95, 1.0), (after, 0.5, 0.5)):
+        said_circle, _ = task.decide(feats)
+        balanced = ((said_circle == truth)[truth].mean() + (said_circle == truth)[~truth].mean()) / 2
+        assert lo <= balanced <= hi
