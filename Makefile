@@ -25,6 +25,7 @@ DTYPE      ?=
 BATCH_SIZE ?=
 LAYER      ?=
 FORCE      ?=
+VERIFY     ?=
 
 # Only the variables that were given become --set overrides.
 SETS := $(if $(MODEL),model=$(MODEL)) \
@@ -51,7 +52,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 study: $(STAMP)
-	$(PY) -m helpers.study $(if $(PARAMS),--params $(PARAMS)) $(if $(RUN),--run $(RUN)) $(if $(filter 1 yes true,$(FORCE)),--force) $(if $(strip $(SETS)),--set $(strip $(SETS)))
+	$(PY) -m helpers.study $(if $(PARAMS),--params $(PARAMS)) $(if $(RUN),--run $(RUN)) $(if $(filter 1 yes true,$(FORCE)),--force) $(if $(filter 1 yes true,$(VERIFY)),--verify) $(if $(strip $(SETS)),--set $(strip $(SETS)))
 
 # The notebooks are prepared with small parameters (params/nbval.yaml), then
 # nbval re-executes the prepared copies in order, after the unit tests.

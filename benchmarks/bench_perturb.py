@@ -3,7 +3,7 @@
 The default study (04_perturb's defaults) for one weights condition:
 
 - layer lesions, mode "all": visual.conv1, 12 visual and 12 text resblocks (25 lesions);
-- targeted lesions at block 9: Targeted, Targeted_Abs and 5 Random seeds x 8 proportions (56 lesions);
+- targeted lesions at block 9: Targeted, Targeted_Abs, Targeted_raw and 5 Random seeds x 8 proportions (64 lesions);
 - one regional (lower-left) lesion.
 
 *Efficient* (``helpers.lesions``): one unlesioned pass caching every block input,
@@ -12,8 +12,9 @@ proportion 0 read from the baseline and proportion 1 computed once.
 *Naive*: one full forward over all stimuli (and the prompts) per lesion, plus the baseline.
 
 Both produce the same tables; the script checks that and prints the largest
-difference. Ratemaps (20 bins, sigma 1) are built beforehand from a hook
-recording and are not timed (they come from stage 03 in the study).
+difference. Ratemaps (20 bins, sigma 1) and the leave-one-out selection values
+are built beforehand from a hook recording and are not timed (in the study the
+activations come from stage 02 and the ratemaps from stage 03).
 
 Wall time at 3000 stimuli is extrapolated linearly from ``--n`` (the cost of
 every step is proportional to the number of stimuli; fixed costs such as
@@ -60,18 +61,19 @@ def _prepare(dtype: str, n: int, batch_size: int):
                 lm.model.encode_image(x.to(lm.dtype))
     finally:
         h.remove()
-    fm = L.field_maps(*ratemaps(pos, np.concatenate(rec), bins=BINS, extent=extent, sigma=SIGMA))
+    acts = np.concatenate(rec)
+    fm = L.field_maps(*ratemaps(pos, acts, bins=BINS, extent=extent, sigma=SIGMA))
     rc = bin_indices(pos, fm.bins, extent)
-    return lm, stim, pos, extent, batches, fm, rc
+    return lm, stim, pos, extent, batches, fm, rc, L.held_out_values(acts, rc, BINS, SIGMA)
 
 
-def efficient(lm, n, pos, batches, fm, rc, batch_size):
+def efficient(lm, n, pos, batches, fm, rc, hv, batch_size):
     tower = L.visual_tower(lm.model)
     cache = L.build_residual_cache(tower, batches(), n, progress=False)
     layer_df = L.layer_lesion_study(lm, cache, batches, mode="all", batch_size=batch_size, progress=False)
     task = L.zero_shot_task(lm)
     targ_df = L.targeted_lesion_study(
-        tower, cache, task, fm, rc, layer=LAYER, proportions=PROPORTIONS, n_random_seeds=N_SEEDS,
+        tower, cache, task, hv, layer=LAYER, proportions=PROPORTIONS, n_random_seeds=N_SEEDS,
         batch_size=batch_size, progress=False,
     )
     region = L.region_mask(REGION, fm.bins)
@@ -95,7 +97,7 @@ def _full(lm, batches, masks=None):
     return np.concatenate(out)
 
 
-def naive(lm, pos, batches, fm, rc):
+def naive(lm, pos, batches, fm, rc, hv):
     task = L.zero_shot_task(lm)
     base = task.decide(_full(lm, batches))
     layer_rows = []
@@ -106,9 +108,9 @@ def naive(lm, pos, batches, fm, rc):
         layer_rows.append((unit.name, c.mean(), p.mean()))
     targ_rows = []
     C = fm.n_neurons
-    runs = [("Targeted", None), ("Targeted_Abs", None)] + [("Random", s) for s in range(N_SEEDS)]
+    runs = [("Targeted", None), ("Targeted_Abs", None), ("Targeted_raw", None)] + [("Random", s) for s in range(N_SEEDS)]
     for cond, seed in runs:
-        ranks = L.neuron_ranks(fm, rc, cond, seed)
+        ranks = L.neuron_ranks(hv, cond, seed)
         for p in PROPORTIONS:
             k = L.n_ablated(p, C)
             c, pt = task.decide(_full(lm, batches, ranks < k))
@@ -144,17 +146,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, n={args.n}, batch_size={args.batch_size}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes on the 2 cores inflate wall times)")
-    print("default study: 25 layer lesions (mode all) + 7 x 8 targeted lesions at block 9 + 1 regional lesion")
+    print("default study: 25 layer lesions (mode all) + 8 x 8 targeted lesions at block 9 + 1 regional lesion")
     for dtype in args.dtypes:
-        lm, stim, pos, extent, batches, fm, rc = _prepare(dtype, args.n, args.batch_size)
+        lm, stim, pos, extent, batches, fm, rc, hv = _prepare(dtype, args.n, args.batch_size)
         t0, c0 = time.perf_counter(), time.process_time()
-        eff = efficient(lm, args.n, pos, batches, fm, rc, args.batch_size)
+        eff = efficient(lm, args.n, pos, batches, fm, rc, hv, args.batch_size)
         t_eff, c_eff = time.perf_counter() - t0, time.process_time() - c0
         print(f"[{dtype}] efficient: wall {t_eff:7.1f} s (cpu {c_eff:7.1f} s) at n={args.n}"
               f" -> {t_eff * 3000 / args.n / 60:6.1f} min wall at n=3000 (linear extrapolation)", flush=True)
         if not args.skip_naive:
             t0, c0 = time.perf_counter(), time.process_time()
-            nai = naive(lm, pos, batches, fm, rc)
+            nai = naive(lm, pos, batches, fm, rc, hv)
             t_nai, c_nai = time.perf_counter() - t0, time.process_time() - c0
             diff = compare(eff, nai)
             print(f"[{dtype}] naive:     wall {t_nai:7.1f} s (cpu {c_nai:7.1f} s) at n={args.n}"

@@ -7,8 +7,9 @@ Usage::
 Prints, for a realistic layer (3000 stimuli, ``--neurons`` neurons, ``bins x
 bins`` maps smoothed with sigma = 1 bin):
 
-- neurons/s of ``spatial_information``, ``grid_score`` and ``border_score``
-  (vectorised over the layer) and of building the ratemaps;
+- neurons/s of ``spatial_information``, ``grid_score`` (default BNT variant,
+  and ``variant="langston"``) and ``border_score`` (vectorised over the
+  layer) and of building the ratemaps;
 - the same scores computed with a per-neuron loop over opexebo (the Moser
   group's reference implementation) on the first ``--opexebo-neurons`` maps,
   and the speed ratio;
@@ -114,12 +115,13 @@ def main() -> None:
     ours = {
         "ratemaps": best_time(lambda: ratemaps(pos, act, bins=args.bins, extent=EXTENT, sigma=args.sigma)),
         "si": best_time(lambda: spatial_information(maps, occ)),
-        "grid": best_time(lambda: grid_score(maps)),
+        "grid": best_time(lambda: grid_score(maps)),  # variant="bnt", the default
+        "grid_langston": best_time(lambda: grid_score(maps, variant="langston")),
         "border": best_time(lambda: border_score(maps)),
     }
     print("\nvectorised (helpers.scores), whole layer at once:")
     for name, sec in ours.items():
-        print(f"  {name:9s} {sec * 1e3:8.1f} ms/layer  {k / sec:12,.0f} neurons/s")
+        print(f"  {name:13s} {sec * 1e3:8.1f} ms/layer  {k / sec:12,.0f} neurons/s")
 
     try:
         ref = opexebo_loop(maps[: args.opexebo_neurons], occ)

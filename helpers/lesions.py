@@ -11,12 +11,26 @@ reproduced here:
 2. **Targeted neuron lesions** at one block (blog: residual block 9). The
    neurons are the 768 channels of that block's attention output, the quantity
    recorded (stage 02) and mapped (stage 03). For every stimulus, the neurons
-   with the highest ratemap value at the stimulus's location are zeroed
-   (*Targeted*), or those deviating most from their own mean, high or low
-   (*Targeted_Abs*), or random ones (*Random*), for a sweep of proportions.
+   are ranked by their ratemap at the stimulus's bin, read from leave-one-out
+   maps that do not contain that stimulus (:func:`held_out_values`):
+   *Targeted* zeroes those with the largest spatial deviation
+   ``z = (value - the neuron's map mean) / its spatial SD``, *Targeted_Abs*
+   the largest ``|z|``, *Targeted_raw* (the blog's literal rule) the highest
+   map values, which mostly picks the same high-mean channels for every
+   stimulus, and *Random* random ones, for a sweep of proportions. Each
+   selection's stimulus specificity (mean pairwise Jaccard index of the
+   lesioned sets, :func:`selection_specificity`) is reported beside it.
 3. **Spatial specificity.** The neurons whose fields lie in one region of the
-   visual field are zeroed for every stimulus, and performance is mapped over
-   the visual field before and after.
+   visual field are zeroed for every stimulus, beside matched controls with
+   the same number of neurons: the opposite region's neurons and random
+   neurons (several seeds). Performance is mapped over the visual field
+   before and after. "The deficit is localised" is a difference in
+   differences, (inside - outside deficit) under the region lesion minus the
+   same under a control, with a permutation p-value and a bootstrap CI; the
+   blog-literal inside-vs-outside test of the region lesion alone is kept
+   beside it (it flags a uniform lesion as localised wherever the baseline
+   varies over the field). A double dissociation (region A's lesion hurts A
+   more than B, B's hurts B more than A) is tabulated and drawn.
 
 Definitions
 -----------
@@ -50,6 +64,9 @@ Performance
     Fraction of stimuli whose probability for the target prompt ("a black
     circle") is strictly larger than for every other prompt (ties count as
     failures). ``p_target`` is the mean probability of the target prompt.
+    The **logit margin** (:meth:`ZeroShotTask.margin`) is the target logit
+    minus the best other logit, logits = ``scale * cos(image, prompt)``: a
+    deficit on a scale that the baseline does not saturate.
 
 Efficiency
 ----------
@@ -85,6 +102,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
 
 __all__ = [
@@ -110,17 +128,36 @@ __all__ = [
     "embed_images",
     "layer_lesion_study",
     "attention_cls",
+    "recorded_attention_cls",
     "FieldMaps",
     "field_maps",
+    "HeldOutValues",
+    "held_out_values",
     "neuron_ranks",
     "n_ablated",
+    "stimulus_pairs",
+    "selection_specificity",
     "targeted_lesion_study",
     "summarise_targeted",
+    "OPPOSITE_REGIONS",
+    "LESION_KINDS",
+    "DEFICIT_METRICS",
     "region_mask",
+    "opposite_region",
+    "region_label",
+    "region_contrast",
     "region_neurons",
+    "NeuronSet",
+    "matched_lesions",
     "spatial_lesion_study",
     "performance_maps",
     "localisation_test",
+    "localisation_did",
+    "lesion_values",
+    "localisation_table",
+    "dissociation_table",
+    "double_dissociation",
+    "lesion_maps",
 ]
 
 #: Lesion modes of :func:`lesion`.
@@ -129,8 +166,8 @@ LESION_MODES = ("weights", "all")
 #: The blog's proportions of ablated neurons (x axis of the targeted-lesion figure).
 DEFAULT_PROPORTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
-#: Conditions of the targeted-lesion study, as labelled in the blog.
-CONDITIONS = ("Targeted", "Targeted_Abs", "Random")
+#: Selection rules of the targeted-lesion study (:func:`neuron_ranks`); "Targeted_raw" is the blog's literal rule.
+CONDITIONS = ("Targeted", "Targeted_Abs", "Targeted_raw", "Random")
 
 #: Named regions of the visual field (image convention: y grows downwards, so
 #: "lower" is the bottom half of the image = the high row indices of a map).
@@ -144,6 +181,22 @@ REGIONS = (
     "upper",
     "lower",
 )
+
+#: The opposite of each named region: quadrants reflect through the image
+#: centre, halves mirror. The opposite of an explicit mask is its complement.
+OPPOSITE_REGIONS = {
+    "lower-left": "upper-right",
+    "upper-right": "lower-left",
+    "lower-right": "upper-left",
+    "upper-left": "lower-right",
+    "left": "right",
+    "right": "left",
+    "upper": "lower",
+    "lower": "upper",
+}
+
+#: Kinds of regional lesion: the region's neurons and its two matched controls.
+LESION_KINDS = ("region", "opposite", "random")
 
 TOKENS = ("all", "cls")
 
@@ -573,6 +626,9 @@ def build_residual_cache(
             x = args[0]
             if k not in store:
                 shape = (int(n), *x.shape[1:])
+                if d is not None and not store:  # first block: check room for all of them
+                    need = len(ks) * int(np.prod(shape)) * np.dtype(sdt).itemsize
+                    require_free_space(d, need, f"the residual cache of {len(ks)} blocks")
                 store[k] = (
                     open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
                     if d is not None
@@ -718,6 +774,28 @@ class ZeroShotTask:
     labels: tuple[str, ...]
     target: int = 0
 
+    def logits(self, image_features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """``scale * cos(image, prompt)``: (n, P) float64, prompts in :attr:`labels` order.
+
+        Computed in float64 from the (float32) embeddings, which are L2-normalised.
+        """
+        img = np.asarray(torch.as_tensor(np.asarray(image_features)).float(), dtype=np.float64)
+        txt = self.text_features.float().cpu().numpy().astype(np.float64)
+        if img.ndim != 2 or img.shape[1] != txt.shape[1]:
+            raise ValueError(f"image_features must have shape (n, {txt.shape[1]}), got {img.shape}")
+        return self.scale * img @ txt.T
+
+    def margin(self, image_features: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Logit margin: target logit minus the largest other logit, (n,) float64.
+
+        Positive = correct decision. Unlike the target probability it does
+        not saturate: a lesion that lowers the margin from 8 to 6 shows up
+        even though P(target) stays near 1. With two prompts it equals
+        ``log(p_target / (1 - p_target))``.
+        """
+        lg = self.logits(image_features)
+        return lg[:, self.target] - np.delete(lg, self.target, axis=1).max(axis=1)
+
     def decide(self, image_features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-stimulus decisions.
 
@@ -862,8 +940,8 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     """Class-token attention output of block ``layer`` for every cached stimulus.
 
     The quantity stage 02 records (CLS of ``visual.transformer.resblocks.<layer>.attn``),
-    recomputed from the cached block input by running that one block. A
-    fallback for building ratemaps when no recording is on disk.
+    recomputed from the cached block input by running that one block. The
+    fallback when no matching recording is on disk (:func:`recorded_attention_cls`).
 
     Returns
     -------
@@ -884,6 +962,53 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     finally:
         h.remove()
     return np.concatenate(out)
+
+
+def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices: np.ndarray):
+    """Stage 02's recording of what :func:`attention_cls` computes, when it is the same quantity.
+
+    Parameters
+    ----------
+    recording : helpers.record.Recording or None
+        From :func:`helpers.record.load_recording` (complete recordings only).
+    lm : helpers.models.LoadedModel
+        The model being lesioned; its weights hash (which covers the dtype)
+        must equal the recording's.
+    stimuli_hash : str
+        Hash of the stimulus set; a recording of other stimuli is an error.
+    layer : int
+        Block whose ``attn`` class token is wanted.
+    indices : (n,) int
+        Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
+
+    Returns
+    -------
+    acts : (n, C) float32 array, or None when the recording is absent, lacks
+        the layer, holds other tokens than the class token, or was made with
+        other weights or another dtype (then recompute with :func:`attention_cls`).
+    reason : str
+        Where ``acts`` came from, or why there are none.
+
+    Raises
+    ------
+    ValueError
+        The recording was made from other stimuli.
+    """
+    from helpers.models import weights_hash
+
+    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    if recording is None:
+        return None, "no complete recording"
+    man = recording.manifest
+    if man.get("stimuli_hash") != stimuli_hash:
+        raise ValueError("recording: it was made from another stimulus set (stimuli_hash differs); rerun stage 02")
+    if name not in recording.arrays:
+        return None, f"the recording lacks {name}"
+    if man.get("tokens") != "cls":
+        return None, f"the recording holds tokens={man.get('tokens')!r}, not the class token"
+    if man.get("weights_hash") != weights_hash(lm.model):
+        return None, "the recording was made with other weights or another dtype (weights hash differs)"
+    return np.asarray(recording.arrays[name][np.asarray(indices)], dtype=np.float32), f"stage 02's recording of {name}"
 
 
 @dataclass(frozen=True)
@@ -917,6 +1042,11 @@ class FieldMaps:
     def mean(self) -> np.ndarray:
         """(C,) each neuron's mean over its visited bins (unweighted by occupancy)."""
         return self.maps[:, self.visited].mean(axis=1)
+
+    @property
+    def sd(self) -> np.ndarray:
+        """(C,) each neuron's spatial SD: population SD (ddof 0) of its map over the visited bins."""
+        return self.maps[:, self.visited].std(axis=1)
 
     def values_at(self, rows_cols: np.ndarray) -> np.ndarray:
         """(n, C) ratemap value of every neuron at each stimulus's bin.
@@ -974,6 +1104,141 @@ def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
     return fm
 
 
+@dataclass(frozen=True)
+class HeldOutValues:
+    """What each stimulus's neurons are chosen by, read from maps that do not contain that stimulus.
+
+    Row ``i`` comes from the leave-one-out ratemaps of stimulus ``i``
+    (:func:`held_out_values`): every map built from all stimuli but ``i``.
+
+    Attributes
+    ----------
+    value : (n, C) float64
+        Each neuron's held-out map value at stimulus ``i``'s bin.
+    mean : (n, C) float64
+        Mean of that neuron's held-out map over its visited bins (unweighted,
+        as :attr:`FieldMaps.mean`).
+    sd : (n, C) float64
+        Spatial SD of that map over the same bins (ddof 0, as :attr:`FieldMaps.sd`).
+    """
+
+    value: np.ndarray
+    mean: np.ndarray
+    sd: np.ndarray
+
+    @property
+    def n_stimuli(self) -> int:
+        return int(self.value.shape[0])
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.value.shape[1])
+
+    @property
+    def z(self) -> np.ndarray:
+        """(n, C) spatial deviation ``(value - mean) / sd``; 0 for a neuron with a flat map (sd = 0)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sd > 0, (self.value - self.mean) / self.sd, 0.0)
+
+
+def _smoothing_matrix(bins: int, sigma: float) -> np.ndarray:
+    """(B, B) matrix K, B = bins²: ``K[b]`` is the smoothing of a unit impulse at flat bin ``b``.
+
+    The same filter as :func:`helpers.ratemaps.smooth_maps` (``gaussian_filter``,
+    zero padding, truncated at 4 sigma); identity for ``sigma = 0``. Smoothing
+    is linear, so ``G * sums = K.T @ sums`` over flat bins.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    eye = np.eye(bins * bins).reshape(-1, bins, bins)
+    if sigma > 0:
+        eye = gaussian_filter(eye, sigma=(0.0, sigma, sigma), mode="constant", cval=0.0)
+    return eye.reshape(bins * bins, bins * bins)
+
+
+def held_out_values(
+    activations: np.ndarray, rows_cols: np.ndarray, bins: int, sigma: float | None = None
+) -> HeldOutValues:
+    """Exact leave-one-out ratemap statistics for every stimulus, vectorised.
+
+    The ratemaps of :func:`helpers.ratemaps.ratemaps_from_bins` are
+    ``smooth(sums) / smooth(occupancy)`` on visited bins, NaN elsewhere
+    (:func:`helpers.ratemaps.smooth_maps`; plain means when ``sigma`` is 0).
+    Leaving stimulus ``i`` (activations ``a_i``, flat bin ``b``) out removes
+    ``a_i`` from the sums and 1 from the occupancy at ``b``; smoothing is
+    linear, so its held-out map is, at every bin ``x`` still visited,
+    ``(G*S(x) - a_i K_b(x)) / (G*O(x) - K_b(x))`` with ``K_b`` the smoothed
+    impulse at ``b``. The denominator depends on ``b`` only, so the map's sum
+    and sum of squares over visited bins are a few ``(B, B) @ (B, C)`` products
+    plus per-stimulus terms in ``a_i`` and ``a_i**2``: no map is built per
+    stimulus. Activations are centred per neuron first (the maps are
+    shift-equivariant), so the variance does not cancel catastrophically when
+    means dwarf spatial SDs.
+
+    The value at the stimulus's own bin is the held-out normalised
+    convolution there, also when the stimulus was alone in its bin (then it
+    comes from the neighbouring bins through the smoothing; that bin is not
+    counted among the visited bins of the mean and SD).
+
+    Parameters
+    ----------
+    activations : (n, C) float, one row per stimulus.
+    rows_cols : (n, 2) int, each stimulus's bin (:func:`helpers.ratemaps.bin_indices`).
+    bins : int >= 2, bins per side.
+    sigma : float >= 0 or None, Gaussian smoothing in bins (as for the ratemaps).
+
+    Returns
+    -------
+    HeldOutValues
+
+    Raises
+    ------
+    ValueError
+        Bad shapes, a stimulus outside the maps, or a stimulus with no
+        held-out value at its bin (alone in its bin with ``sigma`` 0, or with
+        no other stimulus within the smoothing's reach).
+    """
+    from helpers.ratemaps import _check_bins, _check_sigma
+
+    bins, sigma = _check_bins(bins), _check_sigma(sigma)
+    a = np.asarray(activations, dtype=np.float64)
+    rc = np.asarray(rows_cols)
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"activations must have shape (n, C) with n >= 2 stimuli, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("activations must be finite")
+    if rc.shape != (a.shape[0], 2) or not np.issubdtype(rc.dtype, np.integer):
+        raise ValueError(f"rows_cols must be an ({a.shape[0]}, 2) integer array of bins, got {rc.dtype} {rc.shape}")
+    if ((rc < 0) | (rc >= bins)).any():
+        raise ValueError(f"rows_cols: {int(((rc < 0) | (rc >= bins)).any(axis=1).sum())} stimuli lie outside the maps")
+    B = bins * bins
+    f = rc[:, 0] * bins + rc[:, 1]
+    mu = a.mean(axis=0)
+    a = a - mu
+    sums = np.zeros((B, a.shape[1]))
+    np.add.at(sums, f, a)
+    occ = np.bincount(f, minlength=B).astype(np.float64)
+    K = _smoothing_matrix(bins, sigma)  # K[b, x]
+    gs, go = K.T @ sums, K.T @ occ  # smoothed sums and occupancy at x
+    den = go[None, :] - K  # den[b, x]: smoothed occupancy without one stimulus at b
+    vis = (occ[None, :] - np.eye(B)) > 0  # vis[b, x]: x still visited
+    w = np.where(vis, 1.0 / np.where(vis, den, 1.0), 0.0)
+    n_vis = vis.sum(axis=1)[f][:, None]
+    w2 = w * w
+    s1 = (w @ gs)[f] - a * (w * K).sum(axis=1)[f][:, None]
+    s2 = (w2 @ (gs * gs))[f] - 2 * a * ((w2 * K) @ gs)[f] + a * a * (w2 * K * K).sum(axis=1)[f][:, None]
+    mean = s1 / n_vis
+    sd = np.sqrt(np.maximum(s2 / n_vis - mean * mean, 0.0))
+    own = den[f, f]
+    if not (own > 0).all():
+        raise ValueError(
+            f"{int((own <= 0).sum())} stimuli have no held-out ratemap value at their bin (alone in it, and "
+            f"sigma={sigma} reaches no other stimulus); use sigma > 0, fewer bins or more stimuli"
+        )
+    value = (gs[f] - a * K[f, f][:, None]) / own[:, None]
+    return HeldOutValues(value + mu, mean + mu, sd)
+
+
 def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     """rank[i, c] = position of channel c when row i is sorted by decreasing score (ties: lower c first)."""
     order = np.argsort(-scores, axis=1, kind="stable")
@@ -982,7 +1247,7 @@ def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int | None = None) -> np.ndarray:
+def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None) -> np.ndarray:
     """Per-stimulus lesion priority of every neuron.
 
     ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
@@ -990,13 +1255,16 @@ def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int
 
     Parameters
     ----------
-    fm : FieldMaps
-    rows_cols : (n, 2) int, stimulus bins (:func:`helpers.ratemaps.bin_indices`).
-    condition : {"Targeted", "Targeted_Abs", "Random"}
-        ``Targeted``: highest ratemap value at the stimulus's bin first.
-        ``Targeted_Abs``: largest ``|value - neuron's own map mean|`` first
-        (high or low activity). ``Random``: an independent uniformly random
-        order for every stimulus, from ``numpy.random.default_rng(seed)``.
+    values : HeldOutValues
+        Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
+    condition : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"}
+        ``Targeted``: largest spatial deviation ``z = (value - mean) / sd``
+        first (the neuron fires more here than elsewhere, in units of its own
+        spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low).
+        ``Targeted_raw``: the blog's literal rule, highest map value first
+        (dominated by the neurons' mean levels). ``Random``: an independent
+        uniformly random order for every stimulus, from
+        ``numpy.random.default_rng(seed)``.
     seed : int
         Required for ``Random``.
 
@@ -1004,17 +1272,17 @@ def neuron_ranks(fm: FieldMaps, rows_cols: np.ndarray, condition: str, seed: int
     -------
     (n, C) int64
     """
-    n = np.asarray(rows_cols).shape[0]
     if condition == "Random":
         if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer for condition='Random', got {seed!r}")
         rng = np.random.default_rng(int(seed))
-        return rng.permuted(np.tile(np.arange(fm.n_neurons, dtype=np.int64), (n, 1)), axis=1)
-    v = fm.values_at(rows_cols)
+        return rng.permuted(np.tile(np.arange(values.n_neurons, dtype=np.int64), (values.n_stimuli, 1)), axis=1)
     if condition == "Targeted":
-        return _ranks_from_scores(v)
+        return _ranks_from_scores(values.z)
     if condition == "Targeted_Abs":
-        return _ranks_from_scores(np.abs(v - fm.mean[None, :]))
+        return _ranks_from_scores(np.abs(values.z))
+    if condition == "Targeted_raw":
+        return _ranks_from_scores(values.value)
     raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
 
 
@@ -1030,6 +1298,49 @@ def _check_proportions(proportions: Sequence[float]) -> np.ndarray:
     return p
 
 
+def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)``, ``i != j``, of stimuli: all of them when there are at most ``n_pairs``, else a seeded sample.
+
+    Returns
+    -------
+    i, j : (m,) int64
+    """
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
+        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    if n < 2:
+        raise ValueError(f"n must be >= 2 stimuli to form pairs, got {n}")
+    if n * (n - 1) // 2 <= n_pairs:
+        i, j = np.triu_indices(n, 1)
+        return i.astype(np.int64), j.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, n_pairs)
+    return i, (i + rng.integers(1, n, n_pairs)) % n
+
+
+def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """How stimulus-specific the ``k`` neurons lesioned per stimulus are.
+
+    Parameters
+    ----------
+    ranks : (n, C) int, from :func:`neuron_ranks`; stimulus ``i`` loses ``ranks[i] < k``.
+    k : int, neurons lesioned per stimulus.
+    pairs : (i, j) from :func:`stimulus_pairs`.
+
+    Returns
+    -------
+    dict with ``jaccard``: mean over the pairs of ``|S_i & S_j| / |S_i | S_j|``
+    (1 = every stimulus loses the same neurons; a random choice gives about
+    ``k / (2C - k)``; NaN for ``k = 0``), and ``n_common``: neurons lesioned
+    for every stimulus.
+    """
+    m = np.asarray(ranks) < k
+    if k <= 0:
+        return dict(jaccard=float("nan"), n_common=0)
+    i, j = pairs
+    inter = np.count_nonzero(m[i] & m[j], axis=1)
+    return dict(jaccard=float(np.mean(inter / (2 * k - inter))), n_common=int(m.all(axis=0).sum()))
+
+
 # =========================================================================== 2. targeted lesions
 
 
@@ -1038,8 +1349,7 @@ def targeted_lesion_study(
     tower: Tower,
     cache: ResidualCache,
     task: ZeroShotTask,
-    fm: FieldMaps,
-    rows_cols: np.ndarray,
+    values: HeldOutValues,
     *,
     layer: int = 9,
     proportions: Sequence[float] = DEFAULT_PROPORTIONS,
@@ -1047,16 +1357,19 @@ def targeted_lesion_study(
     include: Sequence[str] = CONDITIONS,
     tokens: str = "all",
     batch_size: int = 64,
+    n_pairs: int = 2000,
     progress: bool = True,
 ):
     """Per-stimulus neuron lesions at block ``layer`` for a sweep of proportions.
 
     For stimulus ``i`` and proportion ``p``, the ``round(p * C)`` neurons of
-    highest priority (:func:`neuron_ranks`) are zeroed in the attention output
-    of block ``layer`` for that stimulus only (one batched forward with a
-    per-sample mask, from the cached input of block ``layer``). Proportion 0 is
-    the cached baseline; proportion 1 is the same lesion for every condition
-    and is computed once.
+    highest priority (:func:`neuron_ranks`, from maps that leave stimulus
+    ``i`` out) are zeroed in the attention output of block ``layer`` for that
+    stimulus only (one batched forward with a per-sample mask, from the cached
+    input of block ``layer``). Proportion 0 is the cached baseline; proportion
+    1 is the same lesion for every condition and is computed once. Each row
+    also reports the selection's specificity (:func:`selection_specificity`,
+    on the same seeded stimulus pairs for every row).
 
     Parameters
     ----------
@@ -1064,26 +1377,28 @@ def targeted_lesion_study(
     cache : ResidualCache
         Must hold the input of block ``layer``.
     task : ZeroShotTask
-    fm : FieldMaps
-        Ratemaps of the ``C`` attention-output channels of block ``layer``.
-    rows_cols : (n, 2) int
-        Bin of each cached stimulus in ``fm`` (:func:`helpers.ratemaps.bin_indices`), cache order.
+    values : HeldOutValues
+        Held-out map statistics of the ``C`` attention-output channels of
+        block ``layer`` (:func:`held_out_values`), one row per cached stimulus.
     layer : int
         Block index, 0..N-1 (blog: 9).
     proportions : sequence of float in [0, 1]
     n_random_seeds : int >= 0
         Random condition repeated with seeds ``0..n_random_seeds-1``.
-    include : sequence of condition names
+    include : sequence of condition names (:data:`CONDITIONS`)
     tokens : {"all", "cls"}
         Which tokens of a lesioned channel are zeroed (:func:`ablate_channels`).
     batch_size : int
+    n_pairs : int
+        Stimulus pairs sampled (seed 0) for the Jaccard index (all pairs when fewer).
     progress : bool
 
     Returns
     -------
     pandas.DataFrame
         Columns ``condition, seed, proportion, n_ablated, performance,
-        p_target, n_stimuli`` (``seed`` is empty for the targeted conditions).
+        p_target, n_stimuli, jaccard, n_common`` (``seed`` is empty for the
+        targeted conditions).
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -1097,17 +1412,17 @@ def targeted_lesion_study(
         raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
     _check_tokens(tokens)
     batch_size = check_batch_size(batch_size)
-    rc = np.asarray(rows_cols)
-    if rc.shape != (cache.n, 2):
-        raise ValueError(f"rows_cols must have shape ({cache.n}, 2), one bin per cached stimulus; got {rc.shape}")
+    if not isinstance(values, HeldOutValues) or values.n_stimuli != cache.n:
+        raise ValueError(f"values must be HeldOutValues with one row per cached stimulus ({cache.n})")
     if layer not in cache.blocks:
         raise ValueError(f"cache lacks the input of block {layer}; build it with blocks including {layer}")
+    pairs = stimulus_pairs(cache.n, n_pairs)
 
     runs: list[tuple[str, int | None]] = []
     for c in include:
         runs += [(c, s) for s in range(n_random_seeds)] if c == "Random" else [(c, None)]
-    ranks = {r: neuron_ranks(fm, rc, r[0], r[1]) for r in runs}
-    C = fm.n_neurons
+    ranks = {r: neuron_ranks(values, r[0], r[1]) for r in runs}
+    C = values.n_neurons
     ks = sorted({n_ablated(p, C) for p in props})
     interior = [k for k in ks if 0 < k < C]
 
@@ -1136,7 +1451,8 @@ def targeted_lesion_study(
             correct, pt = base if k == 0 else decided[("all", C)] if k == C else decided[(r, k)]
             rows.append(
                 dict(condition=r[0], seed=r[1], proportion=float(p), n_ablated=k,
-                     performance=correct.mean(), p_target=pt.mean(), n_stimuli=cache.n)
+                     performance=correct.mean(), p_target=pt.mean(), n_stimuli=cache.n,
+                     **selection_specificity(ranks[r], k, pairs))
             )
     df = pd.DataFrame(rows)
     df["seed"] = df["seed"].astype("Int64")
@@ -1145,6 +1461,9 @@ def targeted_lesion_study(
 
 def summarise_targeted(df, value: str = "performance"):
     """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per condition and proportion.
+
+    ``value`` is any numeric column of :func:`targeted_lesion_study`'s table,
+    e.g. ``"performance"``, ``"p_target"`` or ``"jaccard"``.
 
     Returns
     -------
@@ -1194,7 +1513,41 @@ def region_mask(region: str | np.ndarray, bins: int) -> np.ndarray:
     return r[:, None] & c[None, :]
 
 
+def opposite_region(region: str | np.ndarray, bins: int) -> np.ndarray:
+    """Boolean (bins, bins) map of the region opposite ``region``.
+
+    A named region maps to :data:`OPPOSITE_REGIONS` (quadrants reflect through
+    the image centre, ``"lower-left"`` <-> ``"upper-right"``; halves mirror,
+    ``"left"`` <-> ``"right"``); an explicit mask maps to its complement.
+    """
+    if isinstance(region, str):
+        region_mask(region, bins)  # validates the name and bins
+        return region_mask(OPPOSITE_REGIONS[region], bins)
+    return ~region_mask(region, bins)
+
+
+def region_label(region: str | np.ndarray) -> tuple[str, str]:
+    """(label of ``region``, label of its opposite) for tables and figures: the names, or "mask"/"complement"."""
+    return (region, OPPOSITE_REGIONS[region]) if isinstance(region, str) else ("mask", "complement")
+
+
 REGION_RULES = ("contrast", "peak", "com")
+
+
+def region_contrast(fm: FieldMaps, mask: np.ndarray) -> np.ndarray:
+    """(C,) each neuron's ``(map mean inside - map mean outside) / map SD``, over visited bins.
+
+    A d'-like, scale-free contrast (0 for a constant map). ``mask``: (bins, bins) bool.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != (fm.bins, fm.bins):
+        raise ValueError(f"mask must have shape ({fm.bins}, {fm.bins}), got {m.shape}")
+    vis = fm.visited
+    inside, outside = m & vis, ~m & vis
+    if not inside.any() or not outside.any():
+        raise ValueError("the region must contain visited bins and leave visited bins outside it")
+    sd = fm.maps[:, vis].std(axis=1)
+    return (fm.maps[:, inside].mean(axis=1) - fm.maps[:, outside].mean(axis=1)) / np.where(sd > 0, sd, np.inf)
 
 
 def region_neurons(
@@ -1208,9 +1561,8 @@ def region_neurons(
     mask : (bins, bins) bool, the region (:func:`region_mask`).
     rule : {"contrast", "peak", "com"}
         ``"contrast"`` (default): the top ``round(proportion * C)`` neurons by
-        ``(mean of the map inside the region - mean outside) / SD of the map``
-        over visited bins (a d'-like, scale-free contrast; the blog's "cells
-        that have a high activity in the lower left part of the image").
+        :func:`region_contrast` (the blog's "cells that have a high activity
+        in the lower left part of the image").
         ``"peak"``: every neuron whose map maximum lies in the region.
         ``"com"``: every neuron whose centre of mass of ``map - min(map)``
         falls in a region bin.
@@ -1222,17 +1574,11 @@ def region_neurons(
     (m,) int64 neuron indices, best first for ``"contrast"``, ascending otherwise.
     """
     m = np.asarray(mask, dtype=bool)
-    if m.shape != (fm.bins, fm.bins):
-        raise ValueError(f"mask must have shape ({fm.bins}, {fm.bins}), got {m.shape}")
+    score = region_contrast(fm, m)  # validates the mask
     vis = fm.visited
-    inside, outside = m & vis, ~m & vis
-    if not inside.any() or not outside.any():
-        raise ValueError("the region must contain visited bins and leave visited bins outside it")
     if rule == "contrast":
         if not (0 < float(proportion) <= 1):
             raise ValueError(f"proportion must be in (0, 1], got {proportion!r}")
-        sd = fm.maps[:, vis].std(axis=1)
-        score = (fm.maps[:, inside].mean(axis=1) - fm.maps[:, outside].mean(axis=1)) / np.where(sd > 0, sd, np.inf)
         k = max(1, n_ablated(proportion, fm.n_neurons))
         return np.argsort(-score, kind="stable")[:k].astype(np.int64)
     if rule == "peak":
@@ -1254,29 +1600,122 @@ def region_neurons(
     raise ValueError(f"rule must be one of {REGION_RULES}, got {rule!r}")
 
 
+@dataclass(frozen=True)
+class NeuronSet:
+    """Neurons lesioned together, the same for every stimulus.
+
+    Attributes
+    ----------
+    kind : {"region", "opposite", "random"}
+        :data:`LESION_KINDS`: the region's neurons, the opposite region's, or random ones.
+    seed : int or None
+        ``random``: the seed of ``numpy.random.default_rng`` that drew them; else None.
+    neurons : (k,) int64 channel indices.
+    """
+
+    kind: str
+    seed: int | None
+    neurons: np.ndarray
+
+
+def _check_int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+    return int(v)
+
+
+def matched_lesions(
+    fm: FieldMaps,
+    region: str | np.ndarray,
+    *,
+    rule: str = "contrast",
+    proportion: float = 0.2,
+    n_control_seeds: int = 5,
+) -> list[NeuronSet]:
+    """A region lesion and its matched controls, all with the same number of neurons ``k``.
+
+    - ``region``: :func:`region_neurons` of ``region``;
+    - ``opposite``: :func:`region_neurons` of :func:`opposite_region`;
+    - ``random``: ``k`` neurons drawn without replacement from all ``C`` by
+      ``numpy.random.default_rng(s)``, for ``s = 0..n_control_seeds-1``.
+
+    ``k`` is the smaller of the two regional selections; the larger one is
+    trimmed to its ``k`` neurons of highest :func:`region_contrast` for its own
+    region. With ``rule="contrast"`` both already hold ``round(proportion * C)``
+    neurons and nothing is trimmed. The region and opposite sets may overlap
+    (a neuron with fields in both).
+
+    Returns
+    -------
+    list of NeuronSet: region, opposite, then the random seeds in order.
+    """
+    n_control_seeds = _check_int("n_control_seeds", n_control_seeds, 0)
+    masks = {"region": region_mask(region, fm.bins), "opposite": opposite_region(region, fm.bins)}
+    chosen = {kind: region_neurons(fm, m, rule=rule, proportion=proportion) for kind, m in masks.items()}
+    k = min(len(v) for v in chosen.values())
+    if k == 0:
+        empty = [kind for kind, v in chosen.items() if len(v) == 0]
+        raise ValueError(
+            f"rule={rule!r} selects no neuron for the {' and '.join(empty)} region(s); try rule='contrast'"
+        )
+    sets = []
+    for kind, sel in chosen.items():
+        score = region_contrast(fm, masks[kind])[sel]
+        sets.append(NeuronSet(kind, None, sel[np.argsort(-score, kind="stable")[:k]].astype(np.int64)))
+    for s in range(n_control_seeds):
+        draw = np.random.default_rng(s).choice(fm.n_neurons, size=k, replace=False)
+        sets.append(NeuronSet("random", s, np.sort(draw).astype(np.int64)))
+    return sets
+
+
+def _neuron_sets(neurons, n_channels: int) -> list[NeuronSet]:
+    if isinstance(neurons, (list, tuple)) and neurons and all(isinstance(s, NeuronSet) for s in neurons):
+        sets = list(neurons)
+    else:
+        sets = [NeuronSet("region", None, np.asarray(neurons))]
+    for s in sets:
+        idx = np.asarray(s.neurons)
+        if s.kind not in LESION_KINDS:
+            raise ValueError(f"NeuronSet.kind must be one of {LESION_KINDS}, got {s.kind!r}")
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or np.any((idx < 0) | (idx >= n_channels)):
+            raise ValueError(f"neurons must be 1-D arrays of channel indices in 0..{n_channels - 1} ({s.kind} set)")
+    if sum(s.kind == "region" for s in sets) != 1:
+        raise ValueError("neurons must hold exactly one NeuronSet of kind 'region'")
+    return sets
+
+
 @torch.no_grad()
 def spatial_lesion_study(
     tower: Tower,
     cache: ResidualCache,
     task: ZeroShotTask,
-    neurons: np.ndarray,
+    neurons: np.ndarray | Sequence[NeuronSet],
     positions: np.ndarray,
     rows_cols: np.ndarray,
     region: np.ndarray,
     *,
+    opposite: np.ndarray | None = None,
     layer: int = 9,
     n_neurons: int | None = None,
     tokens: str = "all",
     batch_size: int = 64,
+    progress: bool = False,
 ):
-    """Lesion the same neurons for every stimulus; per-stimulus decisions before and after.
+    """Lesion the same neurons for every stimulus; per-stimulus results before and after, per lesion.
+
+    Every lesion runs from the cached input of block ``layer``; a chunk of
+    stimuli is read once and run under each lesion in turn.
 
     Parameters
     ----------
-    neurons : (m,) int, channels of block ``layer``'s attention output to zero.
+    neurons : (m,) int channel indices (one region lesion), or the NeuronSets of
+        :func:`matched_lesions` (exactly one of kind ``"region"``).
     positions : (n, 2) float, stimulus centres (x, y) in pixels, cache order.
-    rows_cols : (n, 2) int, stimulus bins (for ``inside``).
-    region : (bins, bins) bool, the region; ``inside`` = the stimulus's bin is in it.
+    rows_cols : (n, 2) int, stimulus bins.
+    region : (bins, bins) bool; ``inside`` = the stimulus's bin is in it.
+    opposite : (bins, bins) bool, optional
+        The opposite region (:func:`opposite_region`); ``in_opposite`` = the
+        stimulus's bin is in it. Default: the complement of ``region``.
     layer : int
     n_neurons : int, optional
         Channels of the attention output (default: ``out_proj.out_features``).
@@ -1284,36 +1723,62 @@ def spatial_lesion_study(
 
     Returns
     -------
-    pandas.DataFrame, one row per cached stimulus:
-        ``stimulus, x, y, row, col, inside, correct_before, correct_after,
-        p_before, p_after, n_lesioned``.
+    pandas.DataFrame, one row per lesion and cached stimulus:
+        ``lesion, seed, n_lesioned, stimulus, x, y, row, col, inside,
+        in_opposite, correct_before, correct_after, p_before, p_after,
+        margin_before, margin_after`` (``p``: target probability; ``margin``:
+        :meth:`ZeroShotTask.margin`; ``seed`` empty except for ``random``).
     """
     import pandas as pd
+    from tqdm.auto import tqdm
 
     layer = _check_block(tower, layer)
+    _check_tokens(tokens)
+    batch_size = check_batch_size(batch_size)
     C = int(n_neurons if n_neurons is not None else tower.blocks[layer].attn.out_proj.out_features)
-    idx = np.asarray(neurons, dtype=np.int64)
-    if idx.ndim != 1 or np.any((idx < 0) | (idx >= C)):
-        raise ValueError(f"neurons must be a 1-D array of channel indices in 0..{C - 1}")
+    sets = _neuron_sets(neurons, C)
     rc = np.asarray(rows_cols)
     pos = np.asarray(positions, dtype=float)
     if rc.shape != (cache.n, 2) or pos.shape != (cache.n, 2):
         raise ValueError(f"positions and rows_cols must have shape ({cache.n}, 2), got {pos.shape}, {rc.shape}")
+    if layer not in cache.blocks:
+        raise ValueError(f"cache lacks the input of block {layer}; build it with blocks including {layer}")
     reg = np.asarray(region, dtype=bool)
+    opp = ~reg if opposite is None else np.asarray(opposite, dtype=bool)
+    if opp.shape != reg.shape:
+        raise ValueError(f"opposite must have the shape of region {reg.shape}, got {opp.shape}")
     valid = (rc >= 0).all(axis=1) & (rc < reg.shape[0]).all(axis=1)
-    inside = np.zeros(cache.n, bool)
+    inside, in_opp = np.zeros(cache.n, bool), np.zeros(cache.n, bool)
     inside[valid] = reg[rc[valid, 0], rc[valid, 1]]
-    mask = np.zeros(C, bool)
-    mask[idx] = True
-    before = task.decide(cache.embeddings)
-    after = task.decide(embed_from_cache(tower, cache, layer, batch_size=batch_size, mask=mask, layer=layer, tokens=tokens))
-    return pd.DataFrame(
-        dict(
-            stimulus=cache.indices, x=pos[:, 0], y=pos[:, 1], row=rc[:, 0], col=rc[:, 1], inside=inside,
-            correct_before=before[0], correct_after=after[0], p_before=before[1], p_after=after[1],
-            n_lesioned=int(mask.sum()),
-        )
-    )
+    in_opp[valid] = opp[rc[valid, 0], rc[valid, 1]]
+    masks = []
+    for s in sets:
+        m = np.zeros(C, bool)
+        m[np.asarray(s.neurons)] = True
+        masks.append(m)
+    feats = [np.empty(cache.embeddings.shape, dtype=np.float32) for _ in sets]
+    chunks = _chunks(cache.n, batch_size)
+    with tqdm(total=len(chunks) * len(sets), desc=f"regional lesions @ block {layer}", disable=not progress) as bar:
+        for sl in chunks:
+            x = cache.block_input(layer, sl, tower.device)
+            for f, m in zip(feats, masks):
+                with ablate_channels(tower.blocks[layer].attn, m, tokens):
+                    f[sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
+                bar.update(1)
+    correct_b, p_b = task.decide(cache.embeddings)
+    margin_b = task.margin(cache.embeddings)
+    tables = []
+    for s, m, f in zip(sets, masks, feats):
+        correct_a, p_a = task.decide(f)
+        tables.append(pd.DataFrame(dict(
+            lesion=s.kind, seed=s.seed, n_lesioned=int(m.sum()), stimulus=cache.indices, x=pos[:, 0], y=pos[:, 1],
+            row=rc[:, 0], col=rc[:, 1], inside=inside, in_opposite=in_opp,
+            correct_before=correct_b, correct_after=correct_a, p_before=p_b, p_after=p_a,
+            margin_before=margin_b, margin_after=task.margin(f),
+        )))
+    df = pd.concat(tables, ignore_index=True)
+    df["seed"] = df["seed"].astype("Int64")
+    return df
 
 
 def performance_maps(
@@ -1344,6 +1809,67 @@ def performance_maps(
     return ratemaps(np.asarray(positions, float), v if v.ndim == 2 else v[:, None], bins=bins, extent=extent, sigma=sigma)
 
 
+# --------------------------------------------------------------------------- is the deficit localised?
+
+#: Per-stimulus measures of a lesion's deficit (``before - after``; larger = more damage):
+#: metric -> column stem in :func:`spatial_lesion_study`'s table.
+DEFICIT_METRICS = {"margin": "margin", "p_target": "p", "correct": "correct"}
+
+_CHUNK = 500  # resamples per vectorised chunk: bounded memory (500 x n)
+
+
+def _check_labels(values: np.ndarray, inside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(values, dtype=float)
+    ins = np.asarray(inside, dtype=bool)
+    if v.ndim != 1 or ins.shape != v.shape:
+        raise ValueError(f"per-stimulus values and inside must be 1-D of equal length, got {v.shape}, {ins.shape}")
+    if not ins.any() or ins.all():
+        raise ValueError("inside must select at least one stimulus and leave at least one outside")
+    return v, ins
+
+
+def _permutation_p(values: np.ndarray, inside: np.ndarray, n_permutations: int, rng: np.random.Generator) -> float:
+    """One-sided p of ``mean(values[inside]) - mean(values[~inside])``, shuffling the ``inside`` labels.
+
+    ``p = (1 + #{perm stat >= stat}) / (1 + n_permutations)``; vectorised in
+    chunks of 500 permutations (``rng.permuted`` of tiled labels).
+    """
+    n_in, n = int(inside.sum()), inside.size
+    total = values.sum()
+    stat = inside @ values / n_in - (total - inside @ values) / (n - n_in)
+    tol = 1e-9 * (1.0 + np.abs(values).max())  # ties (e.g. all values equal) count as >=
+    hits = 0
+    for s in range(0, n_permutations, _CHUNK):
+        perm = rng.permuted(np.tile(inside, (min(_CHUNK, n_permutations - s), 1)), axis=1)
+        s_in = perm @ values
+        hits += int((s_in / n_in - (total - s_in) / (n - n_in) >= stat - tol).sum())
+    return (1 + hits) / (1 + n_permutations)
+
+
+def _bootstrap_ci(values: np.ndarray, inside: np.ndarray | None, n_bootstrap: int, ci: float,
+                  rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``mean(values[inside]) - mean(values[~inside])`` (``inside=None``: of the mean).
+
+    Stimuli are resampled with replacement within the inside and the outside
+    group separately (stratified: the group sizes are kept); vectorised in
+    chunks of 500 resamples.
+    """
+    groups = [values] if inside is None else [values[inside], values[~inside]]
+    stats = []
+    for s in range(0, n_bootstrap, _CHUNK):
+        m = min(_CHUNK, n_bootstrap - s)
+        means = [g[rng.integers(0, g.size, size=(m, g.size))].mean(axis=1) for g in groups]
+        stats.append(means[0] if inside is None else means[0] - means[1])
+    lo, hi = np.quantile(np.concatenate(stats), [(1 - ci) / 2, (1 + ci) / 2])
+    return float(lo), float(hi)
+
+
+def _check_fraction(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 < float(v) < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+    return float(v)
+
+
 def localisation_test(
     before: np.ndarray,
     after: np.ndarray,
@@ -1353,13 +1879,15 @@ def localisation_test(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, float]:
-    """Is the lesion's deficit larger inside the region than outside?
+    """Blog-literal test: is one lesion's deficit larger inside the region than outside?
 
-    Deficit per stimulus = ``before - after`` (e.g. correctness 1/0, or the
-    target probability). Statistic = mean deficit inside - mean deficit
-    outside. One-sided permutation p-value: the ``inside`` labels are shuffled
-    ``n_permutations`` times (seeded), ``p = (1 + #{stat_perm >= stat}) /
-    (1 + n_permutations)``.
+    Deficit per stimulus = ``before - after`` (correctness 1/0, the target
+    probability or the margin). Statistic = mean deficit inside - mean
+    deficit outside; one-sided permutation p-value over the ``inside`` labels
+    (seeded). **Confounded**: a lesion that hurts every stimulus alike shows a
+    larger deficit wherever the baseline is closer to the decision boundary
+    (on P(target) and correctness), so this flags uniform lesions as
+    localised. :func:`localisation_did` is the sound test.
 
     Returns
     -------
@@ -1369,27 +1897,278 @@ def localisation_test(
     """
     b = np.asarray(before, dtype=float)
     a = np.asarray(after, dtype=float)
-    ins = np.asarray(inside, dtype=bool)
-    if not (b.shape == a.shape == ins.shape) or b.ndim != 1:
-        raise ValueError(f"before, after and inside must be 1-D of equal length, got {b.shape}, {a.shape}, {ins.shape}")
-    n_in, n = int(ins.sum()), ins.size
-    if n_in == 0 or n_in == n:
-        raise ValueError("inside must select at least one stimulus and leave at least one outside")
-    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
-        raise ValueError(f"n_permutations must be a positive integer, got {n_permutations!r}")
-    d = b - a
+    if b.shape != a.shape:
+        raise ValueError(f"before and after must have equal shapes, got {b.shape}, {a.shape}")
+    d, ins = _check_labels(b - a, inside)
+    n_permutations, alpha = _check_int("n_permutations", n_permutations, 1), _check_fraction("alpha", alpha)
+    p = _permutation_p(d, ins, n_permutations, np.random.default_rng(seed))
     stat = d[ins].mean() - d[~ins].mean()
-    rng = np.random.default_rng(seed)
-    total = d.sum()
-    hits = 0
-    for s in range(0, n_permutations, 500):  # chunks of 500 permutations: bounded memory
-        m = min(500, n_permutations - s)
-        perm = rng.permuted(np.tile(ins, (m, 1)), axis=1)
-        s_in = perm @ d
-        stats = s_in / n_in - (total - s_in) / (n - n_in)
-        hits += int((stats >= stat - 1e-12).sum())
     return dict(
         deficit_inside=float(d[ins].mean()), deficit_outside=float(d[~ins].mean()), difference=float(stat),
-        p_value=(1 + hits) / (1 + n_permutations), n_inside=n_in, n_outside=n - n_in,
-        localised=bool(stat > 0 and (1 + hits) / (1 + n_permutations) < alpha),
+        p_value=p, n_inside=int(ins.sum()), n_outside=int((~ins).sum()), localised=bool(stat > 0 and p < alpha),
     )
+
+
+def localisation_did(
+    before: np.ndarray,
+    after: np.ndarray,
+    control_after: np.ndarray,
+    inside: np.ndarray,
+    *,
+    n_permutations: int = 2000,
+    n_bootstrap: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, float]:
+    """Is the region lesion's deficit localised, relative to a matched control lesion? Difference in differences.
+
+    Per stimulus ``i``: region deficit ``d_i = before_i - after_i``, control
+    deficit ``c_i = before_i - control_after_i`` (averaged over the control
+    lesions when there are several, e.g. random seeds), excess ``e_i = d_i - c_i``.
+    DiD = (mean d inside - mean d outside) - (mean c inside - mean c outside)
+    = mean e inside - mean e outside. A lesion that shifts every stimulus
+    alike, whatever the baseline, has ``e = 0`` and DiD = 0.
+
+    - p-value: one-sided, permuting the ``inside`` labels of ``e``
+      (``n_permutations``; H0: the excess deficit does not depend on being
+      inside the region).
+    - CI: percentile bootstrap (``n_bootstrap``), stimuli resampled within the
+      inside and outside groups, each carrying its pair (d_i, c_i).
+    - One ``numpy.random.default_rng(seed)`` drives both; vectorised in chunks.
+
+    Parameters
+    ----------
+    before, after : (n,) the measure without and with the region lesion.
+    control_after : (n,) or (n, s), the measure under ``s`` control lesions.
+    inside : (n,) bool, stimulus in the region.
+
+    Returns
+    -------
+    dict with ``deficit_inside, deficit_outside`` (region lesion),
+    ``control_deficit_inside, control_deficit_outside``, ``did, ci_low,
+    ci_high, p_value``, ``localised`` (``did > 0`` and ``p_value < alpha``),
+    ``n_inside, n_outside, n_controls`` and ``did_control_sd`` (SD of the DiD
+    over the individual control lesions, ``ddof=1``; NaN for one control).
+    """
+    b = np.asarray(before, dtype=float)
+    a = np.asarray(after, dtype=float)
+    c = np.asarray(control_after, dtype=float)
+    c = c[:, None] if c.ndim == 1 else c
+    if b.shape != a.shape or b.ndim != 1 or c.ndim != 2 or c.shape[0] != b.shape[0] or c.shape[1] == 0:
+        raise ValueError(f"before, after must be (n,) and control_after (n,) or (n, s); got {b.shape}, {a.shape}, "
+                         f"{np.shape(control_after)}")
+    n_permutations = _check_int("n_permutations", n_permutations, 1)
+    n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 1)
+    ci, alpha = _check_fraction("ci", ci), _check_fraction("alpha", alpha)
+    d = b - a
+    cd = b[:, None] - c  # (n, s) control deficits
+    e, ins = _check_labels(d - cd.mean(axis=1), inside)
+    rng = np.random.default_rng(seed)
+    did = float(e[ins].mean() - e[~ins].mean())
+    p = _permutation_p(e, ins, n_permutations, rng)
+    lo, hi = _bootstrap_ci(e, ins, n_bootstrap, ci, rng)
+    per_control = (d[ins].mean() - d[~ins].mean()) - (cd[ins].mean(axis=0) - cd[~ins].mean(axis=0))
+    return dict(
+        deficit_inside=float(d[ins].mean()), deficit_outside=float(d[~ins].mean()),
+        control_deficit_inside=float(cd[ins].mean()), control_deficit_outside=float(cd[~ins].mean()),
+        did=did, ci_low=lo, ci_high=hi, p_value=p, localised=bool(did > 0 and p < alpha),
+        n_inside=int(ins.sum()), n_outside=int((~ins).sum()), n_controls=int(c.shape[1]),
+        did_control_sd=float(per_control.std(ddof=1)) if per_control.size > 1 else float("nan"),
+    )
+
+
+def lesion_values(df, column: str, *, mean_over_seeds: bool = False) -> dict[str, np.ndarray]:
+    """Per-stimulus values of one column of :func:`spatial_lesion_study`'s table, by lesion kind.
+
+    Returns
+    -------
+    dict kind -> array, rows in the region lesion's stimulus order:
+    ``(n,)`` for ``region`` and ``opposite``, ``(n, s)`` for ``random``
+    (one column per seed, ascending; ``(n,)``, the mean over seeds, with
+    ``mean_over_seeds=True``). Kinds absent from ``df`` are absent.
+    """
+    reg = df[df["lesion"] == "region"]
+    if len(reg) == 0:
+        raise ValueError("df holds no 'region' lesion rows (spatial_lesion_study output expected)")
+    order = reg["stimulus"].to_numpy()
+    out = {}
+    for kind, g in df.groupby("lesion", sort=False):
+        if kind == "random":  # (n, s): one column per seed
+            wide = g.pivot(index="stimulus", columns="seed", values=column).sort_index(axis=1)
+        else:
+            wide = g.set_index("stimulus")[column]
+        v = wide.reindex(order).to_numpy(dtype=float)
+        out[kind] = v.mean(axis=1) if mean_over_seeds and v.ndim == 2 else v
+    return out
+
+
+def lesion_maps(df, bins: int, extent: Sequence[float], sigma: float | None = None,
+                stems: Sequence[str] = ("margin", "p", "correct")) -> dict[str, np.ndarray]:
+    """Maps over the visual field of per-stimulus measures before and after each lesion kind.
+
+    Parameters
+    ----------
+    df : :func:`spatial_lesion_study` output (one model); positions from its ``x, y``.
+    bins, extent, sigma : as :func:`performance_maps`.
+    stems : column stems, e.g. ``"margin"`` for ``margin_before`` / ``margin_after``.
+
+    Returns
+    -------
+    dict ``"before"`` and each lesion kind present -> (len(stems), bins, bins)
+    float64; ``random`` is the per-stimulus mean over seeds.
+    """
+    reg = df[df["lesion"] == "region"]
+    pos = reg[["x", "y"]].to_numpy(dtype=float)
+    cols = {"before": [lesion_values(df, f"{s}_before")["region"] for s in stems]}
+    for s in stems:
+        for kind, v in lesion_values(df, f"{s}_after", mean_over_seeds=True).items():
+            cols.setdefault(kind, []).append(v)
+    names = list(cols)
+    maps, _ = performance_maps(pos, np.column_stack([v for k in names for v in cols[k]]), bins, extent, sigma)
+    k = len(stems)
+    return {name: maps[i * k:(i + 1) * k] for i, name in enumerate(names)}
+
+
+def localisation_table(
+    df,
+    *,
+    metrics: Sequence[str] = tuple(DEFICIT_METRICS),
+    n_permutations: int = 2000,
+    n_bootstrap: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+    alpha: float = 0.05,
+):
+    """Difference-in-differences localisation of the region lesion, against each control, per metric.
+
+    For every metric of :data:`DEFICIT_METRICS`, every control kind present
+    (``opposite``; ``random``, averaged over seeds) and two reference groups
+    of stimuli (``"outside"``: every stimulus outside the region; ``"opposite
+    region"``: only those in the opposite region, where the DiD against the
+    opposite lesion is the double-dissociation interaction), one row of
+    :func:`localisation_did` and, beside it, the blog-literal
+    :func:`localisation_test` of the region lesion alone on the same stimuli
+    (``literal_*`` columns).
+
+    Parameters
+    ----------
+    df : :func:`spatial_lesion_study` output for one model (with control lesions).
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``metric, control, reference, n_controls,
+    deficit_inside, deficit_outside, control_deficit_inside,
+    control_deficit_outside, did, ci_low, ci_high, p_value, localised,
+    did_control_sd, n_inside, n_outside, literal_difference, literal_p_value,
+    literal_localised``.
+    """
+    import pandas as pd
+
+    bad = [m for m in metrics if m not in DEFICIT_METRICS]
+    if bad or not metrics:
+        raise ValueError(f"metrics must be a non-empty subset of {tuple(DEFICIT_METRICS)}, got {list(metrics)!r}")
+    first = lesion_values(df, "inside")
+    controls = [k for k in ("opposite", "random") if k in first]
+    if not controls:
+        raise ValueError("df holds no control lesion ('opposite' or 'random'); run spatial_lesion_study with "
+                         "matched_lesions(...)")
+    inside = first["region"].astype(bool)
+    in_opp = lesion_values(df, "in_opposite")["region"].astype(bool)
+    refs = {"outside": np.ones_like(inside), "opposite region": inside | in_opp}
+    kw = dict(n_permutations=n_permutations, seed=seed, alpha=alpha)
+    rows = []
+    for metric in metrics:
+        stem = DEFICIT_METRICS[metric]
+        before = lesion_values(df, f"{stem}_before")["region"]
+        after = lesion_values(df, f"{stem}_after")
+        for ref, sel in refs.items():
+            lit = localisation_test(before[sel], after["region"][sel], inside[sel], **kw)
+            for control in controls:
+                res = localisation_did(before[sel], after["region"][sel], after[control][sel], inside[sel],
+                                       n_bootstrap=n_bootstrap, ci=ci, **kw)
+                rows.append(dict(metric=metric, control=control, reference=ref, **res,
+                                 literal_difference=lit["difference"], literal_p_value=lit["p_value"],
+                                 literal_localised=lit["localised"]))
+    cols = ["metric", "control", "reference", "n_controls", "deficit_inside", "deficit_outside",
+            "control_deficit_inside", "control_deficit_outside", "did", "ci_low", "ci_high", "p_value", "localised",
+            "did_control_sd", "n_inside", "n_outside", "literal_difference", "literal_p_value", "literal_localised"]
+    return pd.DataFrame(rows)[cols]
+
+
+def dissociation_table(
+    df,
+    *,
+    metrics: Sequence[str] = tuple(DEFICIT_METRICS),
+    n_bootstrap: int = 2000,
+    ci: float = 0.95,
+    seed: int = 0,
+):
+    """Mean deficit of each lesion on the stimuli in the region and in the opposite region.
+
+    The cells of a double dissociation: lesion (region / opposite / random,
+    random averaged over seeds per stimulus) x stimuli (in the region / in the
+    opposite region). A double dissociation: the region lesion hurts region
+    stimuli more than opposite ones, and the opposite lesion the reverse (its
+    test is :func:`localisation_table`'s row ``control="opposite",
+    reference="opposite region"``). CI: percentile bootstrap of the mean over
+    stimuli (``numpy.random.default_rng(seed)``).
+
+    Returns
+    -------
+    pandas.DataFrame with columns ``metric, lesion, stimuli, mean_deficit,
+    ci_low, ci_high, n_stimuli``.
+    """
+    import pandas as pd
+
+    bad = [m for m in metrics if m not in DEFICIT_METRICS]
+    if bad or not metrics:
+        raise ValueError(f"metrics must be a non-empty subset of {tuple(DEFICIT_METRICS)}, got {list(metrics)!r}")
+    n_bootstrap, ci = _check_int("n_bootstrap", n_bootstrap, 1), _check_fraction("ci", ci)
+    groups = {"region": lesion_values(df, "inside")["region"].astype(bool),
+              "opposite": lesion_values(df, "in_opposite")["region"].astype(bool)}
+    rng = np.random.default_rng(seed)
+    rows = []
+    for metric in metrics:
+        stem = DEFICIT_METRICS[metric]
+        before = lesion_values(df, f"{stem}_before")["region"]
+        for kind, after in lesion_values(df, f"{stem}_after", mean_over_seeds=True).items():
+            d = before - after
+            for stimuli, sel in groups.items():
+                lo, hi = _bootstrap_ci(d[sel], None, n_bootstrap, ci, rng) if sel.any() else (np.nan, np.nan)
+                rows.append(dict(metric=metric, lesion=kind, stimuli=stimuli,
+                                 mean_deficit=float(d[sel].mean()) if sel.any() else np.nan,
+                                 ci_low=lo, ci_high=hi, n_stimuli=int(sel.sum())))
+    return pd.DataFrame(rows)
+
+
+def double_dissociation(table):
+    """Per metric: does the region lesion hurt region A more than B, and the opposite lesion B more than A?
+
+    Read from :func:`localisation_table`'s rows ``control="opposite",
+    reference="opposite region"`` (stimuli in A = the region, in B = the
+    opposite region).
+
+    Returns
+    -------
+    pandas.DataFrame, one row per metric: ``a_on_a, a_on_b, b_on_a, b_on_b``
+    (mean deficit of lesion A/B on stimuli in A/B), ``interaction`` =
+    ``(a_on_a - a_on_b) - (b_on_a - b_on_b)`` (the DiD) with ``ci_low,
+    ci_high, p_value``, ``crossed`` (``a_on_a > a_on_b`` and ``b_on_b >
+    b_on_a``) and ``dissociated`` (crossed and the interaction significant).
+    """
+    import pandas as pd
+
+    rows = table[(table["control"] == "opposite") & (table["reference"] == "opposite region")]
+    if len(rows) == 0:
+        raise ValueError("table holds no control='opposite', reference='opposite region' rows (localisation_table)")
+    out = pd.DataFrame(dict(
+        metric=rows["metric"].to_numpy(),
+        a_on_a=rows["deficit_inside"].to_numpy(), a_on_b=rows["deficit_outside"].to_numpy(),
+        b_on_a=rows["control_deficit_inside"].to_numpy(), b_on_b=rows["control_deficit_outside"].to_numpy(),
+        interaction=rows["did"].to_numpy(), ci_low=rows["ci_low"].to_numpy(), ci_high=rows["ci_high"].to_numpy(),
+        p_value=rows["p_value"].to_numpy(),
+    ))
+    out["crossed"] = (out["a_on_a"] > out["a_on_b"]) & (out["b_on_b"] > out["b_on_a"])
+    out["dissociated"] = out["crossed"] & rows["localised"].to_numpy(dtype=bool)
+    return out

@@ -22,6 +22,7 @@ Conditions are ``"model"`` (the weights that were asked for) and ``"random"``
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 #: Repository root (the folder holding ``helpers/``). Notebooks build paths from
@@ -90,3 +91,27 @@ def analysis_dir(run_dir: str | Path) -> Path:
 def perturb_dir(run_dir: str | Path) -> Path:
     """``<run>/perturb``, created if missing."""
     return _subdir(run_dir, "perturb")
+
+
+class DiskSpaceError(OSError):
+    """Not enough free disk for an array about to be written (a full disk would kill the kernel with SIGBUS)."""
+
+
+#: Free space kept in reserve on top of what an allocation needs.
+DISK_MARGIN_BYTES = 64 * 2**20
+
+
+def require_free_space(folder: str | Path, nbytes: int, what: str) -> None:
+    """Refuse to allocate ``nbytes`` under ``folder`` unless that much (plus a margin) is free.
+
+    Raises
+    ------
+    DiskSpaceError
+        Naming the folder, the bytes needed and the bytes free.
+    """
+    free = shutil.disk_usage(folder).free
+    if nbytes + DISK_MARGIN_BYTES > free:
+        raise DiskSpaceError(
+            f"{what} needs {nbytes:,} bytes ({nbytes / 2**30:.2f} GiB) in {folder}, but only {free:,} bytes "
+            f"({free / 2**30:.2f} GiB) are free; free some space or choose another run folder (RUN=)"
+        )

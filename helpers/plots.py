@@ -310,6 +310,7 @@ def plot_score_distributions(
 def plot_fraction_significant(
     significant_by_condition,
     *,
+    pooled_by_condition=None,
     score_names=("si", "grid", "border"),
     chance: float | None = 0.05,
     title: str | None = None,
@@ -320,8 +321,12 @@ def plot_fraction_significant(
     Parameters
     ----------
     significant_by_condition : mapping condition -> layer -> score name -> float or bool array
-        A fraction in [0, 1], or the boolean mask from
-        ``helpers.scores.significance`` (its mean is plotted).
+        A fraction in [0, 1], or a boolean mask such as
+        ``score_layers(...)["significant"]`` (its mean is plotted).
+    pooled_by_condition : same structure, optional
+        The decisions under the layer's pooled null (``score_layers(...)
+        ["significant_pooled"]``), drawn dashed with open markers in the
+        condition's colour, labelled "<condition>, pooled null".
     chance : float or None
         Expected false-positive rate (1 - percentile/100), drawn dashed.
     title, path
@@ -336,8 +341,12 @@ def plot_fraction_significant(
     )
     for ax, name in zip(axes[0], score_names):
         for c, cond in enumerate(conditions):
+            colour = CONDITION_COLOURS.get(cond, f"C{c}")
             frac = [float(np.mean(significant_by_condition[cond][layer][name])) for layer in layers]
-            ax.plot(x, frac, marker="o", color=CONDITION_COLOURS.get(cond, f"C{c}"), label=cond)
+            ax.plot(x, frac, marker="o", color=colour, label=cond)
+            if pooled_by_condition is not None:
+                frac = [float(np.mean(pooled_by_condition[cond][layer][name])) for layer in layers]
+                ax.plot(x, frac, marker="o", mfc="none", ls="--", color=colour, label=f"{cond}, pooled null")
         if chance is not None:
             ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
         ax.set_ylim(0, 1)
@@ -389,9 +398,30 @@ def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None 
     return save(fig, path)
 
 
+#: Colour, marker and legend label of each targeted-lesion selection rule.
+_RULE_STYLES = {
+    "Targeted": ("C3", "o", "Targeted (z)"),
+    "Targeted_Abs": ("C1", "s", r"Targeted$_{Abs}$ (|z|)"),
+    "Targeted_raw": ("C2", "D", "Targeted_raw (blog: raw value)"),
+    "Random": ("C0", "^", "Random"),
+}
+
+
+def _rule_curves(ax, df, value: str) -> None:
+    """One line per selection rule of ``summarise_targeted(df, value)``; Random as mean ± SD over seeds."""
+    from helpers.lesions import summarise_targeted
+
+    for cond, d in summarise_targeted(df, value).groupby("condition", sort=False):
+        colour, marker, label = _RULE_STYLES.get(cond, (None, "o", cond))
+        d = d.sort_values("proportion")
+        ax.plot(d["proportion"], d["mean"], marker=marker, color=colour, label=label)
+        if (d["sd"] > 0).any():
+            ax.fill_between(d["proportion"], d["mean"] - d["sd"], d["mean"] + d["sd"], color=colour, alpha=0.25, lw=0)
+
+
 def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
                           path: str | Path | None = None):
-    """Performance vs proportion of ablated neurons per condition (blog's targeted-lesion figure).
+    """Performance vs proportion of ablated neurons per selection rule (blog's targeted-lesion figure).
 
     Left: performance (fraction classified "a black circle"); right: mean
     probability of the target prompt, which still moves when decisions don't.
@@ -402,21 +432,10 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     df : pandas.DataFrame
         :func:`helpers.lesions.targeted_lesion_study` output.
     """
-    from helpers.lesions import summarise_targeted
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    styles = {"Targeted": ("C3", "o"), "Targeted_Abs": ("C1", "s"), "Random": ("C0", "^")}
     for ax, value, ylabel in zip(axes, ("performance", "p_target"),
                                  ('performance ("a black circle")', "mean P(target prompt)")):
-        summary = summarise_targeted(df, value)
-        for cond, d in summary.groupby("condition", sort=False):
-            colour, marker = styles.get(cond, (None, "o"))
-            d = d.sort_values("proportion")
-            label = {"Targeted_Abs": r"Targeted$_{Abs}$"}.get(cond, cond)
-            ax.plot(d["proportion"], d["mean"], marker=marker, color=colour, label=label)
-            if (d["sd"] > 0).any():
-                ax.fill_between(d["proportion"], d["mean"] - d["sd"], d["mean"] + d["sd"], color=colour,
-                                alpha=0.25, lw=0)
+        _rule_curves(ax, df, value)
         ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-0.02, 1.02)
@@ -426,7 +445,36 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     return save(fig, path)
 
 
-def _outline_region(ax, region, extent, upsample: int = 16):
+def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
+                               path: str | Path | None = None):
+    """How stimulus-specific each selection rule's lesioned sets are, by proportion ablated.
+
+    Left: mean pairwise Jaccard index between different stimuli's sets (1 =
+    every stimulus loses the same neurons; Random shows the chance level).
+    Right: fraction of each set that is lesioned for every stimulus
+    (``n_common / n_ablated``).
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`helpers.lesions.targeted_lesion_study` output (columns
+        ``jaccard``, ``n_common``, ``n_ablated``).
+    """
+    d = df[df["n_ablated"] > 0].assign(shared=lambda t: t["n_common"] / t["n_ablated"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, value, ylabel in zip(axes, ("jaccard", "shared"),
+                                 ("mean Jaccard between two stimuli's sets", "fraction lesioned for every stimulus")):
+        _rule_curves(ax, d, value)
+        ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"selection specificity in residual block {layer}")
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _outline_region(ax, region, extent, upsample: int = 16, linestyles: str = "solid"):
     """Draw the outline of a (bins, bins) bool region with square corners."""
     xmin, xmax, ymin, ymax = extent
     reg = np.kron(np.pad(np.asarray(region, float), 1), np.ones((upsample, upsample)))
@@ -434,44 +482,180 @@ def _outline_region(ax, region, extent, upsample: int = 16):
     step_x, step_y = (xmax - xmin) / nb / upsample, (ymax - ymin) / nb / upsample
     xc = xmin - (xmax - xmin) / nb + (np.arange(reg.shape[1]) + 0.5) * step_x
     yc = ymin - (ymax - ymin) / nb + (np.arange(reg.shape[0]) + 0.5) * step_y
-    ax.contour(xc, yc, reg, levels=[0.5], colors="k", linewidths=1.5)
+    if 0 < reg.mean() < 1:
+        ax.contour(xc, yc, reg, levels=[0.5], colors="k", linewidths=1.5, linestyles=linestyles)
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ymax, ymin)
 
 
-def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",), title: str | None = None,
-                        path: str | Path | None = None):
-    """Maps over the visual field before and after a regional lesion, and their difference.
+def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",), controls=None, opposite=None,
+                        limits=None, title: str | None = None, path: str | Path | None = None):
+    """Maps over the visual field before and after a regional lesion, and the change under each lesion.
+
+    Columns: before, after the region lesion, after − before for the region
+    lesion, then after − before for each control lesion. The change maps of a
+    row share one symmetric colour scale, so a deficit that is as large under
+    a control as under the region lesion looks alike.
 
     Parameters
     ----------
     before, after : (bins, bins) or (k, bins, bins) arrays, NaN in empty bins
         (row 0 = top of the image); one figure row per map.
-    region : (bins, bins) bool, outlined in every panel.
+    region : (bins, bins) bool, outlined (solid) in every panel.
     extent : (xmin, xmax, ymin, ymax) pixels.
-    labels : one label per row, e.g. ``("performance", "P(circle)")``.
+    labels : one label per row, e.g. ``("margin", "P(circle)", "performance")``.
+    controls : mapping name -> array like ``after``, optional
+        Maps after each control lesion (e.g. ``{"opposite": ..., "random": ...}``).
+    opposite : (bins, bins) bool, optional; outlined dashed.
+    limits : one (lo, hi) or None per row, optional
+        Colour range of the before/after maps; None = their joint data range.
+        Default (0, 1) for every row.
     """
     before = np.asarray(before, float)
     after = np.asarray(after, float)
+    ctrl = {name: np.asarray(m, float) for name, m in (controls or {}).items()}
     if before.ndim == 2:
         before, after = before[None], after[None]
+        ctrl = {name: m[None] for name, m in ctrl.items()}
     xmin, xmax, ymin, ymax = extent
     k = before.shape[0]
     labels = list(labels) + [""] * (k - len(labels))
-    fig, axes = plt.subplots(k, 3, figsize=(12, 3.8 * k), squeeze=False)
+    limits = [(0.0, 1.0)] * k if limits is None else list(limits)
+    ncol = 3 + len(ctrl)
+    fig, axes = plt.subplots(k, ncol, figsize=(4 * ncol, 3.8 * k), squeeze=False)
     for r in range(k):
-        diff = after[r] - before[r]
-        lim = max(0.05, float(np.nanmax(np.abs(diff)))) if np.isfinite(diff).any() else 1.0
-        panels = [(before[r], "before", "viridis", 0, 1), (after[r], "after", "viridis", 0, 1),
-                  (diff, "after − before", "RdBu", -lim, lim)]
-        for ax, (m, name, cmap, lo, hi) in zip(axes[r], panels):
-            im = ax.imshow(m, extent=(xmin, xmax, ymax, ymin), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        diffs = [(after[r] - before[r], "region lesion: after − before")]
+        diffs += [(m[r] - before[r], f"{name}: after − before") for name, m in ctrl.items()]
+        finite = np.concatenate([d[np.isfinite(d)] for d, _ in diffs])
+        lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
+        if limits[r] is None:
+            both = np.r_[before[r][np.isfinite(before[r])], after[r][np.isfinite(after[r])]]
+            lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+        else:
+            lo, hi = limits[r]
+        panels = [(before[r], "before", "viridis", lo, hi), (after[r], "after region lesion", "viridis", lo, hi)]
+        panels += [(d, name, "RdBu", -lim, lim) for d, name in diffs]
+        for ax, (m, name, cmap, vlo, vhi) in zip(axes[r], panels):
+            im = ax.imshow(m, extent=(xmin, xmax, ymax, ymin), cmap=cmap, vmin=vlo, vmax=vhi, interpolation="nearest")
+            if opposite is not None:
+                _outline_region(ax, opposite, extent, linestyles="dashed")
             _outline_region(ax, region, extent)
-            ax.set_title(f"{labels[r]}: {name}" if labels[r] else name)
+            ax.set_title(f"{labels[r]}\n{name}" if labels[r] else name, fontsize=10)
             ax.set_xlabel("x (px)")
             fig.colorbar(im, ax=ax, fraction=0.046)
         axes[r, 0].set_ylabel("y (px)")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+# =========================================================================== decoding figure
+def plot_decoding(df, *, layer_labels=None, title: str | None = None, path: str | Path | None = None):
+    """Position decoding by layer: R², median error and neurons removed, per condition and neuron set.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        :func:`helpers.decoding.decoding_table` output (columns ``condition,
+        layer, neurons, n_removed, n_neurons, r2, median_error_px,
+        chance_median_error_px``). Layers are plotted in their order of
+        appearance; solid lines use all neurons, dashed lines those left after
+        removing the significant ones (where none is left: no point, "none left").
+    layer_labels : mapping layer -> tick label, optional.
+    title, path
+        Figure title; save as PNG at ``path``.
+    """
+    if len(df) == 0:
+        raise ValueError("df must hold at least one row of helpers.decoding.decoding_table")
+    layers = list(dict.fromkeys(df["layer"]))
+    labels = [str((layer_labels or {}).get(layer, layer)) for layer in layers]
+    x = np.arange(len(layers))
+    styles = {"all": ("-", "o", "all neurons"), "non-significant": ("--", "x", "without significant")}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for c, (cond, dc) in enumerate(df.groupby("condition", sort=False)):
+        colour = CONDITION_COLOURS.get(cond, f"C{c}")
+        for name, d in dc.groupby("neurons", sort=False):
+            ls, marker, what = styles.get(name, (":", "s", name))
+            d = d.set_index("layer").reindex(layers)
+            for ax, col in zip(axes[:2], ("r2", "median_error_px")):
+                ax.plot(x, d[col].to_numpy(float), ls=ls, marker=marker, color=colour, label=f"{cond}: {what}")
+            for xi in x[(d["n_neurons"] == 0).to_numpy()]:  # NaN rows: say why there is no point
+                axes[0].annotate("none left", (xi, 0.02), rotation=90, fontsize=7, color=colour, ha="center")
+        d = dc[dc["neurons"] == "non-significant"].set_index("layer").reindex(layers)
+        if len(dc[dc["neurons"] == "non-significant"]):
+            frac = d["n_removed"].to_numpy(float) / (d["n_removed"] + d["n_neurons"]).to_numpy(float)
+            axes[2].plot(x, frac, marker="o", color=colour, label=cond)
+    r2 = df["r2"].to_numpy(float)
+    low = np.nanmin(r2) if np.isfinite(r2).any() else 0.0
+    axes[0].axhline(0, color="grey", lw=1)
+    axes[0].set_ylim(min(-0.05, low - 0.05), 1.02)
+    axes[0].set_ylabel("R² (out-of-fold, pooled x and y)")
+    axes[0].set_title("decoded position: R²")
+    axes[1].axhline(float(np.nanmean(df["chance_median_error_px"])), color="grey", ls=":", lw=1.5,
+                    label="chance (training mean)")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_ylabel("median error (px)")
+    axes[1].set_title("decoded position: median error")
+    axes[2].set_ylim(0, 1)
+    axes[2].set_ylabel("fraction removed")
+    axes[2].set_title("neurons significant for any score")
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=90, fontsize=7)
+        ax.set_xlabel("layer")
+    axes[1].legend(fontsize=7)
+    if axes[2].lines:
+        axes[2].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+#: y-axis labels of the deficit measures of :data:`helpers.lesions.DEFICIT_METRICS`.
+DEFICIT_LABELS = {
+    "margin": "deficit in logit margin",
+    "p_target": "deficit in P(target)",
+    "correct": "deficit in performance",
+}
+
+
+def plot_double_dissociation(cells, *, names=("region", "opposite"), metrics=None, title: str | None = None,
+                             path: str | Path | None = None):
+    """Mean deficit (before − after) of each lesion on the stimuli in each region, with CIs.
+
+    One panel per metric: x = stimuli in region A / in region B; one line per
+    lesion (A's neurons, B's neurons, random neurons as a reference). A double
+    dissociation is a crossing: lesion A's line falls from A to B, lesion B's
+    rises.
+
+    Parameters
+    ----------
+    cells : :func:`helpers.lesions.dissociation_table` output (one model).
+    names : (label of region A, label of region B), e.g. ``("lower-left", "upper-right")``.
+    metrics : metrics to draw, default every metric in ``cells``.
+    """
+    metrics = list(dict.fromkeys(cells["metric"])) if metrics is None else list(metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    styles = {"region": ("C3", "o", f"lesion {names[0]} neurons", -0.06),
+              "opposite": ("C0", "s", f"lesion {names[1]} neurons", 0.06),
+              "random": ("0.5", "^", "lesion random neurons", 0.0)}
+    for ax, metric in zip(axes[0], metrics):
+        d = cells[cells["metric"] == metric]
+        for kind, (colour, marker, label, dx) in styles.items():
+            g = d[d["lesion"] == kind].set_index("stimuli").reindex(["region", "opposite"])
+            if g["mean_deficit"].isna().all():
+                continue
+            x = np.arange(2) + dx
+            err = np.abs(np.vstack([g["mean_deficit"] - g["ci_low"], g["ci_high"] - g["mean_deficit"]]))
+            ax.errorbar(x, g["mean_deficit"], yerr=err, color=colour, marker=marker, capsize=3, label=label,
+                        ls="--" if kind == "random" else "-")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_xticks([0, 1], [f"stimuli in\n{names[0]}", f"stimuli in\n{names[1]}"])
+        ax.set_xlim(-0.4, 1.4)
+        ax.set_ylabel(DEFICIT_LABELS.get(metric, metric) + " (before − after)")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title or "double dissociation")
     fig.tight_layout()
     return save(fig, path)

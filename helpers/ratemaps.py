@@ -88,8 +88,9 @@ def _check_activations(activations: np.ndarray, n: int) -> np.ndarray:
             f"activations must have one row per stimulus: positions has n = {n} rows, "
             f"activations has {act.shape[0]}"
         )
-    if not np.issubdtype(act.dtype, np.floating):
-        act = act.astype(np.float64)
+    # Every float dtype (float16 recordings included, which scipy.sparse refuses) and
+    # integers are accumulated in float64; a float64 array is not copied.
+    act = act.astype(np.float64, copy=False)
     if not np.all(np.isfinite(act)):
         raise ValueError("activations must be finite (no NaN or inf)")
     return act
@@ -197,7 +198,8 @@ def ratemaps_from_bins(
         ``row * bins + col`` per stimulus, ``-1`` to ignore a stimulus
         (see :func:`flat_bin_indices`).
     activations : ndarray, shape (n, k) or (n,)
-        Activation of each of ``k`` neurons for each stimulus.
+        Activation of each of ``k`` neurons for each stimulus; any float dtype
+        (float16, float32, float64), summed in float64.
     bins : int
         Bins per side (>= 2).
     sigma : float or None
@@ -223,7 +225,7 @@ def ratemaps_from_bins(
     cols = np.flatnonzero(keep)
     # One-hot (bins², n) matrix: one product sums every neuron at once.
     onehot = sp.csr_matrix(
-        (np.ones(cols.size, dtype=act.dtype), (idx[keep], cols)), shape=(bins * bins, idx.shape[0])
+        (np.ones(cols.size), (idx[keep], cols)), shape=(bins * bins, idx.shape[0])
     )
     sums = np.asarray(onehot @ act, dtype=np.float64).T.reshape(act.shape[1], bins, bins)
     occupancy = np.bincount(idx[keep], minlength=bins * bins).reshape(bins, bins).astype(np.int64)
@@ -289,7 +291,8 @@ def ratemaps(
         Stimulus centres ``(x, y)`` in pixels, ``y`` growing downwards.
     activations : ndarray, shape (n, k) or (n,)
         Activation of each of ``k`` neurons (a 1-D array is one neuron) for
-        each stimulus. Must be finite.
+        each stimulus. Must be finite. Any float dtype (float16 recordings
+        included); the maps are accumulated in float64.
     bins : int, default 20
         Bins per side (>= 2). Map row = y bin, column = x bin.
     extent : (xmin, xmax, ymin, ymax) or None

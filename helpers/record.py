@@ -103,6 +103,8 @@ STORAGE_DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16}
 
 #: Manifest file name and format tag.
 MANIFEST = "manifest.json"
+#: ``mmap_mode`` values of :func:`load_recording`: none of them can change a file.
+READ_MODES = ("r", "c", None)
 EMBEDDINGS = "embeddings.npy"
 FORMAT = "helpers.record/1"
 
@@ -131,6 +133,10 @@ class LayoutError(RuntimeError):
 
 class RecordingMismatchError(ValueError):
     """An existing recording was made with other stimuli, model or settings."""
+
+
+class CorruptRecordingError(RecordingMismatchError):
+    """A manifest or array file that cannot be parsed (truncated, overwritten, not ours)."""
 
 
 class IncompleteRecordingError(RuntimeError):
@@ -890,7 +896,15 @@ def read_manifest(path: str | Path) -> dict:
     p = p / MANIFEST if p.is_dir() or not p.suffix else p
     if not p.is_file():
         raise FileNotFoundError(f"no recording manifest at {p}; run notebooks/02_record.ipynb (helpers.record.record)")
-    return json.loads(p.read_text())
+    try:
+        man = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRecordingError(
+            f"{p} is corrupt ({type(e).__name__}); re-record with overwrite=True (make study FORCE=1)"
+        ) from None
+    if not isinstance(man, dict) or not isinstance(man.get("progress"), dict):
+        raise CorruptRecordingError(f"{p} is not a recording manifest; re-record with overwrite=True (make study FORCE=1)")
+    return man
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
@@ -916,11 +930,9 @@ def _file_name(layer: str) -> str:
     return f"{layer}.npy"
 
 
-def _clear_folder(folder: Path, old: Mapping | None) -> None:
-    """Delete a previous recording's files (manifest, embeddings, layer arrays)."""
+def _clear_folder(folder: Path) -> None:
+    """Delete a previous recording's files (manifest, embeddings, layer arrays); reads nothing."""
     files = {MANIFEST, MANIFEST + ".tmp", EMBEDDINGS}
-    if old:
-        files.update(a["file"] for a in old.get("arrays", {}).values())
     files.update(p.name for p in folder.glob("*.npy"))
     for f in files:
         (folder / f).unlink(missing_ok=True)
@@ -1039,11 +1051,10 @@ def record(
         "n_stimuli": n,
         "input_size": int(lm.input_size),
     }
+    if overwrite:  # never parse what is about to be deleted: a corrupt manifest must not block a rebuild
+        _clear_folder(folder)
     old = read_manifest(folder) if (folder / MANIFEST).is_file() else None
-    if overwrite:
-        _clear_folder(folder, old)
-        old = None
-    elif old is None and any(folder.glob("*.npy")):
+    if old is None and any(folder.glob("*.npy")):
         raise RecordingMismatchError(
             f"{folder} holds .npy files but no {MANIFEST}; refusing to mix. Pass overwrite=True to start fresh"
         )
@@ -1145,6 +1156,11 @@ def _to_storage(t: torch.Tensor, store_t: torch.dtype, name: str) -> np.ndarray:
 def _allocate(folder: Path, manifest: dict, host: Mapping[str, np.ndarray], emb: np.ndarray, n: int, store_np):
     from numpy.lib.format import open_memmap
 
+    from helpers.paths import require_free_space
+
+    item = np.dtype(store_np).itemsize
+    need = sum(n * int(np.prod(a.shape[1:])) * item for a in host.values()) + n * emb.shape[1] * 4
+    require_free_space(folder, need, f"recording {len(host)} layers of {n} stimuli")
     arrays = {}
     for nm, arr in host.items():
         shape = (n, *arr.shape[1:])
@@ -1185,7 +1201,11 @@ def _open_existing(folder: Path, manifest: Mapping, mode: str = "r"):
 def _open_checked(path: Path, spec: Mapping, mode: str) -> np.memmap:
     if not path.is_file():
         raise RecordingMismatchError(f"{path} is listed in the manifest but missing; pass overwrite=True to re-record")
-    arr = np.load(path, mmap_mode=mode)
+    try:
+        arr = np.load(path, mmap_mode=mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # numpy's own advice here would be an unsafe allow_pickle=True
+        raise CorruptRecordingError(f"{path} is not a readable .npy array ({type(e).__name__}); "
+                                    "re-record with overwrite=True (make study FORCE=1)") from None
     if list(arr.shape) != list(spec["shape"]) or arr.dtype.name != spec["dtype"]:
         raise RecordingMismatchError(
             f"{path} is {arr.shape} {arr.dtype}, manifest says {tuple(spec['shape'])} {spec['dtype']}; "
@@ -1212,9 +1232,10 @@ def load_recording(path: str | Path, *, allow_incomplete: bool = False, mmap_mod
     allow_incomplete : bool
         Also open an unfinished recording; arrays are then cut to the
         ``progress.n_done`` stimuli recorded so far.
-    mmap_mode : {"r", "r+", "c", None}
+    mmap_mode : {"r", "c", None}
         Passed to :func:`numpy.load`; ``"r"`` (default) maps read-only without
-        reading the data into RAM, ``None`` loads into memory.
+        reading the data into RAM, ``"c"`` is copy-on-write (the file never
+        changes), ``None`` loads into memory. Writable modes are refused.
 
     Returns
     -------
@@ -1231,6 +1252,8 @@ def load_recording(path: str | Path, *, allow_incomplete: bool = False, mmap_mod
     RecordingMismatchError
         A file is missing or its shape/dtype differs from the manifest.
     """
+    if mmap_mode not in READ_MODES:
+        raise ValueError(f"mmap_mode must be one of {READ_MODES} (load_recording only reads), got {mmap_mode!r}")
     folder = Path(path)
     man = read_manifest(folder)
     n_done = int(man["progress"]["n_done"])

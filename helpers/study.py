@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from helpers.params import validate
 from helpers.paths import REPO_ROOT, run_path
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -61,8 +66,17 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         k = k.strip().lower()
         if not k:
             raise ValueError(f"override {item!r} has an empty key")
-        out[k] = yaml.safe_load(v) if v != "" else ""
+        try:
+            out[k] = yaml.safe_load(v) if v != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     return out
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{getattr(e, 'problem', None) or e}{where}"
 
 
 def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -79,7 +93,10 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             p = REPO_ROOT / p
         if not p.is_file():
             raise FileNotFoundError(f"parameters file {path} not found")
-        doc = yaml.safe_load(p.read_text()) or {}
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"parameters file {p} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(doc, dict):
             raise ValueError(f"parameters file {p} must hold a mapping of name: value")
         params.update({str(k).lower(): v for k, v in doc.items()})
@@ -143,6 +160,7 @@ def run_study(
     force: bool = False,
     kernel: str = "python3",
     log_output: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Execute (or only prepare) the study notebooks into the run folder.
 
@@ -161,6 +179,9 @@ def run_study(
     force : bool
         Rerun every selected stage even when its inputs are unchanged, replacing
         its artefacts. The record of stages not selected is kept.
+    verify : bool
+        Re-hash every artefact; by default files over :data:`ALWAYS_HASH_BYTES`
+        are trusted while their size and mtime are unchanged.
 
     Notes
     -----
@@ -175,11 +196,12 @@ def run_study(
     Path
         The run folder.
     """
-    import papermill as pm
-
     nbs = notebooks()
     if stages:
-        wanted = {str(s).zfill(2) for s in stages}
+        known = {nb.name[:2] for nb in nbs}
+        wanted = {str(s).strip().zfill(2) for s in stages}
+        if not wanted <= known:
+            raise ValueError(f"stages must be among {sorted(known)}, got {sorted(wanted - known)}")
         nbs = [nb for nb in nbs if nb.name[:2] in wanted]
     declared = all_declared(notebooks())
     params = with_implied_model(params)
@@ -187,17 +209,32 @@ def run_study(
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; the notebooks declare: {sorted(declared)}")
     merged = {**declared, **params}
+    validate(merged)
     run_name = run or default_run_name(merged)
     folder = run_path(run_name)
     merged["run_dir"] = str(folder)
-    (folder / "params.yaml").write_text(yaml.safe_dump(dict(merged), sort_keys=True))
     if not prepare_only:
         preflight(merged)
+    with run_lock(folder):
+        _drop_scratch(folder)  # left by a killed run; never reused
+        try:
+            _run_stages(folder, nbs, merged, params, prepare_only=prepare_only, force=force, kernel=kernel,
+                        log_output=log_output, partial=bool(stages), verify=verify)
+        finally:
+            _drop_scratch(folder)
+    return folder
+
+
+def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str, Any], *, prepare_only: bool,
+                force: bool, kernel: str, log_output: bool, partial: bool, verify: bool) -> None:
+    """Run (or skip) each selected stage in order; see :func:`run_study`."""
+    import papermill as pm
+
     print(f"run folder: {folder}", flush=True)
     state = {} if prepare_only else _read_state(folder)
     t_all = time.perf_counter()
     cached = state.pop(HASH_CACHE, None)
-    hashes = _HashCache(cached if isinstance(cached, dict) else None)
+    hashes = _HashCache(cached if isinstance(cached, dict) else None, verify=verify)
     upstream = ""
     previous: tuple[str, ...] = ()
     for nb in notebooks():
@@ -218,6 +255,7 @@ def run_study(
             continue
         t0 = time.perf_counter()
         print(f"[{nb.stem}] {'preparing' if prepare_only else 'running'} …", flush=True)
+        (folder / "params.yaml").write_text(yaml.safe_dump(dict(merged), sort_keys=True))
         attempt = f"{nb.stem}.attempt"
         if not prepare_only and "overwrite" in nb_params and "overwrite" not in params:
             # Same inputs as an interrupted attempt: resume its artefacts. Other
@@ -230,32 +268,85 @@ def run_study(
         state[attempt] = key
         if not prepare_only:
             _write_state(folder, state, hashes)  # a failed stage must not look done
+        # Executed into a scratch name: a failed attempt never replaces the last good executed copy.
+        running = out if prepare_only else folder / f".{nb.stem}.running.ipynb"
         try:
             pm.execute_notebook(
                 str(nb),
-                str(out),
+                str(running),
                 parameters=nb_params,
                 kernel_name=kernel,
                 prepare_only=prepare_only,
                 progress_bar=False,
                 log_output=log_output,
                 cwd=str(REPO_ROOT),
+                extra_arguments=KERNEL_ARGS,
             )
         except pm.PapermillExecutionError as e:
-            raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {out}") from e
+            failed = folder / f"{nb.stem}.failed.ipynb"
+            if running.is_file():
+                os.replace(running, failed)
+            raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {failed}") from e
+        if running != out:
+            os.replace(running, out)
+            (folder / f"{nb.stem}.failed.ipynb").unlink(missing_ok=True)
         if not prepare_only:
             state[nb.stem] = key
             state[done] = artefacts_hash(folder, previous, hashes)
             _write_state(folder, state, hashes)
         print(f"[{nb.stem}] done in {time.perf_counter() - t0:.1f} s -> {out}", flush=True)
-    if not prepare_only and not stages:  # a partial run could leave stale downstream figures
+    if not prepare_only and not partial:  # a partial run could leave stale downstream figures
         from helpers.report import build_report
 
         report = build_report(folder)
         print(f"study finished in {time.perf_counter() - t_all:.1f} s; report: {report}", flush=True)
     else:
         print(f"done in {time.perf_counter() - t_all:.1f} s: {folder}", flush=True)
-    return folder
+
+
+#: Kernel options: ipykernel's warning about local TCP transport is noise on every run.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+
+LOCK_FILE = ".lock"
+
+
+class RunLocked(RuntimeError):
+    """Another live runner holds the run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path):
+    """Hold an exclusive lock on a run folder (``<run>/.lock``, holding the PID) while the block runs.
+
+    The lock is an ``flock``: the kernel drops it when its process dies, however
+    it dies, so a stale lock file from a killed runner is simply taken over.
+
+    Raises
+    ------
+    RunLocked
+        Another live process holds the folder; the message names its PID.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLocked(f"run folder {folder} is in use by another runner (PID {holder}); "
+                            "wait for it, or use another RUN=") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _drop_scratch(folder: Path) -> None:
+    """Delete scratch: the Perturb stage's residual-stream cache (gigabytes at blog scale), partial notebooks."""
+    shutil.rmtree(folder / "perturb" / "cache", ignore_errors=True)
+    for p in folder.glob(".*.running.ipynb"):  # a killed stage's partial executed copy
+        p.unlink(missing_ok=True)
 
 
 class StageFailed(RuntimeError):
@@ -309,16 +400,23 @@ def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str, artefacts: 
     return h.hexdigest()
 
 
-class _HashCache:
-    """SHA-256 of files, reused while a file's size and mtime are unchanged (as git's index does)."""
+#: Files up to this size are always re-hashed; larger ones (recordings) reuse the
+#: cached hash while size and mtime are unchanged, unless ``verify`` is set.
+ALWAYS_HASH_BYTES = 16 * 2**20
 
-    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+
+class _HashCache:
+    """SHA-256 of files; large files reuse it while size and mtime are unchanged (as git's index does)."""
+
+    def __init__(self, entries: Mapping[str, Any] | None = None, verify: bool = False) -> None:
         self.entries: dict[str, list] = dict(entries or {})
+        self.verify = verify
 
     def sha256(self, path: Path, rel: str) -> str:
         st = path.stat()
         hit = self.entries.get(rel)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        trusted = not self.verify and st.st_size > ALWAYS_HASH_BYTES
+        if trusted and hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             return hit[2]
         h = hashlib.sha256()
         with open(path, "rb") as f:
@@ -389,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prepare-only", action="store_true", help="inject parameters, don't execute")
     ap.add_argument("--log-output", action="store_true", help="echo notebook output")
     ap.add_argument("--force", action="store_true", help="rerun stages whose inputs are unchanged")
+    ap.add_argument("--verify", action="store_true", help="re-hash every artefact, large ones too")
     args = ap.parse_args(argv)
     from helpers.models import WeightsUnavailableError
 
@@ -401,10 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             prepare_only=args.prepare_only,
             force=args.force,
             log_output=args.log_output,
+            verify=args.verify,
         )
-    except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed) as e:
+    except (WeightsUnavailableError, ValueError, FileNotFoundError, StageFailed, RunLocked) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages are kept; the same command resumes", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -217,6 +217,24 @@ def test_attention_cls_equals_hook_recording(lm, images, cache):
     assert np.abs(L.attention_cls(tower, cache, 9) - rec[0].numpy()).max() <= TOL
 
 
+def test_recorded_attention_cls_is_read_only_from_a_matching_recording(lm, stim, cache, tmp_path):
+    from helpers import record
+
+    name = "visual.transformer.resblocks.9.attn"
+    record.record(lm, stim, tmp_path / "rec", layers=[name], batch_size=N_STIM, progress=False)
+    rec = record.load_recording(tmp_path / "rec")
+    rows = np.array([4, 1])
+    acts, _ = L.recorded_attention_cls(rec, lm, stim.hash, 9, rows)
+    assert np.abs(acts - L.attention_cls(L.visual_tower(lm.model), cache, 9)[rows]).max() <= TOL
+    assert L.recorded_attention_cls(rec, lm, stim.hash, 8, rows)[0] is None  # layer not recorded
+    for key, value in (("weights_hash", "0" * 16), ("tokens", "all")):
+        other = rec._replace(manifest={**rec.manifest, key: value})
+        assert L.recorded_attention_cls(other, lm, stim.hash, 9, rows)[0] is None
+    assert L.recorded_attention_cls(None, lm, stim.hash, 9, rows)[0] is None
+    with pytest.raises(ValueError, match="recording"):
+        L.recorded_attention_cls(rec, lm, "another stimulus set", 9, rows)
+
+
 # --------------------------------------------------------------------------- text lesions
 
 
@@ -322,31 +340,44 @@ def _tiny_cache(tower, x):
     return L.build_residual_cache(tower, [(x, np.arange(n))], n, progress=False)
 
 
+def _held_out(x, rc, bins):
+    """Leave-one-out selection values of the planted activations (unsmoothed maps, as built by hand)."""
+    return L.held_out_values(x[:, 0, :].numpy(), rc, bins, None)
+
+
 def test_planted_targeted_lesions_hurt_more_than_random():
     tower, task, x, positions, rc, fm, extent = _planted()
     assert np.array_equal(ratemaps.bin_indices(positions, fm.bins, extent), rc)
     cache = _tiny_cache(tower, x)
     props = [0, 0.05, 0.1, 0.2, 0.5, 1]
     df = L.targeted_lesion_study(
-        tower, cache, task, fm, rc, layer=1, proportions=props, n_random_seeds=4, batch_size=16, progress=False
+        tower, cache, task, _held_out(x, rc, fm.bins), layer=1, proportions=props, n_random_seeds=4, batch_size=16,
+        progress=False,
     )
     s = L.summarise_targeted(df).set_index(["condition", "proportion"])["mean"]
     assert s[("Targeted", 0.0)] == s[("Random", 0.0)] == 1.0  # every stimulus correct at baseline
     for p in (0.05, 0.1, 0.2, 0.5):
-        assert s[("Targeted", p)] == 0.0
-        assert s[("Targeted_Abs", p)] == 0.0
+        for rule in ("Targeted", "Targeted_Abs", "Targeted_raw"):
+            assert s[(rule, p)] == 0.0
         assert s[("Random", p)] > s[("Targeted", p)] + 0.2
     assert s[("Random", 1.0)] == s[("Targeted", 1.0)] == 0.0
     assert df.loc[df.condition == "Random", "seed"].nunique() == 4
+    # specificity: at 2 of 32 neurons each stimulus loses exactly its bin's two cells, shared by the 3 stimuli
+    # of its bin only (mean pairwise Jaccard over all 1128 pairs = 16 * 3 same-bin pairs / 1128)
+    j = df.set_index(["condition", "proportion"])["jaccard"]
+    assert j[("Targeted", 0.05)] == pytest.approx(48 / 1128) and np.isnan(j[("Targeted", 0.0)])
+    assert j[("Targeted", 1.0)] == 1.0 and (df.loc[df.proportion == 1.0, "n_common"] == fm.n_neurons).all()
 
 
 def test_planted_neuron_ranks_pick_the_active_cells():
-    _, _, _, _, rc, fm, _ = _planted()
-    ranks = L.neuron_ranks(fm, rc, "Targeted")
+    _, _, x, _, rc, fm, _ = _planted()
+    hv = _held_out(x, rc, fm.bins)
     flat = rc[:, 0] * fm.bins + rc[:, 1]
-    assert (ranks[np.arange(len(rc)), 2 * flat] < 2).all() and (ranks[np.arange(len(rc)), 2 * flat + 1] < 2).all()
-    r1, r2 = L.neuron_ranks(fm, rc, "Random", seed=1), L.neuron_ranks(fm, rc, "Random", seed=1)
-    assert np.array_equal(r1, r2) and not np.array_equal(r1, L.neuron_ranks(fm, rc, "Random", seed=2))
+    for rule in ("Targeted", "Targeted_Abs", "Targeted_raw"):
+        ranks = L.neuron_ranks(hv, rule)
+        assert (ranks[np.arange(len(rc)), 2 * flat] < 2).all() and (ranks[np.arange(len(rc)), 2 * flat + 1] < 2).all()
+    r1, r2 = L.neuron_ranks(hv, "Random", seed=1), L.neuron_ranks(hv, "Random", seed=1)
+    assert np.array_equal(r1, r2) and not np.array_equal(r1, L.neuron_ranks(hv, "Random", seed=2))
     assert np.array_equal(np.sort(r1, axis=1), np.tile(np.arange(fm.n_neurons), (len(rc), 1)))
 
 

@@ -330,6 +330,47 @@ def test_mismatched_recording_is_refused(lm, stim16, ref16, whash, tmp_path):
         assert np.abs(a.astype(np.float32) - ref[k]).max() <= 2e-3 * max(1.0, np.abs(ref[k]).max())
 
 
+def _copy_folder(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+@pytest.mark.parametrize("mode", ["w", "w+", "r+", "readwrite"])
+def test_load_recording_never_opens_files_for_writing(ref16, tmp_path, mode):
+    d = _copy_folder(ref16, tmp_path / "copy")
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    with pytest.raises(ValueError, match="mmap_mode"):
+        R.load_recording(d, mmap_mode=mode)
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+    man, arrays, _ = R.load_recording(d, mmap_mode="c")  # copy-on-write: writes stay in memory
+    first = next(iter(arrays.values()))
+    first[:] = 0
+    assert {f.name: f.read_bytes() for f in d.iterdir()} == before
+
+
+def test_corrupt_manifest_and_array_are_named_and_overwrite_rebuilds(lm, stim16, ref16, whash, tmp_path):
+    d = _copy_folder(ref16, tmp_path / "copy")
+    m = d / R.MANIFEST
+    m.write_bytes(m.read_bytes()[: m.stat().st_size // 2])  # truncated mid-file
+    for call in (lambda: R.load_recording(d), lambda: R.record(lm, stim16, d, progress=False, weights_hash=whash)):
+        with pytest.raises(R.CorruptRecordingError, match=str(m)):
+            call()
+    m.write_bytes(b"\xff\xfe" + b"\x00" * 40)  # not even UTF-8
+    with pytest.raises(R.CorruptRecordingError):
+        R.load_recording(d)
+    man = R.record(lm, stim16, d, overwrite=True, progress=False, weights_hash=whash)  # --force rebuilds
+    assert man["complete"]
+    _, got, _ = R.load_recording(d)
+    _, want, _ = R.load_recording(ref16)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    npy = d / next(iter(R.read_manifest(d)["arrays"].values()))["file"]
+    npy.write_bytes(b"\x93NUMPY junk that is no array header")
+    with pytest.raises(R.CorruptRecordingError, match=npy.name):
+        R.load_recording(d)
+
+
 def test_conditions_seeds():
     specs = R.condition_specs("random", seed=0, random_seed=1)
     assert specs == {"model": {"weights": "random", "seed": 0}, "random": {"weights": "random", "seed": 1}}

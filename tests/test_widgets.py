@@ -134,3 +134,10 @@ def test_plot_score_distributions_and_fraction_significant(tmp_path):
     random_line = [ln for ln in fig.axes[0].lines if ln.get_label() == "random"][0]
     np.testing.assert_allclose(random_line.get_ydata(), [0.1, 0.1, 0.1])
     plt.close(fig)
+    pooled = {cond: {layer: {n: np.arange(10) < 6 for n in ("si", "grid", "border")} for layer in LAYERS}
+              for cond in ("model", "random")}
+    fig = plot_fraction_significant(sig, pooled_by_condition=pooled, path=tmp_path / "frac2.png")
+    pooled_line = [ln for ln in fig.axes[1].lines if ln.get_label() == "model, pooled null"][0]
+    np.testing.assert_allclose(pooled_line.get_ydata(), [0.6, 0.6, 0.6])
+    assert pooled_line.get_linestyle() == "--"
+    plt.close(fig)

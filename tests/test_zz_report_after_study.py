@@ -15,7 +15,9 @@ from test_report import check_report
 
 RUN = DATA_DIR / "_nbval"
 EXPECTED_FIGURES = ("design_", "record_", "analyse_top_ratemaps_", "analyse_fraction_significant",
-                    "perturb_layer_lesions_", "perturb_targeted_", "perturb_spatial_")
+                    "analyse_decoding",
+                    "perturb_layer_lesions_", "perturb_targeted_", "perturb_spatial_",
+                    "perturb_double_dissociation_")
 
 
 def test_report_of_the_small_study():
@@ -27,6 +29,7 @@ def test_report_of_the_small_study():
     names = [i["data-file"] for i in doc.imgs]
     for prefix in EXPECTED_FIGURES:
         assert any(n.startswith(prefix) for n in names), f"no {prefix}* figure in the report"
-    for table in ("zeroshot.csv", "significance.csv", "layer_lesions.csv", "targeted_lesions.csv"):
+    for table in ("zeroshot.csv", "significance.csv", "decoding.csv", "layer_lesions.csv", "targeted_lesions.csv",
+                  "spatial_localisation.csv", "spatial_dissociation.csv"):
         assert table in doc.tables, table
     assert any(row[0] == "weights_hash" for row in doc.tables["model.json"])

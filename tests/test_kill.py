@@ -1,0 +1,117 @@
+"""Killing a study (issue 12): no kernel outlives its runner, and an interrupted recording resumes byte-identically.
+
+Real processes and real signals: a runner executing a stub notebook through
+papermill, and a recording in a child interpreter killed with SIGKILL.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import record
+from helpers.paths import REPO_ROOT
+from helpers.stimuli import make_stimuli
+
+DRIVER = """
+import signal, sys
+from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in the background
+from helpers import study
+study.NOTEBOOK_DIR = Path(sys.argv[1])
+study.preflight = lambda params: None
+sys.exit(study.main(["--run", sys.argv[2]]))
+"""
+
+
+def _stub_notebook(folder: Path) -> None:
+    cells = [
+        {"id": "p", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "run_dir = 'x'\n",
+         "outputs": [], "execution_count": None},
+        {"id": "b", "cell_type": "code", "metadata": {},
+         "source": "import os, time\nfrom pathlib import Path\n"
+                   "Path(run_dir, 'kernel.pid').write_text(str(os.getpid()))\ntime.sleep(600)\n",
+         "outputs": [], "execution_count": None},
+    ]
+    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                       "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}
+    folder.mkdir()
+    (folder / "01_sleep.ipynb").write_text(json.dumps(nb))
+
+
+def _wait_for(predicate, what: str, limit: float = 120.0) -> None:
+    """Liveness bound for a process event (generous: the machine may be loaded); not a speed assertion."""
+    end = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {limit:.0f} s")
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_no_kernel_outlives_its_runner(tmp_path, sig):
+    nbs, run = tmp_path / "nb", tmp_path / "run"
+    _stub_notebook(nbs)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    runner = subprocess.Popen([sys.executable, "-c", DRIVER, str(nbs), str(run)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (run / "kernel.pid").is_file() and (run / "kernel.pid").read_text(), "the kernel start")
+        kernel = int((run / "kernel.pid").read_text())
+        runner.send_signal(sig)
+        runner.wait(timeout=120)
+        _wait_for(lambda: not _alive(kernel), f"the kernel's exit after {sig.name}")
+    finally:
+        runner.kill()
+        runner.communicate()
+    if sig == signal.SIGINT:
+        assert runner.returncode == 130
+        assert not list(run.glob(".*.running.ipynb"))
+
+
+CHILD = """
+import sys, time
+from helpers import models, record, stimuli
+lm = models.load_model("ViT-B-32", "random", device="cpu", seed=0)
+def slow(info):
+    print("batch", info["n_done"], flush=True)
+    time.sleep(30)  # killed here, after the first batch was flushed
+record.record(lm, stimuli.make_stimuli(12, seed=2), sys.argv[1], batch_size=4, progress=False, on_batch=slow)
+"""
+
+
+def test_a_recording_killed_with_sigkill_resumes_byte_identically(vit_random, tmp_path):
+    stim = make_stimuli(12, seed=2)
+    record.record(vit_random, stim, tmp_path / "ref", batch_size=4, progress=False)
+    record_dir = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(record_dir)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "batch 4"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert record.read_manifest(record_dir)["progress"]["n_done"] == 4
+    record.record(vit_random, stim, record_dir, batch_size=4, progress=False)
+    for f in sorted((tmp_path / "ref").glob("*.npy")):
+        assert (record_dir / f.name).read_bytes() == f.read_bytes(), f.name
+    _, got, _ = record.load_recording(record_dir)
+    _, want, _ = record.load_recording(tmp_path / "ref")
+    assert all(np.array_equal(got[k], want[k]) for k in want)
