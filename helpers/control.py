@@ -108,7 +108,7 @@ class TrainConfig:
 
     variant: str
     seed: int = 0
-    steps: int = 400
+    steps: int = 700
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.05
