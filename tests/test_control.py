@@ -84,6 +84,10 @@ def test_positives_count_true_captions_and_never_identical_ones_as_negatives():
     want = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 1, 0]], bool)
     assert np.array_equal(C.positives(batch, uniq), want)
     assert C.caption("circle", "red", 6) == "a red circle in the lower left"
+    # cells are row-major with row 0 at the top (y grows downwards): planted centres
+    x, y = np.array([10.0, 200.0, 112.0, 10.0]), np.array([10.0, 10.0, 112.0, 220.0])
+    assert C.cell_of(x, y).tolist() == [0, 2, 4, 6]
+    assert [C.LOCATIONS[k] for k in C.cell_of(x, y)] == ["upper left", "upper right", "centre", "lower left"]
 
 
 def test_contrastive_loss_matches_a_direct_computation_and_duplicates_are_not_negatives():
