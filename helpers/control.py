@@ -512,6 +512,18 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
     caps = "for half of the shape images the caption also names the 3x3 cell of the centre" if cfg.variant == "spatial" else "captions never name a location"
     load = f"{np.mean(res.load):.2f} (min {np.min(res.load):.2f}, max {np.max(res.load):.2f})" if res.load else "n/a"
     final = np.mean([h["loss"] for h in res.history[-50:]])
+    before = np.mean([h["loss"] for h in res.history[-100:-50]]) if len(res.history) >= 100 else float("nan")
+    checks = {
+        "circle vs empty >= 0.98": h["circle_vs_empty"] >= 0.98,
+        "shape-only circles >= 0.9": h["shape_only_circle"] >= 0.9,
+        ("location >= 0.8" if cfg.variant == "spatial" else "location near chance (<= 0.2)"): (
+            h["location"] >= 0.8 if cfg.variant == "spatial" else h["location"] <= 0.2
+        ),
+    }
+    status = (
+        f"**Targets reached:** {', '.join(k for k, ok in checks.items() if ok) or 'none'}. "
+        f"**Missed:** {', '.join(k for k, ok in checks.items() if not ok) or 'none'}."
+    )
     lines = [
         f"# control-{cfg.variant}: a small CLIP trained on synthetic shapes ({'with' if cfg.variant == 'spatial' else 'without'} location words)",
         "",
@@ -542,7 +554,8 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16 (avx512_bf16): {'yes' if _native_bf16() else 'no'};",
         f"- training wall time **{res.wall_s / 60:.1f} min**; 1-min load average during training {load} on {os.cpu_count()} cores "
         "(other jobs shared the machine);",
-        f"- final loss (mean of last 50 steps) {final:.3f}.",
+        f"- final loss (mean of last 50 steps) {final:.3f}; the 50 steps before: {before:.3f}"
+        f"{' (still falling: more steps would help)' if final < before - 0.01 else ''}.",
         "",
         f"![loss curve]({plot_file.name})",
         "",
@@ -554,6 +567,8 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         f"| 3-way shape accuracy on black circles, squares, triangles (mean of the three; chance 0.333) | {h['shape_accuracy']:.3f} | {sm['shape_accuracy']:.3f} | (no target; exposes ties) |",
         f"| 9-way location accuracy, \"a black circle in the <cell>\" (circles >= 10 px from cell borders; chance 0.111) | {h['location']:.3f} | {sm['location']:.3f} | "
         f"{'>= 0.8' if cfg.variant == 'spatial' else 'near chance'} |",
+        "",
+        status,
         "",
         "## Retrain",
         "```",
