@@ -4,6 +4,7 @@
 #   make study WEIGHTS=random N_STIMULI=300
 #   make study PARAMS=params/quick.yaml RUN=look
 #   make test                        whole test suite, nbval included
+#   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
 #
 # Overrides (empty = take the value from PARAMS or the notebook default):
 #   MODEL WEIGHTS N_STIMULI SEED DEVICE DTYPE BATCH_SIZE LAYER RUN PARAMS
@@ -38,7 +39,7 @@ SETS := $(if $(MODEL),model=$(MODEL)) \
 
 NBVAL_RUN := $(CURDIR)/data/_nbval
 
-.PHONY: install study test clean-nbval
+.PHONY: install study test clean-nbval control-models
 .DEFAULT_GOAL := study
 
 $(STAMP): pyproject.toml
@@ -62,3 +63,9 @@ test: $(STAMP)
 
 clean-nbval:
 	rm -rf $(NBVAL_RUN)
+
+# The positive controls (helpers/control.py): trains control-spatial and
+# control-nonspatial from scratch on the CPU and rewrites weights/ (weights,
+# loss curves, model cards). Slow; never part of `make test` or CI.
+control-models: $(STAMP)
+	$(PY) -m helpers.control --variant both

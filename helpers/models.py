@@ -15,6 +15,11 @@ a local file (``.pt``, ``.pth``, ``.bin`` or ``.safetensors``)
 ``"random"``
     open_clip's own initialisation, after ``torch.manual_seed(seed)``; the same
     seed gives a bit-identical state dict. This is the blog's control condition.
+``"control-spatial"``, ``"control-nonspatial"``
+    The positive controls trained here (:mod:`helpers.control`), committed
+    under ``weights/``. They exist only for the model ``ViT-B-32-control``:
+    the weights name implies the model (:func:`model_for_weights`), and any
+    other ``model`` is refused with an error naming both parameters.
 
 Zero-shot classification follows Radford et al. (2021), "Learning Transferable
 Visual Models From Natural Language Supervision": L2-normalised image and text
@@ -167,10 +172,36 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def available_models() -> list[str]:
-    """Model names open_clip can build."""
+    """Model names open_clip can build (including ``ViT-B-32-control``, registered here)."""
     import open_clip
 
+    from helpers import control
+
+    control.register_model_config()
     return list(open_clip.list_models())
+
+
+def model_for_weights(weights: str) -> str | None:
+    """The model that named ``weights`` belong to (``"ViT-B-32-control"`` for the
+    control weights), or None when ``weights`` fit any model (tags, files, random)."""
+    from helpers import control
+
+    return control.CONTROL_MODEL if control.weights_variant(str(weights)) else None
+
+
+def _control_weights_file(name: str, weights: str) -> Path:
+    """The committed file of control ``weights``, after checking ``name`` is their model."""
+    from helpers import control
+
+    if name != control.CONTROL_MODEL:
+        raise ValueError(
+            f"weights={weights!r} belong to model={control.CONTROL_MODEL!r}, but model={name!r} was given; "
+            f"leave model unset (the weights name implies it) or pass model={control.CONTROL_MODEL!r}"
+        )
+    path = control.WEIGHTS[weights]
+    if not path.is_file():
+        raise ValueError(f"weights={weights!r}: file {path} is missing; `make control-models` trains it")
+    return path
 
 
 def _check_model_name(name: str) -> None:
@@ -337,6 +368,9 @@ def check_weights_available(
     _check_model_name(name)
     if weights == RANDOM:
         return [], []
+    if model_for_weights(weights):
+        path = _control_weights_file(name, weights)
+        return [path], [str(path)]
     if is_checkpoint_path(weights):
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -369,7 +403,8 @@ def load_model(
         open_clip model name, e.g. ``"ViT-B-32"``.
     weights : str
         A pretrained tag (default ``"openai"``), a path to a ``.pt``/``.safetensors``
-        checkpoint, or ``"random"``.
+        checkpoint, ``"random"``, or ``"control-spatial"``/``"control-nonspatial"``
+        (only with ``name="ViT-B-32-control"``).
     device : str or torch.device
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
     dtype : str or torch.dtype
@@ -419,6 +454,10 @@ def load_model(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ValueError(f"weights={weights!r} looks like a checkpoint path but no such file exists")
+        model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
+        extra["checkpoint"] = str(path.resolve())
+    elif model_for_weights(weights):
+        path = _control_weights_file(name, weights)
         model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
         extra["checkpoint"] = str(path.resolve())
     else:

@@ -84,7 +84,7 @@ def _spec() -> dict[str, Param]:
     seed = Param(_int(0), "an integer >= 0")
     return {
         "model": Param(_text, "an open_clip model name"),
-        "weights": Param(_text, "a pretrained tag, a .pt/.safetensors path or 'random'"),
+        "weights": Param(_text, "a pretrained tag, a .pt/.safetensors path, 'random', or 'control-spatial'/'control-nonspatial'"),
         "n_stimuli": Param(_int(1), "an integer >= 1"),
         "seed": seed,
         "random_seed": seed,

@@ -80,7 +80,12 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 
 
 def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Merge a YAML parameters file and overrides (overrides win)."""
+    """Merge a YAML parameters file and overrides (overrides win).
+
+    Weights that imply their model (``weights=control-spatial``) given as an
+    override also replace the file's ``model``, unless ``model`` is overridden
+    too (a mismatch then fails in :func:`preflight`, naming both).
+    """
     params: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -95,7 +100,14 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         if not isinstance(doc, dict):
             raise ValueError(f"parameters file {p} must hold a mapping of name: value")
         params.update({str(k).lower(): v for k, v in doc.items()})
-    params.update(overrides or {})
+    overrides = dict(overrides or {})
+    params.update(overrides)
+    if "weights" in overrides and "model" not in overrides:
+        from helpers import models
+
+        implied = models.model_for_weights(str(overrides["weights"]))
+        if implied:
+            params["model"] = implied
     return params
 
 
@@ -112,6 +124,22 @@ def default_run_name(params: Mapping[str, Any]) -> str:
     """``<model>_<weights>_n<n_stimuli>``, e.g. ``ViT-B-32_random_n300``."""
     w = Path(str(params.get("weights", "openai"))).stem
     return f"{params.get('model', 'ViT-B-32')}_{w}_n{params.get('n_stimuli', 3000)}"
+
+
+def with_implied_model(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` plus ``model`` when the weights imply it and it was not given.
+
+    ``weights=control-spatial`` implies ``model=ViT-B-32-control``
+    (:func:`helpers.models.model_for_weights`); an explicit other ``model`` is
+    kept here and refused by :func:`preflight` with both names.
+    """
+    from helpers import models
+
+    out = dict(params)
+    implied = models.model_for_weights(str(out.get("weights", "")))
+    if implied and "model" not in out:
+        out["model"] = implied
+    return out
 
 
 def preflight(params: Mapping[str, Any]) -> None:
@@ -176,6 +204,7 @@ def run_study(
             raise ValueError(f"stages must be among {sorted(known)}, got {sorted(wanted - known)}")
         nbs = [nb for nb in nbs if nb.name[:2] in wanted]
     declared = all_declared(notebooks())
+    params = with_implied_model(params)
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; the notebooks declare: {sorted(declared)}")

@@ -1,0 +1,172 @@
+"""The positive-control CLIPs (helpers/control.py): data, loss, reproducible
+training, the committed weights and their loading through load_model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import control as C
+from helpers import models, stimuli
+
+
+def _state(cfg):
+    res = C.train(cfg, progress=False, eval_n=0)
+    return {k: v.clone() for k, v in res.model.state_dict().items()}, [h["loss"] for h in res.history]
+
+
+def test_training_steps_bit_reproducible_for_a_seed_and_differ_for_another():
+    cfg = C.TrainConfig("spatial", seed=3, steps=2, batch_size=6, warmup=1)
+    a, la = _state(cfg)
+    b, lb = _state(cfg)
+    c, lc = _state(C.TrainConfig("spatial", seed=4, steps=2, batch_size=6, warmup=1))
+    assert la == lb
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert la != lc
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    # training changed the weights
+    init = C.build_model(3).state_dict()
+    assert not torch.equal(a["visual.conv1.weight"], init["visual.conv1.weight"])
+
+
+def test_architecture_has_vit_b32_token_geometry():
+    m = C.build_model(0)
+    x = C.to_input(np.full((1, 224, 224, 3), 255, np.uint8))
+    tokens = []
+    h = m.visual.transformer.resblocks[9].register_forward_hook(lambda mod, i, o: tokens.append(o.shape))
+    with torch.no_grad():
+        m.encode_image(x)
+    h.remove()
+    assert len(m.visual.transformer.resblocks) == 12
+    assert tokens[0][:2] == (1, 50) and 128 <= tokens[0][2] <= 256
+    assert m.visual.conv1.kernel_size == (32, 32) and m.visual.conv1.stride == (32, 32)
+
+
+def test_to_input_equals_open_clip_preprocess_of_the_rendered_stimulus():
+    stim = stimuli.make_stimuli(3, seed=1, shapes=("circle", "triangle"), colours=("red", "black"))
+    pre = __import__("open_clip").image_transform(224, is_train=False)
+    ref = torch.stack([pre(stimuli.render_pil(stim, i)) for i in range(3)])
+    got = C.to_input(np.stack([stimuli.render(stim, i) for i in range(3)]))
+    assert torch.allclose(got, ref, atol=1e-6)
+
+
+def test_sample_batch_is_seeded_and_only_the_spatial_variant_names_locations():
+    sp = C.TrainConfig("spatial", batch_size=200)
+    ns = C.TrainConfig("nonspatial", batch_size=200)
+    a, b = C.sample_batch(sp, [0, 5]), C.sample_batch(sp, [0, 5])
+    assert a.captions == b.captions and np.array_equal(a.images, b.images)
+    assert a.captions != C.sample_batch(sp, [0, 6]).captions
+    named = a.cap_cell >= 0
+    assert 0.3 < named.mean() < 0.7
+    assert np.array_equal(a.cap_cell[named], C.cell_of(a.x, a.y)[named])  # the caption names the true cell
+    n = C.sample_batch(ns, [0, 5])
+    assert not any(" in the " in c for c in n.captions)
+    # same seed, same images in both variants: only the captions differ
+    assert np.array_equal(n.images, a.images)
+    empty = a.shape == ""
+    assert empty.any() and (a.images[empty] == 255).all()
+    assert all(c == C.EMPTY_CAPTION for c in np.asarray(a.captions)[empty])
+    # a rendered shape is visible in its own image (not only at clipped edges)
+    assert (a.images[~empty].min(axis=(1, 2, 3)) < 255).mean() > 0.95
+
+
+def test_positives_count_true_captions_and_never_identical_ones_as_negatives():
+    batch = C.Batch(
+        images=np.zeros((3, 1, 1, 3), np.uint8),
+        shape=np.array(["circle", "circle", ""]),
+        colour=np.array(["red", "black", ""]),
+        cell=np.array([6, 4, -1]),
+        x=np.zeros(3), y=np.zeros(3),
+        cap_colour=np.array(["", "", ""]), cap_cell=np.array([-1, -1, -1]),
+    )
+    uniq = [("circle", "", -1), ("circle", "red", 6), ("circle", "black", -1), ("", "", -1), ("square", "", -1)]
+    want = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 1, 0]], bool)
+    assert np.array_equal(C.positives(batch, uniq), want)
+    assert C.caption("circle", "red", 6) == "a red circle in the lower left"
+    # cells are row-major with row 0 at the top (y grows downwards): planted centres
+    x, y = np.array([10.0, 200.0, 112.0, 10.0]), np.array([10.0, 10.0, 112.0, 220.0])
+    assert C.cell_of(x, y).tolist() == [0, 2, 4, 6]
+    assert [C.LOCATIONS[k] for k in C.cell_of(x, y)] == ["upper left", "upper right", "centre", "lower left"]
+
+
+def test_contrastive_loss_matches_a_direct_computation_and_duplicates_are_not_negatives():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, generator=g)
+    pos = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    li = np.mean([-np.mean([torch.log_softmax(logits[i], 0)[j] for j in np.flatnonzero(pos[i])]) for i in range(4)])
+    lt = np.mean([-np.mean([torch.log_softmax(logits[:, j], 0)[i] for i in np.flatnonzero(pos[:, j])]) for j in range(3)])
+    assert float(C.contrastive_loss(logits, pos)) == pytest.approx((li + lt) / 2, rel=1e-6)
+    # two images with the same caption, both matched perfectly: the loss goes to 0
+    big = torch.tensor([[50.0, -50.0], [50.0, -50.0], [-50.0, 50.0]])
+    dup = torch.tensor([[1, 0], [1, 0], [0, 1]], dtype=torch.bool)
+    # only the entropy of the uniform target over caption 0's two images remains: (0 + log(2) / 2) / 2
+    assert float(C.contrastive_loss(big, dup)) == pytest.approx(np.log(2) / 4, abs=1e-6)
+
+
+@pytest.mark.parametrize("weights", sorted(C.WEIGHTS))
+def test_committed_weights_load_through_load_model_and_reproduce_the_card(weights):
+    path = C.WEIGHTS[weights]
+    assert path.stat().st_size <= 40e6
+    lm = models.load_model(C.CONTROL_MODEL, weights, device="cpu")
+    assert lm.name == C.CONTROL_MODEL and not lm.quick_gelu
+    doc = json.loads(path.with_suffix(".json").read_text())
+    got = C.evaluate(lm.model, lm.tokenizer, n=C.N_SMALL)
+    assert got == pytest.approx(doc["metrics"]["small"], abs=1e-9)
+    assert got["circle_vs_empty"] >= 0.95
+    card = path.with_suffix(".md").read_text()
+    assert f"{doc['metrics']['heldout']['circle_vs_empty']:.3f}" in card
+    assert (path.parent / f"{weights}_loss.png").is_file()
+
+
+def test_control_weights_imply_their_model_and_refuse_another():
+    assert models.model_for_weights("control-spatial") == C.CONTROL_MODEL
+    assert models.model_for_weights("random") is None and models.model_for_weights("openai") is None
+    with pytest.raises(ValueError, match="model"):
+        models.load_model("ViT-B-32", "control-spatial", device="cpu")
+    with pytest.raises(ValueError, match="model"):
+        models.check_weights_available("ViT-B-32", "control-nonspatial")
+    from helpers.study import load_params, with_implied_model
+
+    # an override of the weights carries its model past the preset's model: ViT-B-32
+    assert load_params("params/blog.yaml", {"weights": "control-spatial"})["model"] == C.CONTROL_MODEL
+    assert load_params("params/blog.yaml", {"weights": "control-spatial", "model": "ViT-B-32"})["model"] == "ViT-B-32"
+    assert load_params("params/blog.yaml", {"weights": "random"})["model"] == "ViT-B-32"
+
+    assert with_implied_model({"weights": "control-spatial"})["model"] == C.CONTROL_MODEL
+    assert with_implied_model({"weights": "control-spatial", "model": "ViT-B-32"})["model"] == "ViT-B-32"
+    assert "model" not in with_implied_model({"weights": "random"})
+    # the random control of a control study is the control architecture, seeded
+    r = models.load_model(C.CONTROL_MODEL, "random", seed=1, device="cpu")
+    assert r.model.visual.conv1.weight.shape == C.build_model(0).visual.conv1.weight.shape
+    assert C.CONTROL_MODEL in models.available_models()
+
+
+def test_a_study_stage_on_a_control_model_sees_the_circle_and_conv1_lesion_removes_it():
+    """Layer-lesion stage (helpers.lesions) on the committed spatial control: only what training guarantees."""
+    from helpers import lesions as L
+
+    lm = models.load_model(C.CONTROL_MODEL, "control-spatial", device="cpu")
+    stim = stimuli.make_stimuli(32, seed=11)  # the study's design: black circles, 20-80 px, anywhere
+
+    def batches():
+        return stimuli.iter_batches(stim, lm.preprocess, 16)
+
+    cache = L.build_residual_cache(L.visual_tower(lm.model), batches(), len(stim), progress=False)
+    row = L.layer_lesion_study(lm, cache, batches, units=["visual.conv1"], progress=False).iloc[0]
+    assert row.baseline_performance >= 0.95
+    assert row.performance in (0.0, 1.0)  # every stimulus now gets the same decision
+    # the image content is gone: circles and empty images share one embedding, so circle-vs-empty is at chance
+    images = np.concatenate([np.stack([stimuli.render(stim, i) for i in range(8)]), np.full((8, 224, 224, 3), 255, np.uint8)])
+    with torch.no_grad():
+        before = lm.model.encode_image(C.to_input(images), normalize=True)
+        with L.lesion(lm.model, "visual.conv1"):
+            after = lm.model.encode_image(C.to_input(images), normalize=True)
+    assert not torch.allclose(before, before[:1].expand_as(before), atol=1e-3)
+    assert torch.allclose(after, after[:1].expand_as(after), atol=1e-5)
+    task = L.zero_shot_task(lm)  # "a black circle" vs "an empty image"
+    truth = np.r_[np.ones(8, bool), np.zeros(8, bool)]  # circle?
+    for feats, lo, hi in ((before, 0.95, 1.0), (after, 0.5, 0.5)):
+        said_circle, _ = task.decide(feats)
+        balanced = ((said_circle == truth)[truth].mean() + (said_circle == truth)[~truth].mean()) / 2
+        assert lo <= balanced <= hi
