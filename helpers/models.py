@@ -454,7 +454,7 @@ def load_model(
         path = Path(weights).expanduser()
         if not path.is_file():
             raise ValueError(f"weights={weights!r} looks like a checkpoint path but no such file exists")
-        model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
+        model = _create_from_file(open_clip, name, path, qg)
         extra["checkpoint"] = str(path.resolve())
     elif model_for_weights(weights):
         path = _control_weights_file(name, weights)
@@ -493,6 +493,33 @@ def load_model(
         quick_gelu=qg,
         extra=extra,
     )
+
+
+def _create_from_file(open_clip, name: str, path: Path, quick_gelu: bool):
+    """Build ``name`` from a local checkpoint, loaded safely (``torch.load(weights_only=True)`` or safetensors).
+
+    A file that is not a plain state_dict (arbitrary pickled objects, junk, a
+    truncated file) is refused naming the file; torch's own message would
+    suggest ``weights_only=False``, i.e. running the file's code.
+    """
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's pickle-protocol chatter
+            return open_clip.create_model(name, pretrained=str(path), force_quick_gelu=quick_gelu)
+    except RuntimeError as e:
+        if "size mismatch" in str(e) or "Missing key" in str(e) or "Unexpected key" in str(e):
+            raise ValueError(f"weights={str(path)!r} holds weights of another architecture than model={name!r}") from None
+        raise ValueError(_unsafe_checkpoint_message(path, e)) from None
+    except Exception as e:  # UnpicklingError, EOFError, IndexError, ... from a file that is no checkpoint
+        raise ValueError(_unsafe_checkpoint_message(path, e)) from None
+
+
+def _unsafe_checkpoint_message(path: Path, e: Exception) -> str:
+    return (f"weights={str(path)!r} is not a safe checkpoint ({type(e).__name__}): expected a state_dict that "
+            "torch.load(weights_only=True) can read, or a .safetensors file. It is not loaded any other way, "
+            "because unpickling arbitrary objects can run code.")
 
 
 @contextlib.contextmanager

@@ -171,3 +171,29 @@ def test_input_size_from_config_without_weights():
     assert models.input_size("ViT-L-14-336") == 336
     with pytest.raises(ValueError, match="model="):
         models.input_size("nope")
+
+
+def test_a_file_that_is_no_safe_checkpoint_is_refused_by_name_and_never_executed(vit_random, tmp_path):
+    import pickle
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:  # unpickling this would run code
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    files = {"junk.pt": b"not a checkpoint", "evil.pt": pickle.dumps({"w": Payload()}),
+             "cut.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":"}
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as err:
+            models.load_model("ViT-B-32", str(path), device="cpu")
+        assert str(path) in str(err.value) and "weights_only=False" not in str(err.value)
+    assert not marker.exists()
+    wrong = tmp_path / "b32.safetensors"  # a real checkpoint of another architecture
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in vit_random.model.state_dict().items()}, str(wrong))
+    with pytest.raises(ValueError, match="ViT-B-16"):
+        models.load_model("ViT-B-16", str(wrong), device="cpu")
