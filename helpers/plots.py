@@ -432,17 +432,8 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     df : pandas.DataFrame
         :func:`helpers.lesions.targeted_lesion_study` output.
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, value, ylabel in zip(axes, ("performance", "p_target"),
-                                 ('performance ("a black circle")', "mean P(target prompt)")):
-        _rule_curves(ax, df, value)
-        ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title or f"lesions in residual block {layer}")
-    fig.tight_layout()
-    return save(fig, path)
+    panels = {"performance": 'performance ("a black circle")', "p_target": "mean P(target prompt)"}
+    return _rule_panels(df, panels, n_neurons, title or f"lesions in residual block {layer}", path)
 
 
 def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
@@ -461,15 +452,20 @@ def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: s
         ``jaccard``, ``n_common``, ``n_ablated``).
     """
     d = df[df["n_ablated"] > 0].assign(shared=lambda t: t["n_common"] / t["n_ablated"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, value, ylabel in zip(axes, ("jaccard", "shared"),
-                                 ("mean Jaccard between two stimuli's sets", "fraction lesioned for every stimulus")):
-        _rule_curves(ax, d, value)
+    panels = {"jaccard": "mean Jaccard between two stimuli's sets", "shared": "fraction lesioned for every stimulus"}
+    return _rule_panels(d, panels, n_neurons, title or f"selection specificity in residual block {layer}", path)
+
+
+def _rule_panels(df, panels: dict[str, str], n_neurons: int, title: str, path):
+    """One panel per column of ``panels`` (column -> y label): a curve per selection rule vs proportion ablated."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(10, 3.8))
+    for ax, (value, ylabel) in zip(axes, panels.items()):
+        _rule_curves(ax, df, value)
         ax.set_xlabel(f"proportion of neurons ablated (n={n_neurons})")
         ax.set_ylabel(ylabel)
         ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title or f"selection specificity in residual block {layer}")
+    fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
 
