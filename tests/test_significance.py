@@ -61,6 +61,21 @@ def test_untuned_neurons_of_every_distribution_family_are_significant_at_the_nom
             assert 0.02 <= rate <= 0.08, (score, family, rate)
 
 
+def test_grid_score_significance_is_calibrated_in_every_family_too():
+    """The grid score's per-neuron test on untuned neurons, on 10 x 10 maps (the quick preset's size, cheap).
+
+    1000 neurons per family: binomial SD 0.0069, so [0.02, 0.08] is +- 4.3 SD (seeds 30-32 gave 0.036-0.060).
+    """
+    rng = np.random.default_rng(30)
+    k = 1000
+    pos = rng.uniform(0, 224, size=(1500, 2))
+    res = score_layers(pos, {"layer": _untuned(rng, 1500, k)}, **{**SETTINGS, "bins": 10}, n_shuffles=19,
+                       seed=31, scores=("grid",), progress=False)
+    sig = res["significant"]["layer"]["grid"]
+    for i, family in enumerate(FAMILIES):
+        assert 0.02 <= sig[i * k:(i + 1) * k].mean() <= 0.08, family
+
+
 def test_planted_place_cells_are_found_whatever_their_neighbours():
     """60 place cells beside 100 sparse untuned neurons: found by SI, exactly as without the neighbours.
 
