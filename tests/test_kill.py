@@ -1,7 +1,9 @@
-"""Killing a study (issue 12): no kernel outlives its runner, and an interrupted recording resumes byte-identically.
+"""Killing a study (issue 12): no kernel outlives its runner, an interrupted recording resumes byte-identically,
+and a study killed during 04 leaves no cache after the rerun and the same tables.
 
 Real processes and real signals: a runner executing a stub notebook through
-papermill, and a recording in a child interpreter killed with SIGKILL.
+papermill, a recording in a child interpreter, and the real 04 notebook on a
+copy of the nbval run folder (skipped when nbval has not run first).
 """
 
 import json
@@ -115,3 +117,56 @@ def test_a_recording_killed_with_sigkill_resumes_byte_identically(vit_random, tm
     _, got, _ = record.load_recording(record_dir)
     _, want, _ = record.load_recording(tmp_path / "ref")
     assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+PERTURB_SMALL = ["n_lesion_stimuli=16", "proportions=[0,1]", "n_random_seeds=1", "n_control_seeds=1",
+                 "include_random=false", "n_permutations=50", "n_bootstrap=50"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().split(")")[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(tmp_path):
+    """SIGKILL while 04 fills its residual cache, then the same command: no cache, tables as an uninterrupted run's."""
+    import shutil
+
+    from helpers.paths import DATA_DIR
+
+    nbval = DATA_DIR / "_nbval"
+    if not (nbval / "analysis" / "scores.csv").is_file():  # checked at run time, after nbval ran 01 -> 03
+        pytest.skip("needs the small study of `make test` (data/_nbval executed by nbval)")
+    skip = shutil.ignore_patterns("perturb", "figures", "*.ipynb", "report.html", ".*")
+    cmd = lambda run: [sys.executable, "-m", "helpers.study", "--params", "params/nbval.yaml", "--run", str(run),
+                       "--stages", "04", "--set", *PERTURB_SMALL]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for d in (ref, run):
+        shutil.copytree(nbval, d, ignore=skip)
+    subprocess.run(cmd(ref), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
+
+    runner = subprocess.Popen(cmd(run), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (run / "perturb" / "cache").is_dir(), "04's residual cache", limit=600)
+        kernels = _children(runner.pid)
+        assert kernels, "the runner's kernel was not found among its children"
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=60)
+        for k in kernels:  # the orphaned kernel must stop writing before the rerun
+            _wait_for(lambda: not _alive(k), "the kernel's exit")
+    finally:
+        runner.kill()
+    assert (run / "perturb" / "cache").is_dir()  # what a killed study leaves behind
+    subprocess.run(cmd(run), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
+    assert not (run / "perturb" / "cache").exists()
+    tables = sorted(p.name for p in (ref / "perturb").glob("*.csv"))
+    assert tables and tables == sorted(p.name for p in (run / "perturb").glob("*.csv"))
+    for name in tables:
+        assert (run / "perturb" / name).read_bytes() == (ref / "perturb" / name).read_bytes(), name
