@@ -48,3 +48,27 @@ def test_enough_room_is_not_refused(tmp_path):
     paths.require_free_space(tmp_path, 1024, "a small file")
     with pytest.raises(paths.DiskSpaceError):
         paths.require_free_space(tmp_path, 2**62, "an impossible file")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 1 MiB tmpfs (needs root and mount rights; skipped where the sandbox refuses)."""
+    import subprocess
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_real_full_disk_gives_the_clear_error_and_keeps_earlier_artefacts(vit_random, small_tmpfs):
+    earlier = small_tmpfs / "zeroshot.csv"
+    earlier.write_text("label,p\ncircle,0.5\n")
+    with pytest.raises(paths.DiskSpaceError, match=str(small_tmpfs / "model")):
+        record.record(vit_random, make_stimuli(16, seed=1), small_tmpfs / "model", batch_size=8, progress=False)
+    assert earlier.read_text() == "label,p\ncircle,0.5\n"
+    assert not list((small_tmpfs / "model").glob("*.npy"))
