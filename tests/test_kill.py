@@ -88,7 +88,8 @@ def test_no_kernel_outlives_its_runner(tmp_path, sig):
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from helpers import models, record, stimuli
 lm = models.load_model("ViT-B-32", "random", device="cpu", seed=0)
 def slow(info):
@@ -98,7 +99,8 @@ record.record(lm, stimuli.make_stimuli(12, seed=2), sys.argv[1], batch_size=4, p
 """
 
 
-def test_a_recording_killed_with_sigkill_resumes_byte_identically(vit_random, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_killed_recording_resumes_byte_identically(vit_random, tmp_path, sig):
     stim = make_stimuli(12, seed=2)
     record.record(vit_random, stim, tmp_path / "ref", batch_size=4, progress=False)
     record_dir = tmp_path / "killed"
@@ -106,7 +108,7 @@ def test_a_recording_killed_with_sigkill_resumes_byte_identically(vit_random, tm
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(record_dir)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "batch 4"
-        child.send_signal(signal.SIGKILL)
+        child.send_signal(sig)
         child.wait(timeout=60)
     finally:
         child.kill()
@@ -135,8 +137,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(tmp_path):
-    """SIGKILL while 04 fills its residual cache, then the same command: no cache, tables as an uninterrupted run's."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(tmp_path, sig):
+    """A signal while 04 fills its residual cache, then the same command: no cache, tables as an uninterrupted run's."""
     import shutil
 
     from helpers.paths import DATA_DIR
@@ -157,13 +160,14 @@ def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables
         _wait_for(lambda: (run / "perturb" / "cache").is_dir(), "04's residual cache", limit=600)
         kernels = _children(runner.pid)
         assert kernels, "the runner's kernel was not found among its children"
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=60)
+        runner.send_signal(sig)
+        runner.wait(timeout=120)
         for k in kernels:  # the orphaned kernel must stop writing before the rerun
             _wait_for(lambda: not _alive(k), "the kernel's exit")
     finally:
         runner.kill()
-    assert (run / "perturb" / "cache").is_dir()  # what a killed study leaves behind
+    # SIGKILL leaves the cache behind (the rerun removes it); Ctrl-C removes it on the way out
+    assert (run / "perturb" / "cache").is_dir() == (sig == signal.SIGKILL)
     subprocess.run(cmd(run), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
     assert not (run / "perturb" / "cache").exists()
     tables = sorted(p.name for p in (ref / "perturb").glob("*.csv"))
