@@ -81,10 +81,11 @@ def test_no_kernel_outlives_its_runner(tmp_path, sig):
         _wait_for(lambda: not _alive(kernel), f"the kernel's exit after {sig.name}")
     finally:
         runner.kill()
-        runner.communicate()
+        runner.wait()
     if sig == signal.SIGINT:
         assert runner.returncode == 130
         assert not list(run.glob(".*.running.ipynb"))
+    assert "without encryption" not in runner.stderr.read()  # ipykernel's TCP warning is silenced
 
 
 CHILD = """
@@ -174,3 +175,44 @@ def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables
     assert tables and tables == sorted(p.name for p in (run / "perturb").glob("*.csv"))
     for name in tables:
         assert (run / "perturb" / name).read_bytes() == (ref / "perturb" / name).read_bytes(), name
+
+
+def test_a_study_killed_during_02_resumes_to_the_same_recordings(tmp_path):
+    """SIGKILL after 02 has flushed a batch, then the same command: recordings byte-identical to nbval's."""
+    import shutil
+
+    from helpers.paths import DATA_DIR
+
+    nbval = DATA_DIR / "_nbval"
+    if not (nbval / "recordings" / "random" / "manifest.json").is_file():
+        pytest.skip("needs the small study of `make test` (data/_nbval executed by nbval)")
+    run = tmp_path / "run"
+    shutil.copytree(nbval, run, ignore=shutil.ignore_patterns("recordings", "analysis", "perturb", "figures",
+                                                              "*.ipynb", "report.html", ".*"))
+    cmd = [sys.executable, "-m", "helpers.study", "--params", "params/nbval.yaml", "--run", str(run), "--stages", "02"]
+    manifest = run / "recordings" / "model" / "manifest.json"
+
+    def part_done() -> bool:
+        try:
+            man = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            return False
+        return man["progress"]["n_done"] > 0
+
+    runner = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(part_done, "02's first flushed batch", limit=600)
+        kernels = _children(runner.pid)
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(timeout=60)
+        for k in kernels:
+            _wait_for(lambda: not _alive(k), "the kernel's exit")
+    finally:
+        runner.kill()
+    assert not json.loads(manifest.read_text())["complete"]  # killed mid-recording, not after it
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
+    for cond in ("model", "random"):
+        want = sorted((nbval / "recordings" / cond).glob("*.npy"))
+        assert want and [p.name for p in want] == sorted(p.name for p in (run / "recordings" / cond).glob("*.npy"))
+        for f in want:
+            assert (run / "recordings" / cond / f.name).read_bytes() == f.read_bytes(), f"{cond}/{f.name}"
