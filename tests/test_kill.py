@@ -124,6 +124,28 @@ def test_a_killed_recording_resumes_byte_identically(vit_random, tmp_path, sig):
 
 PERTURB_SMALL = ["n_lesion_stimuli=16", "proportions=[0,1]", "n_random_seeds=1", "n_control_seeds=1",
                  "include_random=false", "n_permutations=50", "n_bootstrap=50"]
+NO_OUTPUTS = ("perturb", "figures", "*.ipynb", "report.html", ".*")
+
+
+def _perturb_cmd(run: Path) -> list[str]:
+    return [sys.executable, "-m", "helpers.study", "--params", "params/nbval.yaml", "--run", str(run),
+            "--stages", "04", "--set", *PERTURB_SMALL]
+
+
+@pytest.fixture(scope="module")
+def perturb_reference(tmp_path_factory):
+    """An uninterrupted small 04 on a copy of the nbval run folder (checked at run time, after nbval ran)."""
+    import shutil
+
+    from helpers.paths import DATA_DIR
+
+    nbval = DATA_DIR / "_nbval"
+    if not (nbval / "analysis" / "scores.csv").is_file():
+        pytest.skip("needs the small study of `make test` (data/_nbval executed by nbval)")
+    ref = tmp_path_factory.mktemp("perturb") / "ref"
+    shutil.copytree(nbval, ref, ignore=shutil.ignore_patterns(*NO_OUTPUTS))
+    subprocess.run(_perturb_cmd(ref), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
+    return nbval, ref
 
 
 def _children(pid: int) -> list[int]:
@@ -139,24 +161,14 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(tmp_path, sig):
+def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(perturb_reference, tmp_path, sig):
     """A signal while 04 fills its residual cache, then the same command: no cache, tables as an uninterrupted run's."""
     import shutil
 
-    from helpers.paths import DATA_DIR
-
-    nbval = DATA_DIR / "_nbval"
-    if not (nbval / "analysis" / "scores.csv").is_file():  # checked at run time, after nbval ran 01 -> 03
-        pytest.skip("needs the small study of `make test` (data/_nbval executed by nbval)")
-    skip = shutil.ignore_patterns("perturb", "figures", "*.ipynb", "report.html", ".*")
-    cmd = lambda run: [sys.executable, "-m", "helpers.study", "--params", "params/nbval.yaml", "--run", str(run),
-                       "--stages", "04", "--set", *PERTURB_SMALL]
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    for d in (ref, run):
-        shutil.copytree(nbval, d, ignore=skip)
-    subprocess.run(cmd(ref), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
-
-    runner = subprocess.Popen(cmd(run), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nbval, ref = perturb_reference
+    run = tmp_path / "run"
+    shutil.copytree(nbval, run, ignore=shutil.ignore_patterns(*NO_OUTPUTS))
+    runner = subprocess.Popen(_perturb_cmd(run), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: (run / "perturb" / "cache").is_dir(), "04's residual cache", limit=600)
         kernels = _children(runner.pid)
@@ -169,7 +181,7 @@ def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables
         runner.kill()
     # SIGKILL leaves the cache behind (the rerun removes it); Ctrl-C removes it on the way out
     assert (run / "perturb" / "cache").is_dir() == (sig == signal.SIGKILL)
-    subprocess.run(cmd(run), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
+    subprocess.run(_perturb_cmd(run), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
     assert not (run / "perturb" / "cache").exists()
     tables = sorted(p.name for p in (ref / "perturb").glob("*.csv"))
     assert tables and tables == sorted(p.name for p in (run / "perturb").glob("*.csv"))
