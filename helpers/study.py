@@ -100,14 +100,7 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         if not isinstance(doc, dict):
             raise ValueError(f"parameters file {p} must hold a mapping of name: value")
         params.update({str(k).lower(): v for k, v in doc.items()})
-    overrides = dict(overrides or {})
-    params.update(overrides)
-    if "weights" in overrides and "model" not in overrides:
-        from helpers import models
-
-        implied = models.model_for_weights(str(overrides["weights"]))
-        if implied:
-            params["model"] = implied
+    params.update(with_implied_model(overrides or {}))  # an implied model beats the file's, not an explicit one
     return params
 
 
