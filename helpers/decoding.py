@@ -46,6 +46,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
+from helpers.ratemaps import _check_positions as check_positions
+
 __all__ = ["LAMBDAS", "fold_indices", "fit_ridge", "decode_position", "significant_any", "decoding_table"]
 
 #: Default ridge penalties per training stimulus (λ = α / n_train), log-spaced.
@@ -74,13 +76,9 @@ def _check_lambdas(lambdas) -> np.ndarray:
 
 
 def _check_positions(positions) -> np.ndarray:
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.ndim != 2 or pos.shape[1] != 2:
-        raise ValueError(f"positions must have shape (n, 2) holding (x, y) in pixels, got shape {pos.shape}")
+    pos = check_positions(positions)  # (n, 2), finite, float64
     if pos.shape[0] < 3:
         raise ValueError(f"positions must hold at least 3 stimuli, got {pos.shape[0]}")
-    if not np.all(np.isfinite(pos)):
-        raise ValueError("positions must be finite (no NaN or inf)")
     return pos
 
 
