@@ -796,6 +796,12 @@ class ZeroShotTask:
         lg = self.logits(image_features)
         return lg[:, self.target] - np.delete(lg, self.target, axis=1).max(axis=1)
 
+    def assigned(self, image_features: np.ndarray | torch.Tensor, label: str) -> np.ndarray:
+        """(n,) bool: prompt ``label`` has a strictly larger logit than every other (ties fail)."""
+        lg = self.logits(image_features)
+        j = self.labels.index(label)
+        return lg[:, j] > np.delete(lg, j, axis=1).max(axis=1)
+
     def decide(self, image_features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-stimulus decisions.
 
@@ -852,6 +858,8 @@ def layer_lesion_study(
     batches: Callable[[], Iterable[tuple[torch.Tensor, np.ndarray]]],
     *,
     prompts: Mapping[str, str] | None = None,
+    control_images: torch.Tensor | None = None,
+    control_label: str = "empty",
     mode: str = "all",
     sublayers: bool = False,
     units: Sequence[str] | None = None,
@@ -873,6 +881,12 @@ def layer_lesion_study(
         The cached stimuli in cache order, for the full-forward conv1 lesion.
     prompts : mapping, optional
         Default ``CIRCLE_VS_EMPTY``; the first label is the target.
+    control_images : (m, 3, H, W) tensor, optional
+        Preprocessed images that should get ``control_label``, e.g. the blank
+        canvas (:func:`helpers.stimuli.blank_input`). Adds ``control_performance``
+        (fraction assigned ``control_label``) and ``balanced_performance`` (mean of
+        the two): a lesion that removes the image gives every image the same answer,
+        which scores 0.5 here but can keep ``performance`` (the blog's, targets only) at 1.
     mode : {"weights", "all"}
     sublayers : bool
         Also lesion attention and MLP sublayers separately.
@@ -886,7 +900,8 @@ def layer_lesion_study(
     pandas.DataFrame
         One row per unit: ``tower, unit, label, block, part, mode, performance,
         p_target, baseline_performance, baseline_p_target, delta, n_stimuli``
-        (``delta`` = performance - baseline).
+        (``delta`` = performance - baseline), plus ``control_performance``,
+        ``balanced_performance`` and their baselines with ``control_images``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -899,6 +914,12 @@ def layer_lesion_study(
     base_task = zero_shot_task(lm, prompts)
     target = base_task.labels[base_task.target]
     base_correct, base_p = base_task.decide(cache.embeddings)
+    if control_images is not None:
+        if control_label not in base_task.labels or control_label == target:
+            raise ValueError(f"control_label must be a non-target prompt label {base_task.labels}, got {control_label!r}")
+        control = [(control_images, np.arange(len(control_images)))]
+        base_ctrl = embed_images(tower, control, len(control_images))
+        base_ctrl_perf = base_task.assigned(base_ctrl, control_label).mean()
     todo = lesion_units(lm.model, sublayers or units is not None)
     if units is not None:
         known = {u.name for u in todo}
@@ -912,21 +933,29 @@ def layer_lesion_study(
             if unit.tower == "text":
                 task = zero_shot_task(lm, prompts, target)
                 feats = cache.embeddings
-            elif unit.block is None:
-                task = base_task
-                feats = embed_images(tower, batches(), cache.n)
+                ctrl = None if control_images is None else base_ctrl
             else:
                 task = base_task
-                feats = embed_from_cache(tower, cache, unit.block, batch_size=batch_size)
+                if unit.block is None:
+                    feats = embed_images(tower, batches(), cache.n)
+                else:
+                    feats = embed_from_cache(tower, cache, unit.block, batch_size=batch_size)
+                ctrl = None if control_images is None else embed_images(tower, control, len(control_images))
             correct, p = task.decide(feats)
-        rows.append(
-            dict(
-                tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
-                performance=correct.mean(), p_target=p.mean(),
-                baseline_performance=base_correct.mean(), baseline_p_target=base_p.mean(),
-                delta=correct.mean() - base_correct.mean(), n_stimuli=cache.n,
-            )
+        row = dict(
+            tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
+            performance=correct.mean(), p_target=p.mean(),
+            baseline_performance=base_correct.mean(), baseline_p_target=base_p.mean(),
+            delta=correct.mean() - base_correct.mean(), n_stimuli=cache.n,
         )
+        if ctrl is not None:
+            ctrl_perf = task.assigned(ctrl, control_label).mean()
+            row.update(
+                control_performance=ctrl_perf, baseline_control_performance=base_ctrl_perf,
+                balanced_performance=(row["performance"] + ctrl_perf) / 2,
+                baseline_balanced_performance=(row["baseline_performance"] + base_ctrl_perf) / 2,
+            )
+        rows.append(row)
     df = pd.DataFrame(rows)
     df["block"] = df["block"].astype("Int64")
     return df

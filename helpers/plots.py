@@ -357,17 +357,23 @@ def plot_fraction_significant(
 def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None = None):
     """Performance per lesioned unit, visual and text towers, with the baseline (blog's layer-lesion figure).
 
+    Bars: ``balanced_performance`` (mean over the circles and the blank canvas;
+    0.5 = every image gets the same answer) when the table has it, else the
+    blog's ``performance`` (circles only), which is then drawn as black ticks.
+
     Parameters
     ----------
     df : pandas.DataFrame
         :func:`helpers.lesions.layer_lesion_study` output (columns ``tower,
-        label, part, performance, baseline_performance``).
+        label, part, performance, baseline_performance``, optionally ``balanced_performance``).
     """
+    balanced = "balanced_performance" in df.columns
+    value = "balanced_performance" if balanced else "performance"
     towers = [t for t in ("visual", "text") if (df["tower"] == t).any()]
     fig, axes = plt.subplots(1, len(towers), figsize=(6.5 * len(towers), 3.8), squeeze=False, sharey=True)
     parts = [p for p in ("conv1", "block", "attn", "mlp") if (df["part"] == p).any()]
     colours = {"conv1": "C3", "block": "C0", "attn": "C1", "mlp": "C2"}
-    base = float(df["baseline_performance"].iloc[0])
+    base = float(df[f"baseline_{value}"].iloc[0])
     for ax, tower in zip(axes[0], towers):
         d = df[df["tower"] == tower].reset_index(drop=True)
         groups = list(dict.fromkeys(d["block"].astype("float").fillna(-1).astype(int)))
@@ -382,15 +388,20 @@ def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None 
                 x = x + width * (1 + ["attn", "mlp"].index(p)) - width
             elif len(parts) > 2:
                 x = x - width
-            ax.bar(x, dp["performance"], width=width if p != "conv1" else 0.8, color=colours[p],
-                   label=p if p != "conv1" else "conv1")
+            w = width if p != "conv1" else 0.8
+            ax.bar(x, dp[value], width=w, color=colours[p], label=p)
+            if balanced:
+                ax.scatter(x, dp["performance"], marker="_", s=120 * w, color="k", zorder=3,
+                           label="circles only (blog)" if p == parts[0] else None)
         ax.axhline(base, color="k", ls="--", lw=1, label="baseline")
+        if balanced:
+            ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance (one answer for all)")
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(["conv1" if g < 0 else str(g) for g in groups], fontsize=8)
         ax.set_xlabel("lesioned unit (resblock index)")
         ax.set_title(f"{tower} tower")
         ax.set_ylim(0, 1.02)
-    axes[0, 0].set_ylabel('performance ("a black circle")')
+    axes[0, 0].set_ylabel("balanced performance (circles, blank)" if balanced else 'performance ("a black circle")')
     axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         fig.suptitle(title)

@@ -300,6 +300,17 @@ def render_pil(stim: StimulusSet, i: int):
     return Image.fromarray(render(stim, i), mode="RGB")
 
 
+def blank_input(stim: StimulusSet, preprocess):
+    """The stimulus set's canvas with no shape (background only), preprocessed: (1, 3, H, W).
+
+    The control image of the zero-shot task ("an empty image")."""
+    from PIL import Image
+
+    img = np.empty((stim.canvas, stim.canvas, 3), dtype=np.uint8)
+    img[:] = COLOURS[stim.params["background"]]
+    return preprocess(Image.fromarray(img, mode="RGB")).unsqueeze(0)
+
+
 def mean_image(stim: StimulusSet, *, progress: bool = False) -> np.ndarray:
     """Mean over all stimuli of the rendered images: (canvas, canvas, 3) float in [0, 255].
 

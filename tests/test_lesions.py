@@ -254,20 +254,23 @@ def test_text_lesion_with_cached_images_equals_full_recomputation(lm, images, ca
 def test_layer_lesion_study_matches_naive_rows(lm, stim, images, cache):
     units = ["visual.conv1", "visual.transformer.resblocks.10", "visual.transformer.resblocks.2.attn",
              "transformer.resblocks.5"]
+    blank = stimuli.blank_input(stim, lm.preprocess)
     df = L.layer_lesion_study(
-        lm, cache, lambda: stimuli.iter_batches(stim, lm.preprocess, N_STIM), mode="all", units=units,
-        progress=False,
+        lm, cache, lambda: stimuli.iter_batches(stim, lm.preprocess, N_STIM), control_images=blank, mode="all",
+        units=units, progress=False,
     )
     assert set(df["unit"]) == set(units) and list(df["tower"]) == ["visual"] * 3 + ["text"]  # canonical order
     assert (df["baseline_performance"] == df["baseline_performance"].iloc[0]).all()
     tokens = lm.tokenizer(list(models.CIRCLE_VS_EMPTY.values()))
     for unit in units:  # naive: everything recomputed under the lesion
         with L.lesion(lm.model, unit, "all"), torch.no_grad():
-            img, txt, scale = lm.model(images, tokens)
+            img, txt, scale = lm.model(torch.cat([images, blank]), tokens)
             p = (scale * img @ txt.T).softmax(-1)[:, 0].numpy()
         row = df.set_index("unit").loc[unit]
-        assert abs(row["p_target"] - p.mean()) <= TOL
-        assert row["performance"] == (p > 0.5).mean()
+        assert abs(row["p_target"] - p[:-1].mean()) <= TOL
+        assert row["performance"] == (p[:-1] > 0.5).mean()
+        assert row["control_performance"] == float(p[-1] < 0.5)  # the blank should be "an empty image"
+        assert row["balanced_performance"] == (row["performance"] + row["control_performance"]) / 2
     with pytest.raises(ValueError, match="units"):
         L.layer_lesion_study(lm, cache, lambda: [], units=["visual.resblocks.1"], progress=False)
 
