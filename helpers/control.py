@@ -10,21 +10,22 @@ Architecture
     ``ViT-B-32-control`` (``helpers/model_configs/ViT-B-32-control.json``,
     registered with open_clip by :func:`register_model_config`): the token
     geometry of ViT-B/32 (224-px input, 32-px patches, 7x7 patches + class
-    token = 50 tokens, 12 visual residual blocks) at width 192, and a 4-block,
+    token = 50 tokens, 12 visual residual blocks) at width 128, and a 4-block,
     width-128 text tower with open_clip's own tokenizer (CLIP BPE, context 24).
 Data
     Circles, squares and triangles in black, red, green or blue on white,
     diameter uniform in 20–80 px, centres anywhere on the 224-px canvas (the
-    blog's distribution), plus empty (all-white) images. Captions from
-    :func:`caption`: "a circle", "a red square", "an empty image", and, in the
-    ``spatial`` variant only, "... in the lower left" for part of the images
-    (the location is the 3x3 cell of the shape's centre).
-Loss
-    Symmetric InfoNCE (Radford et al. 2021) over the *distinct* captions of a
-    batch, with multi-positive soft targets: a caption counts as a positive of
-    every image it truly describes ("a circle" is true of a red circle in the
-    lower left). Identical captions, and captions that are true of an image
-    without being its own, are therefore never pushed apart as negatives.
+    blog's distribution), plus empty (all-white) images.
+Captions and loss
+    Symmetric InfoNCE (Radford et al. 2021) between a batch's images and the
+    whole caption :func:`vocabulary` of the variant ("a circle", "a red
+    square", "an empty image"; ``spatial`` adds "... in the lower left" for
+    the 3x3 cell of the centre), with multi-positive soft targets: a caption
+    is a positive of every image it truly describes. The false captions of
+    the vocabulary are hard negatives in the sense of NegCLIP (Yuksekgonul et
+    al. 2023): "a red circle in the upper left" competes with "... in the
+    lower left" for every red circle, so shape, colour and location must each
+    be seen.
 
 Named weights ``control-spatial`` and ``control-nonspatial`` (:data:`WEIGHTS`)
 are committed under ``weights/`` in float16 safetensors with a model card each;
@@ -98,24 +99,18 @@ class TrainConfig:
 
     ``steps`` optimiser steps of ``batch_size`` images; AdamW with linear
     warm-up over ``warmup`` steps then cosine decay to 0, gradient norm
-    clipped at 1. ``threads`` is torch's CPU thread count: 1 by default, because
-    on the shared 2-core machine 2 threads ran 4-5x slower per step (OpenMP
-    threads waiting for each other under oversubscription). A fraction
-    ``p_empty`` of images is empty; a caption names the colour with
-    probability ``p_colour`` and (variant ``spatial`` only) the location with
-    probability ``p_location``.
+    clipped at 1; ``threads`` is torch's CPU thread count (1 is faster per
+    core on a shared machine). A fraction ``p_empty`` of images is empty.
     """
 
     variant: str
     seed: int = 0
-    steps: int = 700
+    steps: int = 1500
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup: int = 50
+    warmup: int = 100
     p_empty: float = 0.15
-    p_colour: float = 0.5
-    p_location: float = 0.5
     diameter: tuple[float, float] = (20.0, 80.0)
     bf16: bool = True
     threads: int = 1
@@ -128,17 +123,15 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("p_empty", "p_colour", "p_location"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not 0.0 <= self.p_empty < 1.0:
+            raise ValueError(f"p_empty must be in [0, 1), got {self.p_empty!r}")
 
 
 @dataclass
 class Batch:
-    """A synthetic batch. ``images``: (n, 224, 224, 3) uint8; per-image ``shape``
-    (``""`` when empty), ``colour``, ``cell`` (3x3 cell of the centre, -1 when
-    empty), and the caption's attributes ``cap_colour``/``cap_cell`` (``""``/-1
-    when the caption does not name them)."""
+    """A synthetic batch. ``images``: (n, 224, 224, 3) uint8; per image its
+    ``shape`` and ``colour`` (``""`` when empty), ``cell`` (3x3 cell of the
+    centre, -1 when empty) and centre ``x, y`` in canvas pixels."""
 
     images: np.ndarray
     shape: np.ndarray
@@ -146,12 +139,18 @@ class Batch:
     cell: np.ndarray
     x: np.ndarray
     y: np.ndarray
-    cap_colour: np.ndarray
-    cap_cell: np.ndarray
 
-    @property
-    def captions(self) -> list[str]:
-        return [caption(s, c, k) for s, c, k in zip(self.shape, self.cap_colour, self.cap_cell)]
+
+Caption = tuple  # (shape, colour, cell): "" / "" / -1 where the caption does not name it
+
+
+def vocabulary(variant: str) -> list[Caption]:
+    """Every caption of a variant as ``(shape, colour, cell)``: "an empty image",
+    and each shape with its colour named or not; ``spatial`` adds each of these
+    with each of the 9 cells ("a red circle in the lower left"). 16 captions
+    (nonspatial) or 151 (spatial)."""
+    cells = (-1, *range(9)) if variant == "spatial" else (-1,)
+    return [("", "", -1)] + [(s, c, k) for s in SHAPES for c in ("", *COLOURS) for k in cells]
 
 
 def caption(shape: str, colour: str = "", cell: int = -1) -> str:
@@ -171,7 +170,7 @@ def cell_of(x: np.ndarray, y: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
 
 
 def sample_batch(cfg: TrainConfig, seed: int | Sequence[int], n: int | None = None) -> Batch:
-    """Draw and render ``n`` (default ``cfg.batch_size``) image–caption pairs.
+    """Draw and render ``n`` (default ``cfg.batch_size``) images with their attributes.
 
     Shapes are drawn and rendered by :func:`helpers.stimuli.make_stimuli` and
     :func:`helpers.stimuli.render` (centres anywhere on the canvas, shapes
@@ -185,8 +184,6 @@ def sample_batch(cfg: TrainConfig, seed: int | Sequence[int], n: int | None = No
         n, seed=int(rng.integers(2**31)), diameter=cfg.diameter, shapes=SHAPES, colours=COLOURS, canvas=CANVAS
     )
     empty = rng.random(n) < cfg.p_empty
-    name_colour = rng.random(n) < cfg.p_colour
-    name_loc = (rng.random(n) < cfg.p_location) if cfg.variant == "spatial" else np.zeros(n, bool)
     images = np.full((n, CANVAS, CANVAS, 3), 255, dtype=np.uint8)
     for i in np.flatnonzero(~empty):
         images[i] = stimuli.render(stim, int(i))
@@ -200,8 +197,6 @@ def sample_batch(cfg: TrainConfig, seed: int | Sequence[int], n: int | None = No
         cell=cell,
         x=stim.x,
         y=stim.y,
-        cap_colour=np.where(name_colour & ~empty, colour, ""),
-        cap_cell=np.where(name_loc & ~empty, cell, -1),
     )
 
 
@@ -216,15 +211,15 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return (x - mean) / std
 
 
-def positives(batch: Batch, uniq: Sequence[tuple[str, str, int]]) -> np.ndarray:
+def positives(batch: Batch, captions: Sequence[Caption]) -> np.ndarray:
     """(n_images, n_captions) bool: caption ``(shape, colour, cell)`` is true of the image.
 
     Empty images match only the empty caption; a shape caption matches when the
     shape is equal and the colour/cell are unnamed or equal.
     """
-    s = np.array([u[0] for u in uniq])[None, :]
-    c = np.array([u[1] for u in uniq])[None, :]
-    k = np.array([u[2] for u in uniq])[None, :]
+    s = np.array([u[0] for u in captions])[None, :]
+    c = np.array([u[1] for u in captions])[None, :]
+    k = np.array([u[2] for u in captions])[None, :]
     return (
         (batch.shape[:, None] == s)
         & ((c == "") | (batch.colour[:, None] == c))
@@ -233,16 +228,20 @@ def positives(batch: Batch, uniq: Sequence[tuple[str, str, int]]) -> np.ndarray:
 
 
 def contrastive_loss(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Symmetric multi-positive InfoNCE.
+    """Symmetric multi-positive InfoNCE (Radford et al. 2021, with soft targets).
 
-    ``logits``: (n_images, n_captions) scaled cosine similarities over the
-    batch's distinct captions; ``pos``: same-shape bool, every row and column
-    with at least one True. Each direction is the cross-entropy against the
-    uniform distribution over its positives; the result is their mean.
+    ``logits``: (n_images, n_captions) scaled cosine similarities; ``pos``:
+    same-shape bool, every row with at least one True. Image->text: the
+    cross-entropy against the uniform distribution over the row's positives;
+    text->image: the same per column, over the columns with a positive (a
+    caption true of no image in the batch is a pure negative). Returns the
+    mean of the two directions.
     """
     p = pos.float()
     li = -(p / p.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-    lt = -(p / p.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+    has = pos.any(0)
+    pc, lc = p[:, has], logits[:, has]
+    lt = -(pc / pc.sum(0, keepdim=True) * lc.log_softmax(0)).sum(0).mean()
     return (li + lt) / 2
 
 
@@ -273,15 +272,12 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_step(model, tok, opt, batch: Batch, bf16: bool = False) -> float:
-    """One optimiser step on ``batch``; returns the loss."""
-    caps = list(zip(batch.shape, batch.cap_colour, batch.cap_cell.tolist()))
-    uniq = sorted(set(caps))
-    pos = torch.from_numpy(positives(batch, uniq))
-    text = tok([caption(*u) for u in uniq])
+def train_step(model, tok, opt, batch: Batch, captions: Sequence[Caption], bf16: bool = False) -> float:
+    """One optimiser step on ``batch`` against the whole caption ``vocabulary``; returns the loss."""
+    pos = torch.from_numpy(positives(batch, captions))
     with _autocast(bf16):
         img = model.encode_image(to_input(batch.images), normalize=True)
-        txt = model.encode_text(text, normalize=True)
+        txt = model.encode_text(tok([caption(*u) for u in captions]), normalize=True)
     logits = model.logit_scale.exp() * img.float() @ txt.float().T
     loss = contrastive_loss(logits, pos)
     opt.zero_grad(set_to_none=True)
@@ -345,9 +341,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, eval_n: int = 32) -> Train
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"control-{cfg.variant}", disable=not progress)
     shown: dict = {}
+    captions = vocabulary(cfg.variant)
     for step in bar:
         batch = sample_batch(cfg, np.random.SeedSequence([cfg.seed, step]).generate_state(2))
-        loss = train_step(model, tok, opt, batch, cfg.bf16)
+        loss = train_step(model, tok, opt, batch, captions, cfg.bf16)
         sched.step()
         rec = {"step": step + 1, "loss": loss}
         if eval_n and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
@@ -440,6 +437,28 @@ def evaluate(model, tok, *, n: int = 300, sets: dict | None = None) -> dict[str,
     return out
 
 
+@torch.no_grad()
+def location_diagnostics(model, tok, *, n: int = 900, ridge: float = 1e-2) -> dict[str, float]:
+    """Where location is lost: the image side or the text side.
+
+    ``probe``: 9-way cell accuracy of a ridge linear probe (one-hot targets,
+    penalty ``ridge``) on the image embeddings of :func:`heldout_sets` location
+    circles, fitted on the first 2/3 and tested on the last 1/3 (chance 1/9);
+    ``prompt_cos``: mean cosine between the 9 "a black circle in the <cell>"
+    prompt embeddings (1 = the text tower ignores the location words).
+    """
+    sets = heldout_sets(n)
+    img = torch.cat([model.encode_image(to_input(sets["loc_circles"][i : i + 128]), normalize=True).float()
+                     for i in range(0, n, 128)]).numpy().astype(np.float64)
+    x, y = np.c_[img, np.ones(n)], sets["loc_cells"]
+    fit, test = slice(0, 2 * n // 3), slice(2 * n // 3, n)
+    w = np.linalg.solve(x[fit].T @ x[fit] + ridge * np.eye(x.shape[1]), x[fit].T @ np.eye(9)[y[fit]])
+    txt = model.encode_text(tok([caption("circle", "black", k) for k in range(9)]), normalize=True).float().numpy()
+    cos = txt @ txt.T
+    return {"probe": float((np.argmax(x[test] @ w, 1) == y[test]).mean()),
+            "prompt_cos": float(cos[~np.eye(9, dtype=bool)].mean())}
+
+
 # --------------------------------------------------------------------------- storage
 
 
@@ -509,7 +528,9 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
     h, sm = metrics["heldout"], metrics["small"]
     arch = json.loads((CONFIG_DIR / f"{CONTROL_MODEL}.json").read_text())
     n_params = sum(p.numel() for p in res.model.parameters())
-    caps = "for half of the shape images the caption also names the 3x3 cell of the centre" if cfg.variant == "spatial" else "captions never name a location"
+    n_caps = len(vocabulary(cfg.variant))
+    caps = (f"the vocabulary also names the 3x3 cell of the centre (\"a red circle in the lower left\"); {n_caps} captions"
+            if cfg.variant == "spatial" else f"captions never name a location; {n_caps} captions")
     load = f"{np.mean(res.load):.2f} (min {np.min(res.load):.2f}, max {np.max(res.load):.2f})" if res.load else "n/a"
     final = np.mean([h["loss"] for h in res.history[-50:]])
     before = np.mean([h["loss"] for h in res.history[-100:-50]]) if len(res.history) >= 100 else float("nan")
@@ -542,14 +563,14 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         "## Data",
         f"Generated on the fly from `SeedSequence([seed, step])` with `helpers.stimuli.make_stimuli`/`render`: {', '.join(SHAPES)} in "
         f"{', '.join(COLOURS)} on white, diameter uniform in {cfg.diameter[0]:g}-{cfg.diameter[1]:g} px, centres anywhere on the 224-px canvas "
-        f"(shapes clipped at the edges); {cfg.p_empty:.0%} empty images. Captions: \"a <shape>\", colour named with probability {cfg.p_colour:g} "
-        f"(\"a red square\"), \"an empty image\"; {caps}.",
+        f"(shapes clipped at the edges); {cfg.p_empty:.0%} empty images. Captions: the variant's whole vocabulary every step, "
+        f"\"an empty image\" and \"a <shape>\" with or without its colour (\"a red square\"); {caps}.",
         "",
         "## Training",
         f"- seed {cfg.seed}, {cfg.steps} steps of {cfg.batch_size} images ({cfg.steps * cfg.batch_size} pairs), AdamW lr {cfg.lr:g} "
         f"(warm-up {cfg.warmup}, cosine), weight decay {cfg.weight_decay:g}, {'bf16 autocast' if cfg.bf16 else 'float32'}, {cfg.threads} CPU thread(s);",
-        "- loss: symmetric InfoNCE over the batch's distinct captions with multi-positive soft targets (a caption is a positive of every "
-        "image it truly describes), so identical or compatible captions are never negatives of each other;",
+        "- loss: symmetric InfoNCE between the batch's images and the whole caption vocabulary, with multi-positive soft targets "
+        "(a caption is a positive of every image it truly describes); the false captions are hard negatives (NegCLIP, Yuksekgonul et al. 2023);",
         f"- torch {torch.__version__}, open_clip {open_clip.__version__}, {platform.processor() or platform.machine()}, "
         f"capability {torch.backends.cpu.get_cpu_capability()}, native bf16 (avx512_bf16): {'yes' if _native_bf16() else 'no'};",
         f"- training wall time **{res.wall_s / 60:.1f} min**; 1-min load average during training {load} on {os.cpu_count()} cores "
@@ -569,6 +590,10 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         f"{'>= 0.8' if cfg.variant == 'spatial' else 'near chance'} |",
         "",
         status,
+        "",
+        f"Location, by tower (900 held-out circles, `helpers.control.location_diagnostics`): a linear probe reads the 3x3 cell "
+        f"from the image embedding with accuracy {metrics['location_diagnostics']['probe']:.3f} (chance 0.111); the 9 location prompts "
+        f"have mean cosine {metrics['location_diagnostics']['prompt_cos']:.3f} to each other (1 = location words ignored).",
         "",
         "## Retrain",
         "```",
@@ -597,7 +622,8 @@ def publish(res: TrainResult, out_dir: str | Path = WEIGHTS_DIR) -> dict:
     v = res.config.variant
     wfile = save_weights(res.model, out / f"control-{v}.safetensors", res.config)
     stored, tok = load_weights(wfile), tokenizer()
-    metrics = {"heldout": evaluate(stored, tok, n=N_HELDOUT), "small": evaluate(stored, tok, n=N_SMALL)}
+    metrics = {"heldout": evaluate(stored, tok, n=N_HELDOUT), "small": evaluate(stored, tok, n=N_SMALL),
+               "location_diagnostics": location_diagnostics(stored, tok)}
     plot = plot_history(res, out / f"control-{v}_loss.png")
     doc = {"config": asdict(res.config), "wall_s": res.wall_s, "load": res.load, "metrics": metrics, "history": res.history}
     (out / f"control-{v}.json").write_text(json.dumps(doc, indent=1))

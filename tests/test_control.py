@@ -51,22 +51,28 @@ def test_to_input_equals_open_clip_preprocess_of_the_rendered_stimulus():
     assert torch.allclose(got, ref, atol=1e-6)
 
 
-def test_sample_batch_is_seeded_and_only_the_spatial_variant_names_locations():
+def test_sample_batch_is_seeded_and_only_the_spatial_vocabulary_names_locations():
     sp = C.TrainConfig("spatial", batch_size=200)
     ns = C.TrainConfig("nonspatial", batch_size=200)
     a, b = C.sample_batch(sp, [0, 5]), C.sample_batch(sp, [0, 5])
-    assert a.captions == b.captions and np.array_equal(a.images, b.images)
-    assert a.captions != C.sample_batch(sp, [0, 6]).captions
-    named = a.cap_cell >= 0
-    assert 0.3 < named.mean() < 0.7
-    assert np.array_equal(a.cap_cell[named], C.cell_of(a.x, a.y)[named])  # the caption names the true cell
-    n = C.sample_batch(ns, [0, 5])
-    assert not any(" in the " in c for c in n.captions)
-    # same seed, same images in both variants: only the captions differ
-    assert np.array_equal(n.images, a.images)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.shape, b.shape)
+    assert not np.array_equal(a.images, C.sample_batch(sp, [0, 6]).images)
+    # same seed, same images in both variants: only the vocabulary differs
+    assert np.array_equal(C.sample_batch(ns, [0, 5]).images, a.images)
+    vs, vn = C.vocabulary("spatial"), C.vocabulary("nonspatial")
+    assert len(vs) == len(set(vs)) == 1 + 3 * 5 * 10 and len(vn) == 1 + 3 * 5
+    assert not any(" in the " in C.caption(*u) for u in vn) and set(vn) < set(vs)
+    named = [u for u in vs if u[2] >= 0]
+    assert len(named) == 3 * 5 * 9 and all(C.caption(*u).endswith(C.LOCATIONS[u[2]]) for u in named)
+    # every image has a true caption naming its true cell (spatial), and exactly one true empty caption
+    pos = C.positives(a, vs)
+    assert pos.any(1).all()
     empty = a.shape == ""
     assert empty.any() and (a.images[empty] == 255).all()
-    assert all(c == C.EMPTY_CAPTION for c in np.asarray(a.captions)[empty])
+    assert (pos[empty].sum(1) == 1).all() and pos[empty][:, vs.index(("", "", -1))].all()
+    cells = np.array([u[2] for u in vs])
+    true_cells = np.where(pos[~empty][:, cells >= 0], cells[cells >= 0], -1).max(1)
+    assert np.array_equal(true_cells, C.cell_of(a.x, a.y)[~empty])
     # a rendered shape is visible in its own image (not only at clipped edges)
     assert (a.images[~empty].min(axis=(1, 2, 3)) < 255).mean() > 0.95
 
@@ -78,7 +84,6 @@ def test_positives_count_true_captions_and_never_identical_ones_as_negatives():
         colour=np.array(["red", "black", ""]),
         cell=np.array([6, 4, -1]),
         x=np.zeros(3), y=np.zeros(3),
-        cap_colour=np.array(["", "", ""]), cap_cell=np.array([-1, -1, -1]),
     )
     uniq = [("circle", "", -1), ("circle", "red", 6), ("circle", "black", -1), ("", "", -1), ("square", "", -1)]
     want = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 1, 0]], bool)
@@ -97,6 +102,11 @@ def test_contrastive_loss_matches_a_direct_computation_and_duplicates_are_not_ne
     li = np.mean([-np.mean([torch.log_softmax(logits[i], 0)[j] for j in np.flatnonzero(pos[i])]) for i in range(4)])
     lt = np.mean([-np.mean([torch.log_softmax(logits[:, j], 0)[i] for i in np.flatnonzero(pos[:, j])]) for j in range(3)])
     assert float(C.contrastive_loss(logits, pos)) == pytest.approx((li + lt) / 2, rel=1e-6)
+    # a caption true of no image (a hard negative) enters only the image->text direction
+    extra = torch.cat([logits, torch.randn(4, 1, generator=g)], 1)
+    pos_extra = torch.cat([pos, torch.zeros(4, 1, dtype=torch.bool)], 1)
+    li2 = np.mean([-np.mean([torch.log_softmax(extra[i], 0)[j] for j in np.flatnonzero(pos[i])]) for i in range(4)])
+    assert float(C.contrastive_loss(extra, pos_extra)) == pytest.approx((li2 + lt) / 2, rel=1e-6)
     # two images with the same caption, both matched perfectly: the loss goes to 0
     big = torch.tensor([[50.0, -50.0], [50.0, -50.0], [-50.0, 50.0]])
     dup = torch.tensor([[1, 0], [1, 0], [0, 1]], dtype=torch.bool)
@@ -153,9 +163,12 @@ def test_a_study_stage_on_a_control_model_sees_the_circle_and_conv1_lesion_remov
         return stimuli.iter_batches(stim, lm.preprocess, 16)
 
     cache = L.build_residual_cache(L.visual_tower(lm.model), batches(), len(stim), progress=False)
-    row = L.layer_lesion_study(lm, cache, batches, units=["visual.conv1"], progress=False).iloc[0]
-    assert row.baseline_performance >= 0.95
+    blank = stimuli.blank_input(stim, lm.preprocess)
+    row = L.layer_lesion_study(lm, cache, batches, control_images=blank, units=["visual.conv1"], progress=False).iloc[0]
+    assert row.baseline_performance >= 0.95 and row.baseline_balanced_performance >= 0.95
     assert row.performance in (0.0, 1.0)  # every stimulus now gets the same decision
+    # ... and the blank gets it too: the balanced performance collapses to chance, whatever the circle-only one says
+    assert row.balanced_performance == 0.5
     # the image content is gone: circles and empty images share one embedding, so circle-vs-empty is at chance
     images = np.concatenate([np.stack([stimuli.render(stim, i) for i in range(8)]), np.full((8, 224, 224, 3), 255, np.uint8)])
     with torch.no_grad():
