@@ -196,11 +196,11 @@ def lesion_figure(data: RunTables, *, condition: str) -> Figure:
         left.set_axis_off()
     else:
         d = ll[ll["weights"] == condition]
-        ticks: list[str] = []
-        for tower, marker in (("visual", "o"), ("text", "s")):
+        ticks = list(dict.fromkeys(str(v).replace("resblock ", "") for v in d["label"]))  # conv1, 0, 1, ...
+        for tower, marker in (("visual", "o"), ("text", "s")):  # same block of both towers at the same x
             t = d[d["tower"] == tower]
-            left.plot(np.arange(len(t)), t["performance"], marker=marker, ms=3, lw=1, label=tower)
-            ticks = max(ticks, [str(v).replace("resblock ", "") for v in t["label"]], key=len)
+            x = [ticks.index(str(v).replace("resblock ", "")) for v in t["label"]]
+            left.plot(x, t["performance"], marker=marker, ms=3, lw=1, label=tower)
         left.set_xticks(np.arange(len(ticks)))
         left.set_xticklabels(ticks, fontsize=7, rotation=90)
         if len(d):
