@@ -133,3 +133,17 @@ def test_explorer_notebook_is_committed_clean_and_not_a_study_stage():
     assert all(not c["outputs"] and c["execution_count"] is None for c in code)
     assert "parameters" in code[0]["metadata"].get("tags", []) and "run_dir" in "".join(code[0]["source"])
     assert "explore.ipynb" not in [p.name for p in notebooks()]
+
+
+def test_top_ratemap_grid_says_why_cells_are_empty():
+    import matplotlib.pyplot as plt
+
+    from helpers.plots import plot_top_ratemaps
+
+    maps = {"L0": np.zeros((4, 3, 3)), "L1": np.zeros((4, 3, 3))}
+    scores = {"L0": {"si": np.arange(4.0), "grid": np.array([np.nan, 0.2, np.nan, np.nan])},
+              "L1": {"si": np.arange(4.0), "grid": np.arange(4.0)}}
+    fig = plot_top_ratemaps(maps, scores, top_k=3, score_names=("si", "grid"))
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    plt.close(fig)
+    assert texts == ["only 1\nfinite"]  # L0's grid column only
