@@ -256,8 +256,11 @@ def key_findings(run: Path, weights: str) -> str:
 
 
 def _params(run: Path) -> dict:
+    """The run's ``params.yaml`` ({} when absent)."""
     p = run / "params.yaml"
-    return yaml.safe_load(p.read_text()) or {} if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    return yaml.safe_load(p.read_text()) or {}
 
 
 def empty_panels_note(run: Path) -> str:
