@@ -60,8 +60,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def voila_url(small_run, tmp_path_factory):
-    """Serve notebooks/explore.ipynb with Voila on 127.0.0.1 for ``small_run``; yields its URL."""
+def voila(small_run, tmp_path_factory):
+    """Start Voila on notebooks/explore.ipynb for ``small_run`` (127.0.0.1, a free port); yields ``wait_url()``.
+
+    The server boots while Chromium launches; ``wait_url()`` returns the URL once it listens.
+    """
     port = _free_port()
     log = tmp_path_factory.mktemp("voila") / "voila.log"
     env = dict(os.environ, EXPLORE_RUN=str(small_run))  # MPLBACKEND=Agg stays: the explorer must not need inline
@@ -71,22 +74,24 @@ def voila_url(small_run, tmp_path_factory):
              f"--port={port}", "--Voila.ip=127.0.0.1"],
             cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
+
+    def wait_url() -> str:
+        deadline = time.monotonic() + 90
         while True:  # wait until it listens; the page itself renders progressively
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=2).close()
-                break
+                return f"http://127.0.0.1:{port}/"
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"Voila did not start; log:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.3)
-        yield url
+                time.sleep(0.2)
+
+    try:
+        yield wait_url
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
 
@@ -103,18 +108,18 @@ def _after_change(page, old_src: str, old_label: str) -> tuple[str, str]:
             const lab = document.querySelector('.explore-label');
             return img && lab && img.complete && img.naturalWidth > 0 && img.src !== src && lab.innerText !== label;
         }""",
-        arg=[old_src, old_label], timeout=30_000,
+        arg=[old_src, old_label], timeout=120_000,
     )
     return page.locator(".explore-view img").get_attribute("src"), page.locator(".explore-label").inner_text()
 
 
-def test_explorer_redraws_in_chromium(browser, voila_url, small_run):
+def test_explorer_redraws_in_chromium(voila, browser, small_run):
     from helpers.explore import load_run
 
     layers = load_run(small_run).layers
     page = browser.new_page(viewport={"width": 1300, "height": 1800})
-    page.goto(voila_url, timeout=60_000)
-    page.locator(".explore-view img").wait_for(timeout=90_000)  # kernel start + notebook run
+    page.goto(voila(), timeout=120_000)
+    page.locator(".explore-view img").wait_for(timeout=240_000)  # kernel start + notebook run
     page.wait_for_function("document.querySelector('.explore-view img').naturalWidth > 0")
     src, label = page.locator(".explore-view img").get_attribute("src"), page.locator(".explore-label").inner_text()
     assert layers[0] in label and "model weights" in label
@@ -133,7 +138,7 @@ def test_explorer_redraws_in_chromium(browser, voila_url, small_run):
     assert _pixels(page) not in (before, after_layer)
     page.wait_for_function(  # the lesion curves follow the weights toggle
         "src => { const i = document.querySelector('.explore-lesions img');"
-        " return i && i.src !== src && i.complete && i.naturalWidth > 0; }", arg=lesions_src, timeout=30_000)
+        " return i && i.src !== src && i.complete && i.naturalWidth > 0; }", arg=lesions_src, timeout=120_000)
     assert page.locator(".explore-lesions img").count() == 1
     page.screenshot(path=str(_shot(small_run, "explorer")), full_page=True)
     page.close()
