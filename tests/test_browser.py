@@ -118,6 +118,7 @@ def test_explorer_redraws_in_chromium(voila, browser, small_run):
 
     layers = load_run(small_run).layers
     page = browser.new_page(viewport={"width": 1300, "height": 1800})
+    page.set_default_timeout(120_000)  # only reached on failure; a loaded 2-core machine is slow
     page.goto(voila(), timeout=120_000)
     page.locator(".explore-view img").wait_for(timeout=240_000)  # kernel start + notebook run
     page.wait_for_function("document.querySelector('.explore-view img').naturalWidth > 0")
