@@ -3,7 +3,9 @@
 #   make study                       blog settings (needs the openai weights)
 #   make study WEIGHTS=random N_STIMULI=300
 #   make study PARAMS=params/quick.yaml RUN=look
-#   make test                        whole test suite, nbval included
+#   make test                        whole test suite, nbval and the browser test included
+#   make test-browser                the browser test alone (Voila + Chromium; builds a small run if needed)
+#   make explore RUN=<run>           serve notebooks/explore.ipynb on a finished run with Voila (127.0.0.1)
 #   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
 #
 # Overrides (empty = take the value from PARAMS or the notebook default):
@@ -38,14 +40,16 @@ SETS := $(if $(MODEL),model=$(MODEL)) \
         $(if $(LAYER),layer=$(LAYER))
 
 NBVAL_RUN := $(CURDIR)/data/_nbval
+PORT      ?= 8866
+CHROMIUM  := /usr/bin/chromium
 
-.PHONY: install study test clean-nbval control-models
+.PHONY: install study test test-browser explore chromium clean-nbval control-models
 .DEFAULT_GOAL := study
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(PY) -m pip install -e ".[oracle]" >$(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	@$(PY) -m pip install -e ".[oracle,explore]" >$(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
 	@touch $(STAMP)
 	@echo "installed."
 
@@ -56,10 +60,29 @@ study: $(STAMP)
 
 # The notebooks are prepared with small parameters (params/nbval.yaml), then
 # nbval re-executes the prepared copies in order, after the unit tests.
-test: $(STAMP)
+# tests/test_browser.py runs here too, on data/_nbval once nbval has executed it.
+test: $(STAMP) chromium
 	rm -rf $(NBVAL_RUN)
 	$(PY) -m helpers.study --params params/nbval.yaml --run $(NBVAL_RUN) --prepare-only
-	MPLBACKEND=Agg $(PY) -m pytest $(NBVAL_RUN)/0*.ipynb tests --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+	MPLBACKEND=Agg SHOT_COMMAND="make test" $(PY) -m pytest $(NBVAL_RUN)/0*.ipynb tests --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+
+# The browser test alone: reuses a finished data/_nbval, else builds data/_small_run
+# (the runner, params/nbval.yaml: a few minutes the first time).
+test-browser: $(STAMP) chromium
+	MPLBACKEND=Agg SHOT_COMMAND="make test-browser" $(PY) -m pytest tests/test_browser.py -p no:cacheprovider -ra
+
+# Debian's Chromium for Playwright (pointed at it with executable_path; never `playwright install`).
+chromium:
+	@test -x $(CHROMIUM) || { echo "installing chromium (apt-get) ..."; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get install -y chromium >/dev/null || { $$SUDO apt-get update >/dev/null && $$SUDO apt-get install -y chromium >/dev/null; }; }
+	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing: install Debian's chromium package"; exit 1; }
+
+# Serve the explorer notebook on a finished run folder: make explore RUN=<run> [PORT=8866].
+explore: $(STAMP)
+	@test -n "$(RUN)" || { echo "usage: make explore RUN=<run folder: a name under data/ or an absolute path> [PORT=$(PORT)]"; exit 2; }
+	@echo "explorer of run $(RUN): http://127.0.0.1:$(PORT)/   (Ctrl-C stops it; or open notebooks/explore.ipynb in JupyterLab: $(VENV)/bin/jupyter lab)"
+	EXPLORE_RUN="$(RUN)" $(PY) -m voila notebooks/explore.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1
 
 clean-nbval:
 	rm -rf $(NBVAL_RUN)

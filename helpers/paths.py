@@ -37,7 +37,7 @@ DATA_DIR = REPO_ROOT / "data"
 CONDITIONS = ("model", "random")
 
 
-def run_path(run_dir: str | Path) -> Path:
+def run_path(run_dir: str | Path, *, create: bool = True) -> Path:
     """Resolve a run folder: absolute paths stay, relative ones hang off ``data/``.
 
     Parameters
@@ -48,15 +48,19 @@ def run_path(run_dir: str | Path) -> Path:
         taken from the repository root, so it also means ``<repo>/data/quick``
         rather than ``<repo>/data/data/quick``.
 
+    create : bool
+        Create the folder if missing (readers of a finished run pass False).
+
     Returns
     -------
     Path
-        The run folder, created if missing.
+        The run folder.
     """
     p = Path(run_dir).expanduser()
     if not p.is_absolute():
         p = (REPO_ROOT / p) if p.parts[:1] == (DATA_DIR.name,) else (DATA_DIR / p)
-    p.mkdir(parents=True, exist_ok=True)
+    if create:
+        p.mkdir(parents=True, exist_ok=True)
     return p
 
 

@@ -172,8 +172,11 @@ def draw_top_ratemaps(
                     j = best[i]
                     ax.imshow(maps[j], cmap=colours, interpolation="nearest")
                     ax.set_xlabel(f"#{j} {values[j]:.2f}", fontsize=6, labelpad=1)
-                else:
+                else:  # fewer finite scores than top_k: the first empty cell says so
                     ax.axis("off")
+                    if i == best.size:
+                        ax.text(0.5, 0.5, f"only {best.size}\nfinite", ha="center", va="center", fontsize=5,
+                                color="0.35", transform=ax.transAxes)
                 if row == 0 and i == top_k // 2:
                     ax.set_title(SCORE_LABELS.get(name, name), fontsize=9)
                 if g == 0 and i == 0:

@@ -95,8 +95,12 @@ def explorer_view(
             j = best[i]
             ax.imshow(layer_maps[j], cmap=colours, interpolation="nearest")
             ax.set_xlabel(f"#{j}  {values[j]:.2f}", fontsize=7)
-        else:
+        else:  # say why the panel is empty rather than leave a blank
             ax.axis("off")
+            if i == best.size:
+                ax.text(0.5, 0.5, f"no neuron\nwith a finite\n{SCORE_LABELS.get(score, score)}\n"
+                        f"({best.size} of {k} finite)", ha="center", va="center", fontsize=6,
+                        transform=ax.transAxes)
     ax = fig.add_subplot(grid[0, top_k])
     ax.imshow(layer_maps[neuron], cmap=colours, interpolation="nearest")
     ax.set_xticks([])

@@ -2,6 +2,7 @@
 
 import base64
 import csv
+import json
 import re
 from html.parser import HTMLParser
 
@@ -137,3 +138,111 @@ def test_report_detects_mismatch(tmp_path):
     (run / "zeroshot.csv").write_text("prompts,circle_mean\nshape only,0.6\n")
     with pytest.raises(AssertionError):
         check_report(run)
+
+
+def _planted_run(tmp_path, weights="random", proportions=(0.0, 0.1, 0.5)):
+    """A run folder whose tables hold known numbers for every key finding."""
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    (run / "perturb").mkdir()
+    (run / "params.yaml").write_text("percentile: 95.0\nlayer: 9\ntop_k: 5\nregion: lower-left\nn_stimuli: 10\n")
+    (run / "model.json").write_text(json.dumps({"model": "ViT-B-32", "weights": weights}))
+    (run / "zeroshot.csv").write_text("prompts,circle_mean,circle_sd,empty_mean,empty_sd\nshape only,0.5,0.1,,\n"
+                                      "+ empty,0.25,0.1,0.75,0.1\n")
+    sig = ["condition,layer,score,null_model,n_shuffles,fraction_significant"]
+    for cond, fracs in (("model", (0.10, 0.30)), ("random", (0.02, 0.04))):
+        for layer, f in zip(("visual.transformer.resblocks.0.attn", "visual.transformer.resblocks.1.attn"), fracs):
+            sig += [f"{cond},{layer},si,neuron,19,{f}", f"{cond},{layer},grid,neuron,19,0.0"]
+    (run / "analysis" / "significance.csv").write_text("\n".join(sig) + "\n")
+    ll = ["weights,tower,unit,label,block,part,mode,performance,baseline_performance,delta"]
+    ll += ["model,visual,u3,resblock 3,3,block,all,0.9,1.0,-0.1", "model,visual,u9,resblock 9,9,block,all,0.25,1.0,-0.75",
+           "model,text,t0,resblock 0,0,block,all,1.0,1.0,0.0", "random,visual,u3,resblock 3,3,block,all,0.0,0.0,0.0"]
+    (run / "perturb" / "layer_lesions.csv").write_text("\n".join(ll) + "\n")
+    tl = ["weights,condition,seed,proportion,performance"]
+    for p in proportions:
+        tl += [f"model,Targeted,,{p},{0.4 if p else 1.0}", f"model,Random,0,{p},{0.8 if p else 1.0}",
+               f"model,Random,1,{p},{0.6 if p else 1.0}"]
+    (run / "perturb" / "targeted_lesions.csv").write_text("\n".join(tl) + "\n")
+    (run / "perturb" / "spatial_localisation.csv").write_text(
+        "weights,metric,control,reference,did,ci_low,ci_high,p_value,localised\n"
+        "model,margin,random,outside,0.0123,0.004,0.02,0.01,True\n"
+        "model,margin,random,opposite region,0.5,0.4,0.6,0.01,True\n"
+        "model,p_target,random,outside,0.7,0.6,0.8,0.01,True\n"
+    )
+    return run
+
+
+def _findings_text(run):
+    text = (run / "report.html").read_text(encoding="utf-8")
+    section = text[text.index('<section id="key-findings">'):text.index("</section>")]
+    return text, re.sub(r"<[^>]+>", "", section)
+
+
+def test_report_leads_with_key_findings_computed_from_the_tables(tmp_path):
+    run = _planted_run(tmp_path)
+    build_report(run)
+    text, found = _findings_text(run)
+    assert re.findall(r"<h2[^>]*>([^<]*)</h2>", text)[0] == "Key findings"
+    assert "circle 0.50 (blog 0.88)" in found and "empty 0.75 (blog 0.90)" in found  # prompt table beside the blog's
+    assert "si 0.10–0.30 (peak block 1)" in found and "si 0.02–0.04 (peak block 1)" in found
+    assert "grid 0.00–0.00 (none in any layer)" in found
+    assert "visual resblock 9 (1.00 → 0.25)" in found  # largest fall, not the first row
+    assert "no lesion lowers performance (unlesioned 0.00" in found  # random condition: nothing to lose
+    assert "at 10% of neurons" in found and "Targeted 0.40, Random 0.70" in found  # Random = mean over seeds
+    assert "0.0123 [0.0040, 0.0200], p = 0.01 localised" in found  # margin, reference outside only
+    assert "0.5000" not in found and "0.7000" not in found
+    assert "≠ the blog's openai" in found and "random weights (the blog's control)" in found
+    # parameters last, collapsed
+    assert text.rindex("<h2>") == text.index("<h2>Parameters and model</h2>")
+    assert "<details><summary>model identity" in text
+
+
+def test_findings_mark_only_weights_that_differ_from_the_blog(tmp_path):
+    run = _planted_run(tmp_path, weights="openai")
+    build_report(run)
+    _, found = _findings_text(run)
+    assert "≠ the blog's" not in found and "(openai, as the blog)" in found
+
+
+def test_targeted_finding_says_when_10_percent_is_missing(tmp_path):
+    run = _planted_run(tmp_path, proportions=(0.0, 0.5, 1.0))
+    build_report(run)
+    _, found = _findings_text(run)
+    assert "at 50% of neurons (this run has no 10%; nearest lesion 50%)" in found
+
+
+def test_missing_tables_are_named_not_invented(tmp_path):
+    run = _planted_run(tmp_path)
+    (run / "perturb" / "targeted_lesions.csv").unlink()
+    build_report(run)
+    _, found = _findings_text(run)
+    assert "Not in this run" in found and "targeted" in found and "Targeted 0.40" not in found
+
+
+def test_empty_top_ratemap_panels_are_explained(tmp_path):
+    run = _planted_run(tmp_path)
+    rows = ["condition,layer,neuron,si,grid,border"]
+    for n in range(6):
+        rows.append(f"model,visual.transformer.resblocks.0.attn,{n},0.1,{'' if n else 0.3},0.2")  # 1 finite grid
+        rows.append(f"model,visual.transformer.resblocks.1.attn,{n},0.1,0.3,0.2")
+    (run / "analysis" / "scores.csv").write_text("\n".join(rows) + "\n")
+    build_report(run)
+    text = (run / "report.html").read_text(encoding="utf-8")
+    note = re.sub(r"<[^>]+>", "", text[text.index('class="note"'):])
+    assert "grid: 1 of 2 layers have fewer than 5 neurons with a finite score (block 0: 1)" in note
+    assert "si:" not in note.split(".")[0]
+
+
+def test_long_tables_are_collapsed(tmp_path):
+    run = _planted_run(tmp_path)
+    build_report(run)
+    text = (run / "report.html").read_text(encoding="utf-8")
+    # significance.csv: 8 rows, shown open; make one of 40 rows and it is collapsed
+    assert "<summary><code>analysis/significance.csv" not in text
+    rows = "\n".join(f"model,visual.transformer.resblocks.{i}.attn,si,neuron,19,0.1" for i in range(40))
+    (run / "analysis" / "significance.csv").write_text("condition,layer,score,null_model,n_shuffles,fraction_significant\n"
+                                                       + rows + "\n")
+    build_report(run)
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "<details><summary><code>analysis/significance.csv</code> (40 rows)</summary><table" in text
+    check_report(run)
