@@ -187,22 +187,27 @@ def finding_decoding(run: Path, weights: str) -> str | None:
 
 
 def finding_layer_lesions(run: Path, weights: str) -> str | None:
-    """The most damaging single-unit lesion (largest fall in performance), per condition, beside the blog's."""
-    t = _read(run / "perturb" / "layer_lesions.csv", ("weights", "tower", "label", "performance", "baseline_performance", "delta"))
+    """The most damaging single-unit lesion per condition, beside the blog's: the largest fall in balanced
+    performance (circles and the blank canvas) when the table has it, else in the blog's circle-only one."""
+    t = _read(run / "perturb" / "layer_lesions.csv", ("weights", "tower", "label", "performance", "baseline_performance"))
     if t is None:
         return None
+    value = "balanced_performance" if "balanced_performance" in t.columns else "performance"
+    what = "balanced performance (circles and the blank)" if value != "performance" else "performance (circles only)"
     out = []
     for cond, d in t.groupby("weights", sort=False):
-        base = float(d["baseline_performance"].iloc[0])
-        worst = d.loc[d["delta"].idxmin()]
-        if worst["delta"] >= 0:
+        base = float(d[f"baseline_{value}"].iloc[0])
+        delta = d[value] - d[f"baseline_{value}"]
+        if delta.min() >= 0:
             out.append(f"{_weights_mark(cond, weights)}: no lesion lowers performance (unlesioned {base:.2f}"
                        + (", nothing to lose" if base == 0 else "") + ")")
             continue
-        ties = d[d["delta"] == worst["delta"]]
+        ties = d[delta == delta.min()]
         names = ", ".join(f"{r.tower} {r.label}" for r in ties.itertuples())
-        out.append(f"{_weights_mark(cond, weights)}: {html.escape(names)} ({base:.2f} → {worst['performance']:.2f})")
-    return (f"<b>Perturb.</b> Most damaging layer lesion: " + "; ".join(out)
+        extra = (f"; circles only {float(ties['baseline_performance'].iloc[0]):.2f} → {float(ties['performance'].iloc[0]):.2f}"
+                 if value != "performance" else "")
+        out.append(f"{_weights_mark(cond, weights)}: {html.escape(names)} ({base:.2f} → {float(ties[value].iloc[0]):.2f}{extra})")
+    return (f"<b>Perturb.</b> Most damaging layer lesion, by {what}: " + "; ".join(out)
             + f". Blog: {BLOG_LAYER_LESIONS}.")
 
 

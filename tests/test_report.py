@@ -246,3 +246,17 @@ def test_long_tables_are_collapsed(tmp_path):
     text = (run / "report.html").read_text(encoding="utf-8")
     assert "<details><summary><code>analysis/significance.csv</code> (40 rows)</summary><table" in text
     check_report(run)
+
+
+def test_layer_lesion_finding_uses_balanced_performance_when_the_table_has_it(tmp_path):
+    """conv1 blinds the model: circles stay at 1.00 (one answer for every image) but the blank is lost."""
+    run = _planted_run(tmp_path)
+    cols = "weights,tower,unit,label,block,part,mode,performance,baseline_performance,delta,"
+    cols += "control_performance,baseline_control_performance,balanced_performance,baseline_balanced_performance"
+    rows = ["model,visual,conv1,conv1,,conv1,all,1.0,1.0,0.0,0.0,1.0,0.5,1.0",
+            "model,visual,u3,resblock 3,3,block,all,0.8,1.0,-0.2,1.0,1.0,0.9,1.0"]
+    (run / "perturb" / "layer_lesions.csv").write_text("\n".join([cols, *rows]) + "\n")
+    build_report(run)
+    _, found = _findings_text(run)
+    assert "visual conv1 (1.00 → 0.50; circles only 1.00 → 1.00)" in found
+    assert "resblock 3 (" not in found
