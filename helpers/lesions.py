@@ -102,6 +102,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers import hooks
 from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
 
@@ -365,13 +366,12 @@ def _check_tokens(tokens: str) -> str:
 @contextlib.contextmanager
 def ablate_channels(
     module: torch.nn.Module, mask: torch.Tensor | np.ndarray, tokens: str = "all"
-) -> Iterator[torch.utils.hooks.RemovableHandle]:
+) -> Iterator[None]:
     """Zero chosen output channels of ``module``, per sample, while inside the block.
 
-    A forward hook replaces the module's output ``out`` (or ``out[0]`` when the
-    output is a tuple, as for ``nn.MultiheadAttention``: ``(out[B, T, C], None)``)
-    by ``out`` with the masked channels set to 0. The hook is removed on exit,
-    also on error.
+    A forward hook (:func:`helpers.hooks.edit_outputs`; a tuple output is edited
+    through its first element) sets the masked channels to 0. The hook is
+    removed on exit, also on error.
 
     Parameters
     ----------
@@ -383,10 +383,6 @@ def ablate_channels(
         sample. ``B`` must equal the batch size of every forward run inside.
     tokens : {"all", "cls"}
         ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
-
-    Yields
-    ------
-    RemovableHandle
     """
     _check_tokens(tokens)
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
@@ -395,8 +391,7 @@ def ablate_channels(
     if m.ndim != 2:
         raise ValueError(f"mask must have shape (B, C) or (C,), got {tuple(m.shape)}")
 
-    def hook(mod, args, output):
-        out = output[0] if isinstance(output, tuple) else output
+    def zero(name, out):
         if out.shape[-1] != m.shape[-1]:
             raise ValueError(f"mask has {m.shape[-1]} channels but the module outputs {out.shape[-1]}")
         if m.shape[0] not in (1, out.shape[0]):
@@ -408,14 +403,10 @@ def ablate_channels(
                 tok = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
                 tok[0] = True
                 mm = mm & tok[None, :, None]
-        new = out.masked_fill(mm, 0)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+        return out.masked_fill(mm, 0)
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield handle
-    finally:
-        handle.remove()
+    with hooks.edit_outputs({"": module}, zero):
+        yield
 
 
 # =========================================================================== truncated forward
@@ -464,8 +455,7 @@ def visual_tower(model: torch.nn.Module) -> Tower:
     tr = getattr(visual, "transformer", None)
     if tr is None or not hasattr(tr, "resblocks") or not hasattr(visual, "_pool"):
         raise ValueError("model must be an open_clip CLIP with a VisionTransformer (model.visual.transformer.resblocks)")
-    if not getattr(tr, "batch_first", True):
-        raise ValueError("sequence-first open_clip transformers are not supported (open_clip >= 2.24 is batch-first)")
+    hooks.require_batch_first(tr)
     if getattr(visual, "output_tokens", False):
         raise ValueError("model.visual.output_tokens must be False")
 
@@ -621,29 +611,24 @@ def build_residual_cache(
         d.mkdir(parents=True, exist_ok=True)
     sdt = _np_storage_dtype(tower.dtype)
 
-    def make_hook(k: int):
-        def pre_hook(mod, args):
-            x = args[0]
-            if k not in store:
-                shape = (int(n), *x.shape[1:])
-                if d is not None and not store:  # first block: check room for all of them
-                    need = len(ks) * int(np.prod(shape)) * np.dtype(sdt).itemsize
-                    require_free_space(d, need, f"the residual cache of {len(ks)} blocks")
-                store[k] = (
-                    open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
-                    if d is not None
-                    else np.empty(shape, dtype=sdt)
-                )
-            t = x.detach().to("cpu")
-            if t.dtype == torch.bfloat16:
-                t = t.view(torch.int16)
-            store[k][cur["start"] : cur["start"] + x.shape[0]] = t.numpy()
+    def keep(k: int, x: torch.Tensor) -> None:
+        if k not in store:
+            shape = (int(n), *x.shape[1:])
+            if d is not None and not store:  # first block: check room for all of them
+                need = len(ks) * int(np.prod(shape)) * np.dtype(sdt).itemsize
+                require_free_space(d, need, f"the residual cache of {len(ks)} blocks")
+            store[k] = (
+                open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
+                if d is not None
+                else np.empty(shape, dtype=sdt)
+            )
+        t = x.detach().to("cpu")
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        store[k][cur["start"] : cur["start"] + x.shape[0]] = t.numpy()
 
-        return pre_hook
-
-    handles = [tower.blocks[k].register_forward_pre_hook(make_hook(k)) for k in ks]
     ids, embs = [], []
-    try:
+    with hooks.read_inputs({k: tower.blocks[k] for k in ks}, keep):
         with tqdm(total=int(n), desc="cache block inputs", unit="img", disable=not progress) as bar:
             for images, idx in batches:
                 b = images.shape[0]
@@ -653,9 +638,6 @@ def build_residual_cache(
                 ids.append(np.asarray(idx))
                 cur["start"] += b
                 bar.update(b)
-    finally:
-        for h in handles:
-            h.remove()
     if cur["start"] != n:
         raise ValueError(f"batches yielded {cur['start']} stimuli, expected n={n}")
     for a in store.values():
@@ -951,16 +933,10 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     _check_block(tower, layer)
     out: list[np.ndarray] = []
 
-    def hook(mod, args, output):
-        o = output[0] if isinstance(output, tuple) else output
-        out.append(o[:, 0].float().cpu().numpy())
-
-    h = tower.blocks[layer].attn.register_forward_hook(hook)
-    try:
+    with hooks.Trace(tower.blocks[layer], "attn") as tr:
         for sl in _chunks(cache.n, batch_size):
             tower.blocks[layer](cache.block_input(layer, sl, tower.device))
-    finally:
-        h.remove()
+            out.append(tr.outputs["attn"][:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 

@@ -6,13 +6,11 @@ CLIP's image tower and storing what they output while the stimuli pass through
 ``visual.transformer.resblocks.[L].attn``, L = 0..11, class token only).
 This module does the same with three guarantees the blog's snippet lacks:
 
-* **The token axis is established, not assumed.** open_clip has run its
-  transformer both sequence-first (L, B, D; older releases) and batch-first
-  (B, L, D; current). Which one is in use is read from the model
-  (``Transformer.batch_first`` and ``nn.MultiheadAttention.batch_first``) and
-  every captured tensor is checked against the batch size and the number of
-  tokens ``1 + grid**2`` seen at the tower's input, so a wrong class-token
-  extraction fails loudly instead of silently (cf. thingsvision issue 185).
+* **The token axis is checked, not assumed.** Sequence-first transformers are
+  refused (:func:`helpers.hooks.require_batch_first`) and every captured
+  tensor is checked against the batch size and the number of tokens
+  ``1 + grid**2`` seen at the tower's input, so a wrong class-token extraction
+  fails loudly instead of silently (cf. thingsvision issue 185).
 * **Reversible.** Hooks live inside a context manager (:class:`Capture`) and
   are removed on exit and on error; parameters, buffers and modes are never
   touched.
@@ -69,6 +67,7 @@ recorded module also gets a self-explaining TransformerLens-style hook name
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import fnmatch
@@ -87,6 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers import hooks
 from helpers.models import weights_hash as models_weights_hash
 from helpers.stimuli import check_batch_size
 
@@ -347,73 +347,17 @@ def layer_label(name: str) -> str:
 
 @dataclass(frozen=True)
 class ModuleLayout:
-    """How a module's output is laid out, as declared by the model.
-
-    Attributes
-    ----------
-    name : str
-    tower : {"image", "text"}
-    seq_first : bool
-        True when a 3-D output is ``(T, B, D)`` (inside an open_clip
-        Transformer run sequence-first); 3-D outputs are transposed to
-        ``(B, T, D)`` before any token is selected.
-    conv : bool
-        The module is a 2-D convolution (output ``(B, C, H, W)``).
-    mha : bool
-        The module is ``nn.MultiheadAttention`` (returns ``(output, weights)``).
-    """
+    """A recorded module: its name, tower (``"image"``/``"text"``) and whether it is a 2-D convolution."""
 
     name: str
     tower: str
-    seq_first: bool
     conv: bool
-    mha: bool
-
-
-def _transformer_batch_first(t: nn.Module) -> bool:
-    """Layout an open_clip Transformer runs its blocks in, read from the model."""
-    bf = getattr(t, "batch_first", None)
-    mhas = [m for m in t.modules() if isinstance(m, nn.MultiheadAttention)]
-    if bf is None:
-        if not mhas:
-            raise LayoutError("cannot establish the token layout: transformer has neither batch_first nor attention")
-        bf = mhas[0].batch_first
-    bad = [m for m in mhas if bool(m.batch_first) != bool(bf)]
-    if bad:
-        raise LayoutError(
-            f"transformer declares batch_first={bf} but {len(bad)} attention module(s) disagree; "
-            "refusing to guess where the token axis is"
-        )
-    return bool(bf)
 
 
 def module_layout(model: Any, name: str) -> ModuleLayout:
-    """Establish the output layout of module ``name`` from the model's own flags.
-
-    The nearest enclosing module with a ``resblocks`` attribute (open_clip's
-    ``Transformer``) decides: modules strictly inside it see its internal
-    layout (``batch_first`` flag, cross-checked against every
-    ``nn.MultiheadAttention.batch_first`` in it); the Transformer's own output
-    and modules outside it are batch-first.
-    """
-    m = _as_module(model)
-    module = m.get_submodule(name)
-    parts = name.split(".")
-    seq_first = False
-    for k in range(len(parts) - 1, 0, -1):
-        anc = m.get_submodule(".".join(parts[:k]))
-        if hasattr(anc, "resblocks"):
-            seq_first = not _transformer_batch_first(anc)
-            break
-    if isinstance(module, nn.MultiheadAttention) and bool(module.batch_first) == seq_first:
-        raise LayoutError(f"{name}: batch_first={module.batch_first} contradicts its transformer's layout")
-    return ModuleLayout(
-        name=name,
-        tower=tower_of(name),
-        seq_first=seq_first,
-        conv=isinstance(module, nn.Conv2d),
-        mha=isinstance(module, nn.MultiheadAttention),
-    )
+    """The :class:`ModuleLayout` of module ``name`` (sequence-first models are refused by :mod:`helpers.hooks`)."""
+    m = hooks.require_batch_first(_as_module(model))
+    return ModuleLayout(name=name, tower=tower_of(name), conv=isinstance(m.get_submodule(name), nn.Conv2d))
 
 
 def check_tokens(tokens: str) -> str:
@@ -459,8 +403,7 @@ def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: Tower
     Parameters
     ----------
     x : tensor
-        The module output as produced: ``(B, T, D)`` or ``(T, B, D)`` (per
-        ``layout.seq_first``), ``(B, C, H, W)`` or ``(B, D)``.
+        The module output: ``(B, T, D)``, ``(B, C, H, W)`` or ``(B, D)``.
     layout : ModuleLayout
     tokens : str
         See the module docstring.
@@ -481,14 +424,11 @@ def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: Tower
     """
     name = layout.name
     if x.ndim == 3:
-        if layout.seq_first:
-            x = x.transpose(0, 1)
         if x.shape[0] != inp.batch or (inp.n_tokens is not None and x.shape[1] != inp.n_tokens):
             flipped = x.shape[1] == inp.batch and x.shape[0] == inp.n_tokens
             raise LayoutError(
-                f"{name}: output {tuple(x.shape)} (after applying the declared "
-                f"{'sequence' if layout.seq_first else 'batch'}-first layout) does not match batch={inp.batch}, "
-                f"tokens={inp.n_tokens}" + ("; it looks transposed, so the declared layout is wrong" if flipped else "")
+                f"{name}: batch-first output {tuple(x.shape)} does not match batch={inp.batch}, "
+                f"tokens={inp.n_tokens}" + ("; it looks transposed (sequence-first)" if flipped else "")
             )
         p = inp.n_prefix
         if tokens == "all":
@@ -597,57 +537,16 @@ def patch_table(source: Any = None, *, grid: Sequence[int] | None = None, patch_
 # =========================================================================== capture
 
 
-class _TowerInputHook:
-    """Forward pre-hook on a tower's entry module: records batch size and geometry."""
-
-    def __init__(self, capture: "Capture", tower: str):
-        self.capture, self.tower = capture, tower
-        self.__name__ = f"hook_{tower}_input"
-
-    def __repr__(self) -> str:
-        return f"<{self.__name__} (helpers.record)>"
-
-    def __call__(self, module, args, kwargs):
-        x = args[0] if args else next(iter(kwargs.values()))
-        if self.tower == "image":
-            ph, pw = module.patch_size if hasattr(module, "patch_size") else (None, None)
-            has_cls = getattr(module, "class_embedding", None) is not None
-            grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph else None
-            n_prefix = 1 if has_cls else 0
-            n_tok = (n_prefix + grid[0] * grid[1]) if grid else None
-            self.capture.inputs["image"] = TowerInput(int(x.shape[0]), n_tok, n_prefix, grid)
-        else:
-            pool = getattr(self.capture.model, "text_pool_type", None) or getattr(module, "pool_type", None)
-            self.capture.inputs["text"] = TowerInput(int(x.shape[0]), int(x.shape[1]), 0, None, x.detach(), pool)
-
-
-class _OutputHook:
-    """Forward hook that stores the selected tokens of one module's output."""
-
-    def __init__(self, capture: "Capture", layout: ModuleLayout):
-        self.capture, self.layout = capture, layout
-        self.__name__ = hook_name(layout.name)
-
-    def __repr__(self) -> str:
-        return f"<{self.__name__} on {self.layout.name!r}, tokens={self.capture.tokens!r} (helpers.record)>"
-
-    def __call__(self, module, args, output):
-        cap, name = self.capture, self.layout.name
-        if isinstance(output, tuple):
-            if not self.layout.mha:
-                raise LayoutError(f"{name} returned a tuple of {len(output)}; only nn.MultiheadAttention is understood")
-            output = output[0]  # (attn_output, attn_weights or None)
-        if not isinstance(output, torch.Tensor):
-            raise LayoutError(f"{name} returned {type(output).__name__}, not a tensor")
-        inp = cap.inputs.get(self.layout.tower)
-        if inp is None:
-            raise LayoutError(
-                f"{name} ran but the {self.layout.tower} tower's input was not seen; run the forward through "
-                "model.encode_image / model.visual (image) or model.encode_text (text)"
-            )
-        sel = select_tokens(output.detach(), self.layout, cap.tokens, inp)
-        cap.outputs[name] = sel.clone() if sel.data_ptr() == output.data_ptr() or sel._is_view() else sel
-        cap.calls[name] += 1
+def _tower_input(model: nn.Module, tower: str, x: torch.Tensor, entry: nn.Module) -> TowerInput:
+    """Batch size and token geometry seen at a tower's entry module."""
+    if tower == "image":
+        ph, pw = entry.patch_size if hasattr(entry, "patch_size") else (None, None)
+        n_prefix = 1 if getattr(entry, "class_embedding", None) is not None else 0
+        grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph else None
+        n_tok = (n_prefix + grid[0] * grid[1]) if grid else None
+        return TowerInput(int(x.shape[0]), n_tok, n_prefix, grid)
+    pool = getattr(model, "text_pool_type", None) or getattr(entry, "pool_type", None)
+    return TowerInput(int(x.shape[0]), int(x.shape[1]), 0, None, x.detach(), pool)
 
 
 class Capture:
@@ -694,7 +593,7 @@ class Capture:
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, TowerInput] = {}
         self.calls: Counter = Counter()
-        self._handles: list = []
+        self._stack = contextlib.ExitStack()
 
     def _tower_entries(self) -> dict[str, nn.Module]:
         towers = {lay.tower for lay in self.layouts.values()}
@@ -706,17 +605,28 @@ class Capture:
             entries["text"] = text if isinstance(text, nn.Module) else self.model.token_embedding
         return entries
 
+    def _on_input(self, tower: str, x: torch.Tensor) -> None:
+        self.inputs[tower] = _tower_input(self.model, tower, x, self._entries[tower])
+
+    def _on_output(self, name: str, out: torch.Tensor) -> None:
+        lay = self.layouts[name]
+        inp = self.inputs.get(lay.tower)
+        if inp is None:
+            raise LayoutError(
+                f"{name} ran but the {lay.tower} tower's input was not seen; run the forward through "
+                "model.encode_image / model.visual (image) or model.encode_text (text)"
+            )
+        sel = select_tokens(out.detach(), lay, self.tokens, inp)
+        self.outputs[name] = sel.clone() if sel.data_ptr() == out.data_ptr() or sel._is_view() else sel
+        self.calls[name] += 1
+
     def __enter__(self) -> "Capture":
-        try:
-            for tower, entry in self._tower_entries().items():
-                h = entry.register_forward_pre_hook(_TowerInputHook(self, tower), with_kwargs=True, prepend=True)
-                self._handles.append(h)
-            for name in self.names:
-                mod = self.model.get_submodule(name)
-                self._handles.append(mod.register_forward_hook(_OutputHook(self, self.layouts[name])))
-        except BaseException:
-            self.remove()
-            raise
+        self._entries = self._tower_entries()
+        self._stack = contextlib.ExitStack()
+        with self._stack as stack:
+            stack.enter_context(hooks.read_inputs(self._entries, self._on_input))
+            stack.enter_context(hooks.edit_outputs(hooks.named(self.model, self.names), self._on_output))
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -725,8 +635,7 @@ class Capture:
 
     def remove(self) -> None:
         """Remove every hook this capture registered (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
+        self._stack.close()
 
     def clear(self) -> None:
         """Forget outputs, inputs and call counts (call before each forward)."""
@@ -885,7 +794,7 @@ def _geometry(model: nn.Module, input_size: int) -> dict:
         "grid": grid,
         "n_prefix_tokens": 1 if getattr(vis, "class_embedding", None) is not None else 0,
         "n_tokens": 1 + grid[0] * grid[1],
-        "transformer_batch_first": _transformer_batch_first(vis.transformer) if hasattr(vis, "transformer") else None,
+        "transformer_batch_first": hooks.require_batch_first(vis) is vis if hasattr(vis, "transformer") else None,
         "token_order": "class token at 0, then patches row-major (token 1 + row*cols + col)",
     }
 
