@@ -103,6 +103,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import hooks
+from helpers.checks import check_int
 from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
 
@@ -471,9 +472,7 @@ def visual_tower(model: torch.nn.Module) -> Tower:
 
 
 def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < tower.n_blocks:
-        raise ValueError(f"{what} must be an integer block index 0..{tower.n_blocks - 1}, got {k!r}")
-    return int(k)
+    return check_int(what, k, 0, tower.n_blocks - 1)
 
 
 def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tensor:
@@ -601,8 +600,7 @@ def build_residual_cache(
     from numpy.lib.format import open_memmap
     from tqdm.auto import tqdm
 
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive integer (number of stimuli), got {n!r}")
+    check_int("n", n, 1)
     ks = tuple(range(tower.n_blocks)) if blocks is None else tuple(sorted({_check_block(tower, k, "blocks") for k in blocks}))
     store: dict[int, np.ndarray] = {}
     cur = {"start": 0}
@@ -659,8 +657,7 @@ def lesion_indices(n_stimuli: int, n_lesion_stimuli: int | None = None) -> np.nd
     """
     if n_lesion_stimuli is None or (isinstance(n_lesion_stimuli, str) and n_lesion_stimuli.strip() in ("None", "null", "")):
         return np.arange(int(n_stimuli), dtype=np.int64)
-    if isinstance(n_lesion_stimuli, bool) or not isinstance(n_lesion_stimuli, (int, np.integer)) or n_lesion_stimuli < 1:
-        raise ValueError(f"n_lesion_stimuli must be None (all) or a positive integer, got {n_lesion_stimuli!r}")
+    check_int("n_lesion_stimuli", n_lesion_stimuli, 1)
     return np.arange(min(int(n_lesion_stimuli), int(n_stimuli)), dtype=np.int64)
 
 
@@ -1249,8 +1246,7 @@ def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None)
     (n, C) int64
     """
     if condition == "Random":
-        if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer for condition='Random', got {seed!r}")
+        check_int("seed", seed)
         rng = np.random.default_rng(int(seed))
         return rng.permuted(np.tile(np.arange(values.n_neurons, dtype=np.int64), (values.n_stimuli, 1)), axis=1)
     if condition == "Targeted":
@@ -1281,8 +1277,7 @@ def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarr
     -------
     i, j : (m,) int64
     """
-    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
-        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    check_int("n_pairs", n_pairs, 1)
     if n < 2:
         raise ValueError(f"n must be >= 2 stimuli to form pairs, got {n}")
     if n * (n - 1) // 2 <= n_pairs:
@@ -1381,8 +1376,7 @@ def targeted_lesion_study(
 
     layer = _check_block(tower, layer)
     props = _check_proportions(proportions)
-    if isinstance(n_random_seeds, bool) or not isinstance(n_random_seeds, (int, np.integer)) or n_random_seeds < 0:
-        raise ValueError(f"n_random_seeds must be an integer >= 0, got {n_random_seeds!r}")
+    check_int("n_random_seeds", n_random_seeds, 0)
     bad = [c for c in include if c not in CONDITIONS]
     if bad or not include:
         raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
@@ -1470,8 +1464,7 @@ def region_mask(region: str | np.ndarray, bins: int) -> np.ndarray:
     -------
     (bins, bins) bool
     """
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    check_int("bins", bins, 2)
     if not isinstance(region, str):
         m = np.asarray(region, dtype=bool)
         if m.shape != (bins, bins):
@@ -1594,12 +1587,6 @@ class NeuronSet:
     neurons: np.ndarray
 
 
-def _check_int(name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
 def matched_lesions(
     fm: FieldMaps,
     region: str | np.ndarray,
@@ -1625,7 +1612,7 @@ def matched_lesions(
     -------
     list of NeuronSet: region, opposite, then the random seeds in order.
     """
-    n_control_seeds = _check_int("n_control_seeds", n_control_seeds, 0)
+    n_control_seeds = check_int("n_control_seeds", n_control_seeds, 0)
     masks = {"region": region_mask(region, fm.bins), "opposite": opposite_region(region, fm.bins)}
     chosen = {kind: region_neurons(fm, m, rule=rule, proportion=proportion) for kind, m in masks.items()}
     k = min(len(v) for v in chosen.values())
@@ -1876,7 +1863,7 @@ def localisation_test(
     if b.shape != a.shape:
         raise ValueError(f"before and after must have equal shapes, got {b.shape}, {a.shape}")
     d, ins = _check_labels(b - a, inside)
-    n_permutations, alpha = _check_int("n_permutations", n_permutations, 1), _check_fraction("alpha", alpha)
+    n_permutations, alpha = check_int("n_permutations", n_permutations, 1), _check_fraction("alpha", alpha)
     p = _permutation_p(d, ins, n_permutations, np.random.default_rng(seed))
     stat = d[ins].mean() - d[~ins].mean()
     return dict(
@@ -1934,8 +1921,8 @@ def localisation_did(
     if b.shape != a.shape or b.ndim != 1 or c.ndim != 2 or c.shape[0] != b.shape[0] or c.shape[1] == 0:
         raise ValueError(f"before, after must be (n,) and control_after (n,) or (n, s); got {b.shape}, {a.shape}, "
                          f"{np.shape(control_after)}")
-    n_permutations = _check_int("n_permutations", n_permutations, 1)
-    n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 1)
+    n_permutations = check_int("n_permutations", n_permutations, 1)
+    n_bootstrap = check_int("n_bootstrap", n_bootstrap, 1)
     ci, alpha = _check_fraction("ci", ci), _check_fraction("alpha", alpha)
     d = b - a
     cd = b[:, None] - c  # (n, s) control deficits
@@ -2100,7 +2087,7 @@ def dissociation_table(
     bad = [m for m in metrics if m not in DEFICIT_METRICS]
     if bad or not metrics:
         raise ValueError(f"metrics must be a non-empty subset of {tuple(DEFICIT_METRICS)}, got {list(metrics)!r}")
-    n_bootstrap, ci = _check_int("n_bootstrap", n_bootstrap, 1), _check_fraction("ci", ci)
+    n_bootstrap, ci = check_int("n_bootstrap", n_bootstrap, 1), _check_fraction("ci", ci)
     groups = {"region": lesion_values(df, "inside")["region"].astype(bool),
               "opposite": lesion_values(df, "in_opposite")["region"].astype(bool)}
     rng = np.random.default_rng(seed)

@@ -60,6 +60,7 @@ import scipy.fft as sfft
 import scipy.sparse as sp
 from scipy import ndimage
 
+from helpers.checks import check_int
 from helpers.ratemaps import _check_activations, _check_bins, _check_positions, _check_sigma
 from helpers.ratemaps import flat_bin_indices, ratemaps_from_bins, resolve_extent
 
@@ -241,8 +242,7 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     left out of every sum and the full ``(2n-1)²`` array is returned.
     """
     arr, single = _as_stack(maps)
-    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, np.integer)) or min_overlap < 2:
-        raise ValueError(f"min_overlap must be an integer >= 2 (bins), got {min_overlap!r}")
+    check_int("min_overlap", min_overlap, 2)
     acorr = _autocorrelogram(arr, int(min_overlap))
     return acorr[0] if single else acorr
 
@@ -878,8 +878,7 @@ def grid_score(
         central_threshold = 0.0 if central_threshold is None else central_threshold
         min_ring_width = 3 if min_ring_width is None else min_ring_width
         max_radius_fraction = 0.9 if max_radius_fraction is None else max_radius_fraction
-        if isinstance(min_ring_width, bool) or not isinstance(min_ring_width, (int, np.integer)) or min_ring_width < 1:
-            raise ValueError(f"min_ring_width must be an integer >= 1 (bins), got {min_ring_width!r}")
+        check_int("min_ring_width", min_ring_width, 1)
         if not (0 < float(max_radius_fraction) <= 1):
             raise ValueError(f"max_radius_fraction must be in (0, 1], got {max_radius_fraction!r}")
         if not np.isfinite(central_threshold) or not (-1 <= central_threshold < 1):
@@ -962,8 +961,7 @@ def _border_fields(
         raise ValueError(f"field_threshold must be in (0, 1] (fraction of the peak), got {field_threshold!r}")
     if min_field_bins is None:
         min_field_bins = _default_min_field_bins(n, m)
-    if isinstance(min_field_bins, bool) or not isinstance(min_field_bins, (int, np.integer)) or min_field_bins < 1:
-        raise ValueError(f"min_field_bins must be an integer >= 1, got {min_field_bins!r}")
+    check_int("min_field_bins", min_field_bins, 1)
     rates = _nonnegative(arr, transform)
     finite = np.isfinite(rates)
     peak = np.max(np.where(finite, rates, -np.inf), axis=(1, 2))
@@ -1183,8 +1181,7 @@ def shuffle_scores(
     sigma = _check_sigma(sigma)
     pos = _check_positions(positions)
     act = _check_activations(activations, pos.shape[0])
-    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 1:
-        raise ValueError(f"n_shuffles must be an integer >= 1, got {n_shuffles!r}")
+    check_int("n_shuffles", n_shuffles, 1)
     if transform not in _TRANSFORMS:
         raise ValueError(f"transform must be one of {_TRANSFORMS}, got {transform!r}")
     from tqdm.auto import tqdm
@@ -1369,8 +1366,7 @@ def top_neurons(values: np.ndarray, top_k: int = 5) -> np.ndarray:
     vals = np.asarray(values, dtype=np.float64)
     if vals.ndim != 1:
         raise ValueError(f"values must be 1-D (one score per neuron), got shape {vals.shape}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    check_int("top_k", top_k, 1)
     finite = np.flatnonzero(np.isfinite(vals))
     order = finite[np.argsort(-vals[finite], kind="stable")]
     return order[:top_k]
@@ -1442,8 +1438,7 @@ def score_layers(
 
     from helpers.ratemaps import ratemaps, resolve_extent
 
-    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 0:
-        raise ValueError(f"n_shuffles must be an integer >= 0, got {n_shuffles!r}")
+    check_int("n_shuffles", n_shuffles, 0)
     _alpha(percentile)
     _check_null_model(null_model)
     if n_shuffles:

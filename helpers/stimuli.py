@@ -22,6 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from helpers.checks import check_int
+
 #: Version of the rendering rules; part of the content hash.
 RENDER_VERSION = 1
 
@@ -150,10 +152,8 @@ def make_stimuli(
         Non-positive ``n`` or ``canvas``, unknown shapes or colours, or a diameter
         range that is empty, non-positive or larger than the canvas.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n (number of stimuli) must be a positive integer, got {n!r}")
-    if isinstance(canvas, bool) or not isinstance(canvas, (int, np.integer)) or canvas < 8:
-        raise ValueError(f"canvas must be an integer >= 8 pixels, got {canvas!r}")
+    check_int("n", n, 1)
+    check_int("canvas", canvas, 8)
     try:
         dmin, dmax = (float(v) for v in diameter)
     except (TypeError, ValueError):
@@ -172,8 +172,7 @@ def make_stimuli(
         raise ValueError(f"colours must be a non-empty subset of {tuple(COLOURS)}, got {colours!r}")
     if background not in COLOURS:
         raise ValueError(f"background must be one of {tuple(COLOURS)}, got {background!r}")
-    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_int("seed", seed)
 
     rng = np.random.default_rng(int(seed))
     d = rng.uniform(dmin, dmax, size=int(n))
@@ -415,8 +414,7 @@ class StimulusDataset:
 
 def check_batch_size(batch_size: int) -> int:
     """``batch_size`` as an int, or ValueError naming it unless it is a positive integer (bools refused)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     return int(batch_size)
 
 
