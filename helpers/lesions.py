@@ -570,32 +570,11 @@ def build_residual_cache(
     directory: str | Path | None = None,
     progress: bool = True,
 ) -> ResidualCache:
-    """One unlesioned full forward that keeps the input of chosen blocks.
+    """One unlesioned forward over ``batches`` (images (B, 3, S, S), ids (B,)) keeping the input of chosen blocks.
 
-    Forward pre-hooks on ``tower.blocks[k]`` copy the residual stream entering
-    each chosen block into preallocated arrays, batch by batch, so memory stays
-    at one batch plus the arrays (which live on disk when ``directory`` is
-    given).
-
-    Parameters
-    ----------
-    tower : Tower
-    batches : iterable of (images (B, 3, S, S), stimulus ids (B,))
-        E.g. :func:`helpers.stimuli.iter_batches`; consumed in order.
-    n : int
-        Total number of stimuli the batches yield.
-    blocks : sequence of int, optional
-        Blocks whose input to keep; default all.
-    directory : path, optional
-        Store each block as ``<directory>/block_XX.npy`` (``open_memmap``);
-        default: in RAM. Size: n x T x C x bytes per block (460 MB for 3000
-        ViT-B/32 stimuli in float32).
-    progress : bool
-        tqdm progress bar.
-
-    Returns
-    -------
-    ResidualCache
+    ``n`` stimuli in all; ``blocks`` default all; arrays (n, T, C) per block in the
+    compute dtype (bfloat16 as int16 bits), on disk as ``<directory>/block_XX.npy``
+    when ``directory`` is given (460 MB per block for 3000 ViT-B/32 stimuli, float32).
     """
     from numpy.lib.format import open_memmap
     from tqdm.auto import tqdm
@@ -1132,44 +1111,15 @@ def _smoothing_matrix(bins: int, sigma: float) -> np.ndarray:
 def held_out_values(
     activations: np.ndarray, rows_cols: np.ndarray, bins: int, sigma: float | None = None
 ) -> HeldOutValues:
-    """Exact leave-one-out ratemap statistics for every stimulus, vectorised.
+    """Exact leave-one-out ratemap statistics for every stimulus, vectorised over stimuli and neurons.
 
-    The ratemaps of :func:`helpers.ratemaps.ratemaps_from_bins` are
-    ``smooth(sums) / smooth(occupancy)`` on visited bins, NaN elsewhere
-    (:func:`helpers.ratemaps.smooth_maps`; plain means when ``sigma`` is 0).
-    Leaving stimulus ``i`` (activations ``a_i``, flat bin ``b``) out removes
-    ``a_i`` from the sums and 1 from the occupancy at ``b``; smoothing is
-    linear, so its held-out map is, at every bin ``x`` still visited,
+    ``activations`` (n, C); ``rows_cols`` (n, 2) bins; ``sigma`` in bins as for the
+    ratemaps. The maps are ``smooth(sums) / smooth(occupancy)``; smoothing is
+    linear, so leaving stimulus ``i`` (bin ``b``) out gives at bin ``x``
     ``(G*S(x) - a_i K_b(x)) / (G*O(x) - K_b(x))`` with ``K_b`` the smoothed
-    impulse at ``b``. The denominator depends on ``b`` only, so the map's sum
-    and sum of squares over visited bins are a few ``(B, B) @ (B, C)`` products
-    plus per-stimulus terms in ``a_i`` and ``a_i**2``: no map is built per
-    stimulus. Activations are centred per neuron first (the maps are
-    shift-equivariant), so the variance does not cancel catastrophically when
-    means dwarf spatial SDs.
-
-    The value at the stimulus's own bin is the held-out normalised
-    convolution there, also when the stimulus was alone in its bin (then it
-    comes from the neighbouring bins through the smoothing; that bin is not
-    counted among the visited bins of the mean and SD).
-
-    Parameters
-    ----------
-    activations : (n, C) float, one row per stimulus.
-    rows_cols : (n, 2) int, each stimulus's bin (:func:`helpers.ratemaps.bin_indices`).
-    bins : int >= 2, bins per side.
-    sigma : float >= 0 or None, Gaussian smoothing in bins (as for the ratemaps).
-
-    Returns
-    -------
-    HeldOutValues
-
-    Raises
-    ------
-    ValueError
-        Bad shapes, a stimulus outside the maps, or a stimulus with no
-        held-out value at its bin (alone in its bin with ``sigma`` 0, or with
-        no other stimulus within the smoothing's reach).
+    impulse at ``b``, and each held-out map's mean and SD over visited bins are a
+    few (B, B) @ (B, C) products: no map is built per stimulus. Raises ValueError
+    when a stimulus has no held-out value at its own bin.
     """
     from helpers.ratemaps import _check_bins, _check_sigma
 
@@ -1316,6 +1266,25 @@ def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np
 
 
 @torch.no_grad()
+def _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size, progress) -> dict:
+    """Lesioned embeddings (n, E) per job ``(run, k)``: each stimulus's top-``k`` ranked channels zeroed."""
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return {}
+    feats = {job: np.empty((cache.n, cache.embeddings.shape[1]), dtype=np.float32) for job in jobs}
+    chunks = _chunks(cache.n, batch_size)
+    with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {layer}", disable=not progress) as bar:
+        for sl in chunks:
+            x = cache.block_input(layer, sl, tower.device)
+            for r, k in jobs:
+                m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
+                with ablate_channels(tower.blocks[layer].attn, m, tokens):
+                    feats[(r, k)][sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
+                bar.update(1)
+    return feats
+
+
 def targeted_lesion_study(
     tower: Tower,
     cache: ResidualCache,
@@ -1333,46 +1302,18 @@ def targeted_lesion_study(
 ):
     """Per-stimulus neuron lesions at block ``layer`` for a sweep of proportions.
 
-    For stimulus ``i`` and proportion ``p``, the ``round(p * C)`` neurons of
-    highest priority (:func:`neuron_ranks`, from maps that leave stimulus
-    ``i`` out) are zeroed in the attention output of block ``layer`` for that
-    stimulus only (one batched forward with a per-sample mask, from the cached
-    input of block ``layer``). Proportion 0 is the cached baseline; proportion
-    1 is the same lesion for every condition and is computed once. Each row
-    also reports the selection's specificity (:func:`selection_specificity`,
-    on the same seeded stimulus pairs for every row).
+    For stimulus ``i`` and proportion ``p`` the ``round(p * C)`` neurons of highest
+    priority (:func:`neuron_ranks`, from maps that leave ``i`` out) are zeroed in the
+    attention output of block ``layer`` for that stimulus only (per-sample mask, from
+    the cached block input). Proportion 0 is the cached baseline; 1 is computed once.
+    ``values``: :func:`held_out_values` of the C channels, one row per cached
+    stimulus; ``include``: rules from :data:`CONDITIONS` (Random repeated with seeds
+    ``0..n_random_seeds-1``); ``n_pairs`` stimulus pairs (seed 0) for the Jaccard index.
 
-    Parameters
-    ----------
-    tower : Tower
-    cache : ResidualCache
-        Must hold the input of block ``layer``.
-    task : ZeroShotTask
-    values : HeldOutValues
-        Held-out map statistics of the ``C`` attention-output channels of
-        block ``layer`` (:func:`held_out_values`), one row per cached stimulus.
-    layer : int
-        Block index, 0..N-1 (blog: 9).
-    proportions : sequence of float in [0, 1]
-    n_random_seeds : int >= 0
-        Random condition repeated with seeds ``0..n_random_seeds-1``.
-    include : sequence of condition names (:data:`CONDITIONS`)
-    tokens : {"all", "cls"}
-        Which tokens of a lesioned channel are zeroed (:func:`ablate_channels`).
-    batch_size : int
-    n_pairs : int
-        Stimulus pairs sampled (seed 0) for the Jaccard index (all pairs when fewer).
-    progress : bool
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``condition, seed, proportion, n_ablated, performance,
-        p_target, n_stimuli, jaccard, n_common`` (``seed`` is empty for the
-        targeted conditions).
+    Returns a DataFrame: ``condition, seed, proportion, n_ablated, performance,
+    p_target, n_stimuli, jaccard, n_common`` (``seed`` empty for targeted rules).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     layer = _check_block(tower, layer)
     props = _check_proportions(proportions)
@@ -1398,21 +1339,8 @@ def targeted_lesion_study(
 
     # decisions[(run, k)] -> (correct, p); k == 0 is the baseline, k == C is shared
     base = task.decide(cache.embeddings)
-    feats: dict = {}
     jobs = [(r, k) for r in runs for k in interior] + ([("all", C)] if C in ks else [])
-    if jobs:
-        E = cache.embeddings.shape[1]
-        for job in jobs:
-            feats[job] = np.empty((cache.n, E), dtype=np.float32)
-        chunks = _chunks(cache.n, batch_size)
-        with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {layer}", disable=not progress) as bar:
-            for sl in chunks:
-                x = cache.block_input(layer, sl, tower.device)
-                for r, k in jobs:
-                    m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
-                    with ablate_channels(tower.blocks[layer].attn, m, tokens):
-                        feats[(r, k)][sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
-                    bar.update(1)
+    feats = _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size, progress)
     decided = {job: task.decide(f) for job, f in feats.items()}
     rows = []
     for r in runs:
@@ -1666,31 +1594,14 @@ def spatial_lesion_study(
 ):
     """Lesion the same neurons for every stimulus; per-stimulus results before and after, per lesion.
 
-    Every lesion runs from the cached input of block ``layer``; a chunk of
-    stimuli is read once and run under each lesion in turn.
+    From the cached input of block ``layer``. ``neurons``: (m,) channel indices or
+    the :class:`NeuronSet` list of :func:`matched_lesions` (one of kind ``"region"``);
+    ``positions`` (n, 2) px and ``rows_cols`` (n, 2) bins in cache order; ``region``
+    and ``opposite`` (default: complement) (bins, bins) bool masks.
 
-    Parameters
-    ----------
-    neurons : (m,) int channel indices (one region lesion), or the NeuronSets of
-        :func:`matched_lesions` (exactly one of kind ``"region"``).
-    positions : (n, 2) float, stimulus centres (x, y) in pixels, cache order.
-    rows_cols : (n, 2) int, stimulus bins.
-    region : (bins, bins) bool; ``inside`` = the stimulus's bin is in it.
-    opposite : (bins, bins) bool, optional
-        The opposite region (:func:`opposite_region`); ``in_opposite`` = the
-        stimulus's bin is in it. Default: the complement of ``region``.
-    layer : int
-    n_neurons : int, optional
-        Channels of the attention output (default: ``out_proj.out_features``).
-    tokens : {"all", "cls"}
-
-    Returns
-    -------
-    pandas.DataFrame, one row per lesion and cached stimulus:
-        ``lesion, seed, n_lesioned, stimulus, x, y, row, col, inside,
-        in_opposite, correct_before, correct_after, p_before, p_after,
-        margin_before, margin_after`` (``p``: target probability; ``margin``:
-        :meth:`ZeroShotTask.margin`; ``seed`` empty except for ``random``).
+    Returns a DataFrame, one row per lesion and stimulus: ``lesion, seed,
+    n_lesioned, stimulus, x, y, row, col, inside, in_opposite, correct_before,
+    correct_after, p_before, p_after, margin_before, margin_after``.
     """
     import pandas as pd
     from tqdm.auto import tqdm

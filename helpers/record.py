@@ -864,73 +864,16 @@ def record(
     condition: str | None = None,
     weights_hash: str | None = None,
 ) -> dict:
-    """Record ``layers`` for every stimulus, streaming into per-layer ``.npy`` memmaps.
+    """Record ``layers`` (image tower) for every stimulus into per-layer ``.npy`` memmaps; return the manifest.
 
-    One ``encode_image`` forward per batch records all layers and the final
-    embedding. Only the current batch is held in memory. After each batch the
-    arrays are flushed and ``manifest.json`` is rewritten atomically with the
-    number of stimuli done, so an interrupted call resumes when called again
-    with the same arguments.
-
-    Parameters
-    ----------
-    lm : helpers.models.LoadedModel
-        Model, preprocessing, device and compute dtype (``lm.dtype``:
-        float32 is exact; bfloat16 is ~3-4x faster on CPUs with bf16 support).
-    stim : helpers.stimuli.StimulusSet
-        Stimuli, recorded in order ``0 .. n-1``.
-    out_dir : str or Path
-        Recording folder (created).
-    layers : str or sequence of str
-        Module names or globs (:func:`resolve_layers`); image tower only.
-    tokens : {"cls", "patches", "all", "mean"}
-        Token selection (module docstring). Default ``"cls"``.
-    storage_dtype : {"float32", "float16"}
-        On-disk dtype; activations are converted on write (float16 refuses
-        values that would overflow to inf).
-    batch_size : int
-        Images per forward (> 0).
-    overwrite : bool
-        Delete an existing recording in ``out_dir`` and start fresh. Without
-        it, an existing recording is resumed (incomplete) or returned as is
-        (complete) when its manifest matches on every :data:`IDENTITY_KEYS`
-        field, and refused otherwise. Resuming with another ``batch_size`` or
-        ``num_workers`` is allowed (batch size changes results only within
-        float tolerance; each session is logged in ``progress.sessions``).
-    progress : bool
-        Show a ``tqdm`` bar (images/s).
-    num_workers : int
-        DataLoader workers for rendering (0 = in-process).
-    images : tensor (n, 3, S, S), optional
-        Pre-processed images to use instead of rendering ``stim`` (benchmarks,
-        repeated recordings). Must correspond to ``stim``.
-    on_batch : callable(dict), optional
-        Called after each batch is committed with ``{"condition", "batch",
-        "n_done", "n_total", "images_per_s"}``; an exception raised there stops
-        the recording like an interruption.
-    condition : str, optional
-        Label stored in the manifest (``"model"`` / ``"random"``).
-    weights_hash : str, optional
-        Precomputed :func:`helpers.models.weights_hash` of ``lm.model`` (skips
-        hashing ~600 MB; you vouch that it is current).
-
-    Returns
-    -------
-    dict
-        The final manifest: ``format``, ``complete``, the identity fields
-        (:data:`IDENTITY_KEYS`), ``arrays`` (per layer: file, shape, dtype,
-        hook, description), ``embeddings``, ``geometry`` (input size, patch
-        size, grid, token order), ``versions``, ``device``, ``progress``
-        (``n_done``, ``sessions``) and timestamps.
-
-    Raises
-    ------
-    RecordingMismatchError
-        ``out_dir`` holds a recording of other stimuli/model/settings.
-    ValueError
-        Invalid parameters.
-    LayoutError
-        A module output contradicts the model's declared token layout.
+    One ``encode_image`` forward per batch; the manifest is rewritten atomically
+    after each batch, so an interrupted call resumes when called again. An
+    existing recording is resumed or returned when it matches on every
+    :data:`IDENTITY_KEYS` field and refused (:class:`RecordingMismatchError`)
+    otherwise; ``overwrite=True`` deletes it first. ``tokens``: module docstring;
+    ``storage_dtype``: float32 or float16 (overflow refused); ``images``:
+    preprocessed (n, 3, S, S) instead of rendering; ``on_batch(dict)`` is called
+    after each committed batch; ``weights_hash`` skips hashing (you vouch for it).
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {tuple(STORAGE_DTYPES)}, got {storage_dtype!r}")
@@ -938,18 +881,38 @@ def record(
     check_tokens(tokens)
     if tokens == "eot":
         raise ValueError("tokens='eot' is for text-tower modules; image recordings use 'cls', 'patches', 'all' or 'mean'")
-    model = lm.model
-    cap = Capture(model, layers, tokens)
-    names = cap.names
-    _image_only(names)
-    n = len(stim)
+    cap = Capture(lm.model, layers, tokens)
+    _image_only(cap.names)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    identity = _identity(lm, stim, cap.names, tokens, storage_dtype, weights_hash)
+    old = _matching_recording(folder, identity, overwrite)
+    if old is not None and old.get("complete"):
+        log.info("recording in %s is complete and matches; nothing to do", folder)
+        return old
+    manifest = old or _new_manifest(lm, identity, condition)
+    start = int(manifest["progress"]["n_done"])
+    manifest["device"] = str(lm.device)
+    manifest["batch_size"] = int(batch_size)
+    session = {"started": _now(), "start_at": start, "batch_size": int(batch_size), "versions": _versions()}
+    manifest["progress"]["sessions"].append(session)
+    _write_manifest(folder, manifest)
+    batches = _batch_source(lm, stim, int(batch_size), start, images, num_workers)
+    done = _stream(lm, cap, batches, folder, manifest, session, storage_dtype, progress, on_batch, condition)
+    if done != len(stim):
+        raise RuntimeError(f"recording stopped at {done}/{len(stim)} stimuli")
+    manifest["complete"] = True
+    manifest["finished"] = _now()
+    _write_manifest(folder, manifest)
+    return manifest
 
-    identity = {
+
+def _identity(lm, stim, names: Sequence[str], tokens: str, storage_dtype: str, weights_hash: str | None) -> dict:
+    """The manifest's :data:`IDENTITY_KEYS` fields for this recording."""
+    return {
         "model": lm.name,
         "weights": lm.weights,
-        "weights_hash": weights_hash or models_weights_hash(model),
+        "weights_hash": weights_hash or models_weights_hash(lm.model),
         "seed": lm.seed,
         "quick_gelu": bool(lm.quick_gelu),
         "compute_dtype": _dtype_name(lm.dtype),
@@ -957,9 +920,13 @@ def record(
         "tokens": tokens,
         "storage_dtype": storage_dtype,
         "stimuli_hash": stim.hash,
-        "n_stimuli": n,
+        "n_stimuli": len(stim),
         "input_size": int(lm.input_size),
     }
+
+
+def _matching_recording(folder: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The manifest of the recording in ``folder`` (None: none); refuse one with another identity."""
     if overwrite:  # never parse what is about to be deleted: a corrupt manifest must not block a rebuild
         _clear_folder(folder)
     old = read_manifest(folder) if (folder / MANIFEST).is_file() else None
@@ -967,7 +934,7 @@ def record(
         raise RecordingMismatchError(
             f"{folder} holds .npy files but no {MANIFEST}; refusing to mix. Pass overwrite=True to start fresh"
         )
-    elif old is not None:
+    if old is not None:
         diff = _identity_diff(old, identity)
         if old.get("format") != FORMAT:
             diff.insert(0, f"format: recorded {old.get('format')!r}, this code writes {FORMAT!r}")
@@ -977,13 +944,11 @@ def record(
                 + "\n  - ".join(diff)
                 + "\nPass overwrite=True to delete it and record afresh, or choose another folder."
             )
-        if old.get("complete"):
-            log.info("recording in %s is complete and matches; nothing to do", folder)
-            return old
+    return old
 
-    store_np = STORAGE_DTYPES[storage_dtype]
-    store_t = torch.float16 if storage_dtype == "float16" else torch.float32
-    manifest = old or {
+
+def _new_manifest(lm, identity: dict, condition: str | None) -> dict:
+    return {
         "format": FORMAT,
         "complete": False,
         "condition": condition,
@@ -991,31 +956,27 @@ def record(
         "model_label": getattr(lm, "label", lm.name),
         "arrays": {},
         "embeddings": None,
-        "geometry": _geometry(model, lm.input_size),
+        "geometry": _geometry(lm.model, lm.input_size),
         "versions": _versions(),
         "created": _now(),
         "progress": {"n_done": 0, "sessions": []},
     }
-    start = int(manifest["progress"]["n_done"])
-    manifest["device"] = str(lm.device)
-    manifest["batch_size"] = int(batch_size)
-    session = {"started": _now(), "start_at": start, "batch_size": int(batch_size), "versions": _versions()}
-    manifest["progress"]["sessions"].append(session)
-    _write_manifest(folder, manifest)
 
-    arrays: dict[str, np.memmap] = {}
-    emb_mm: np.memmap | None = None
-    if start > 0:
-        arrays, emb_mm = _open_existing(folder, manifest, mode="r+")
 
+def _stream(lm, cap: Capture, batches, folder: Path, manifest: dict, session: dict, storage_dtype: str,
+            progress: bool, on_batch, condition) -> int:
+    """Forward ``batches`` and write each into the memmaps, committing the manifest per batch; return n done."""
     from tqdm.auto import tqdm
 
+    n, start = int(manifest["n_stimuli"]), int(manifest["progress"]["n_done"])
+    store_np = STORAGE_DTYPES[storage_dtype]
+    store_t = torch.float16 if storage_dtype == "float16" else torch.float32
+    arrays, emb_mm = _open_existing(folder, manifest, mode="r+") if start > 0 else ({}, None)
     t0 = time.perf_counter()
     bar = tqdm(total=n, initial=start, unit="img", desc=f"record {condition or lm.name}", disable=not progress)
     done = start
     try:
         with torch.inference_mode(), cap:
-            batches = _batch_source(lm, stim, int(batch_size), start, images, num_workers)
             for j, (idx, outs, emb) in enumerate(_forward_batches(lm, cap, batches)):
                 a, b = int(idx[0]), int(idx[-1]) + 1
                 if b - a != len(idx) or a != done:
@@ -1044,12 +1005,7 @@ def record(
         for mm in (*arrays.values(), *([emb_mm] if emb_mm is not None else [])):
             mm.flush()
         del arrays, emb_mm
-    if done != n:
-        raise RuntimeError(f"recording stopped at {done}/{n} stimuli")
-    manifest["complete"] = True
-    manifest["finished"] = _now()
-    _write_manifest(folder, manifest)
-    return manifest
+    return done
 
 
 def _to_storage(t: torch.Tensor, store_t: torch.dtype, name: str) -> np.ndarray:

@@ -117,40 +117,13 @@ def make_stimuli(
     canvas: int = 224,
     inside: bool = False,
 ) -> StimulusSet:
-    """Draw a seeded stimulus set.
+    """Draw a seeded stimulus set of ``n`` shapes (blog: 3000 black circles, diameter 20-80 px, white).
 
-    Parameters
-    ----------
-    n : int
-        Number of stimuli (> 0). The blog uses 3000.
-    seed : int
-        Seed of ``numpy.random.default_rng``; same parameters give identical rows,
-        pixels and hash.
-    diameter : (min, max)
-        Size range in pixels, sampled uniformly. Blog: (20, 80).
-    shapes : sequence of str
-        Any of :data:`SHAPES`, picked uniformly per stimulus. Blog: circles only.
-    colours : sequence of str
-        Any of :data:`COLOURS`, picked uniformly per stimulus. Blog: black.
-    background : str
-        Canvas colour, one of :data:`COLOURS`. Blog: white.
-    canvas : int
-        Canvas side in pixels; the model input size (224 for ViT-B/32) keeps
-        positions identical in the model's input frame.
-    inside : bool
-        If True, centres are drawn so the whole shape lies on the canvas;
-        otherwise centres cover the whole canvas ``[0, canvas)^2`` uniformly and
-        shapes near the edge are clipped (the blog's "cover the full visual field").
-
-    Returns
-    -------
-    StimulusSet
-
-    Raises
-    ------
-    ValueError
-        Non-positive ``n`` or ``canvas``, unknown shapes or colours, or a diameter
-        range that is empty, non-positive or larger than the canvas.
+    ``diameter`` (min, max) px, uniform; ``shapes`` from :data:`SHAPES` and ``colours``
+    from :data:`COLOURS`, uniform per stimulus; ``canvas`` px per side (the model's
+    input size keeps positions in its input frame). Centres cover ``[0, canvas)^2``
+    uniformly (shapes clipped at the edge), or keep the shape whole with
+    ``inside=True``. Same parameters give identical rows, pixels and hash.
     """
     check_int("n", n, 1)
     check_int("canvas", canvas, 8)
