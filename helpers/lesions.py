@@ -96,7 +96,7 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -1054,6 +1054,53 @@ def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
     if not fm.visited.any():
         raise ValueError("maps have no visited bin (all NaN or zero occupancy)")
     return fm
+
+
+class BlockMaps(NamedTuple):
+    """What the lesion stages know about block ``layer``'s attention output (class token) in one condition."""
+
+    activations: np.ndarray  # (n_lesioned, C) float32, rows in ``lesion_indices`` order
+    field_maps: FieldMaps
+    source: str  # where both came from, in words
+
+
+def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, stim, layer: int,
+               indices: np.ndarray, *, extent, bins: int, sigma: float | None, batch_size: int = 64) -> BlockMaps:
+    """Activations and field maps of ``visual.transformer.resblocks.<layer>.attn`` for ``condition``.
+
+    Activations: stage 02's recording when it holds that quantity
+    (:func:`recorded_attention_cls`), else recomputed from the cache
+    (:func:`attention_cls`). Field maps: stage 03's ratemaps of the layer
+    (``analysis/ratemaps_<condition>.npz``, the maps 03 scored), else mapped
+    from the recording of every stimulus, else from the lesioned stimuli's
+    activations, with :func:`helpers.ratemaps.ratemaps`.
+    """
+    from helpers import paths, ratemaps, record
+    from helpers.stimuli import positions_in_input
+
+    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    rec_dir = paths.recordings_dir(run_dir, condition)
+    rec = record.load_recording(rec_dir) if (rec_dir / record.MANIFEST).exists() else None  # refuses incomplete
+    acts, why = recorded_attention_cls(rec, lm, stim.hash, layer, indices)
+    recorded = acts is not None
+    if not recorded:
+        acts = attention_cls(tower, cache, layer, batch_size=batch_size)
+        why += "; recomputed from the residual cache"
+    npz = paths.analysis_dir(run_dir) / f"ratemaps_{condition}.npz"
+    rm = ratemaps.load_ratemaps(npz) if npz.exists() else None
+    if rm is not None and name in rm["maps"]:  # stage 03 (helpers.ratemaps.save_ratemaps format)
+        if not np.allclose(rm["extent"], extent):
+            raise ValueError(f"{npz.name} was mapped over {rm['extent']}, not extent={extent}; rerun stage 03")
+        maps, occupancy, source = rm["maps"][name], rm["occupancy"], npz.name
+    elif recorded:  # stage 02's recording, every stimulus
+        positions = positions_in_input(stim, lm.preprocess)
+        maps, occupancy = ratemaps.ratemaps(positions, rec.arrays[name], bins=bins, extent=extent, sigma=sigma)
+        source = f"recording {name}"
+    else:  # the lesioned stimuli's activations
+        positions = positions_in_input(stim, lm.preprocess)[np.asarray(indices)]
+        maps, occupancy = ratemaps.ratemaps(positions, acts, bins=bins, extent=extent, sigma=sigma)
+        source = "the residual cache"
+    return BlockMaps(acts, field_maps(maps, occupancy), f"activations {acts.shape} from {why}; ratemaps from {source}")
 
 
 @dataclass(frozen=True)
@@ -2046,3 +2093,25 @@ def double_dissociation(table):
     out["crossed"] = (out["a_on_a"] > out["a_on_b"]) & (out["b_on_b"] > out["b_on_a"])
     out["dissociated"] = out["crossed"] & rows["localised"].to_numpy(dtype=bool)
     return out
+
+
+def stack_conditions(tables: Mapping[str, "pd.DataFrame"]):
+    """One table from ``{weights condition: table}``: the rows in order, a leading ``weights`` column."""
+    import pandas as pd
+
+    out = []
+    for cond, table in tables.items():
+        table = table.copy()
+        table.insert(0, "weights", cond)
+        out.append(table)
+    return pd.concat(out, ignore_index=True)
+
+
+def localisation_verdicts(localisation):
+    """Verdicts against the ``outside`` reference: one row per (weights, metric), one bool column per control + blog-literal."""
+    ref = localisation[localisation.reference == "outside"]
+    verdicts = ref.pivot_table(index=["weights", "metric"], columns="control", values="localised", sort=False)
+    verdicts.columns = [f"DiD vs {c}" for c in verdicts.columns]
+    literal = ref.groupby(["weights", "metric"], sort=False)["literal_localised"].first()
+    verdicts["blog-literal (region lesion alone)"] = literal
+    return verdicts.astype(bool)

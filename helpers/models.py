@@ -563,6 +563,19 @@ def model_identity(lm: LoadedModel) -> dict:
     }
 
 
+def check_identity(lm: LoadedModel, path) -> None:
+    """Refuse ``lm`` unless its weights hash (covering the dtype) equals the one stored at ``path`` (01's model.json)."""
+    import json
+
+    stored = json.loads(Path(path).read_text()).get("weights_hash")
+    got = weights_hash(lm.model)
+    if stored != got:
+        raise ValueError(
+            f"weights: {lm.label} has weights hash {got}, but {path} (stage 01) records {stored}; "
+            "the run was designed with other weights or another dtype: rerun from stage 01"
+        )
+
+
 # --------------------------------------------------------------------------- zero-shot
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from helpers.checks import check_int, is_int  # noqa: F401  (re-exported)
+from helpers.checks import is_int
 
 #: Token selections whose recordings 03 and 04 can map: one vector per stimulus and neuron.
 STUDY_TOKENS = ("cls", "mean")
