@@ -124,7 +124,7 @@ def test_bad_arguments_raise_value_errors(lm, cache):
         with L.lesion(lm.model, "visual.resblock.9"):
             pass
     tower = L.visual_tower(lm.model)
-    with pytest.raises(ValueError, match="layer"):
+    with pytest.raises(ValueError, match="start"):
         L.embed_from_cache(tower, cache, 12)
     with pytest.raises(ValueError, match="proportions"):
         L._check_proportions([0, 1.5])
