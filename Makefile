@@ -4,6 +4,7 @@
 #   make study WEIGHTS=random N_STIMULI=300
 #   make study PARAMS=params/quick.yaml RUN=look
 #   make test                        whole test suite, nbval included
+#   make test-fast                   the tests marked fast (numpy/torch only, no model): under a minute
 #   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
 #
 # Overrides (empty = take the value from PARAMS or the notebook default):
@@ -39,7 +40,7 @@ SETS := $(if $(MODEL),model=$(MODEL)) \
 
 NBVAL_RUN := $(CURDIR)/data/_nbval
 
-.PHONY: install study test clean-nbval control-models
+.PHONY: install study test test-fast clean-nbval control-models
 .DEFAULT_GOAL := study
 
 $(STAMP): pyproject.toml
@@ -60,6 +61,10 @@ test: $(STAMP)
 	rm -rf $(NBVAL_RUN)
 	$(PY) -m helpers.study --params params/nbval.yaml --run $(NBVAL_RUN) --prepare-only
 	MPLBACKEND=Agg $(PY) -m pytest $(NBVAL_RUN)/0*.ipynb tests --nbval-lax --nbval-current-env -p no:cacheprovider --durations=15
+
+# Tests marked `fast` (no CLIP model, no notebook, no study run): under a minute.
+test-fast: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest tests -m fast -p no:cacheprovider -q
 
 clean-nbval:
 	rm -rf $(NBVAL_RUN)

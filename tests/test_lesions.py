@@ -120,7 +120,7 @@ def test_bad_arguments_raise_value_errors(lm, cache):
     with pytest.raises(ValueError, match="mode"):
         with L.lesion(lm.model, "visual.conv1", mode="bias"):
             pass
-    with pytest.raises(ValueError, match="no module named"):
+    with pytest.raises(ValueError, match="units"):
         with L.lesion(lm.model, "visual.resblock.9"):
             pass
     tower = L.visual_tower(lm.model)

@@ -11,6 +11,8 @@ from scipy.ndimage import gaussian_filter
 from helpers import lesions as L
 from helpers import ratemaps
 
+pytestmark = pytest.mark.fast
+
 EXTENT = (0.0, 224.0, 0.0, 224.0)
 BINS, SIGMA = 10, 1.0
 
