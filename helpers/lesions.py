@@ -110,7 +110,7 @@ from helpers.stimuli import check_batch_size
 __all__ = [
     "LESION_MODES",
     "DEFAULT_PROPORTIONS",
-    "CONDITIONS",
+    "RULES",
     "REGIONS",
     "lesion_parameters",
     "lesion",
@@ -169,7 +169,7 @@ LESION_MODES = ("weights", "all")
 DEFAULT_PROPORTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 #: Selection rules of the targeted-lesion study (:func:`neuron_ranks`); "Targeted_raw" is the blog's literal rule.
-CONDITIONS = ("Targeted", "Targeted_Abs", "Targeted_raw", "Random")
+RULES = ("Targeted", "Targeted_Abs", "Targeted_raw", "Random")
 
 #: Named regions of the visual field (image convention: y grows downwards, so
 #: "lower" is the bottom half of the image = the high row indices of a map).
@@ -1217,7 +1217,7 @@ def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None) -> np.ndarray:
+def neuron_ranks(values: HeldOutValues, rule: str, seed: int | None = None) -> np.ndarray:
     """Per-stimulus lesion priority of every neuron.
 
     ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
@@ -1227,7 +1227,7 @@ def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None)
     ----------
     values : HeldOutValues
         Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
-    condition : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"}
+    rule : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"} (:data:`RULES`)
         ``Targeted``: largest spatial deviation ``z = (value - mean) / sd``
         first (the neuron fires more here than elsewhere, in units of its own
         spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low).
@@ -1242,17 +1242,17 @@ def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None)
     -------
     (n, C) int64
     """
-    if condition == "Random":
+    if rule == "Random":
         check_int("seed", seed)
         rng = np.random.default_rng(int(seed))
         return rng.permuted(np.tile(np.arange(values.n_neurons, dtype=np.int64), (values.n_stimuli, 1)), axis=1)
-    if condition == "Targeted":
+    if rule == "Targeted":
         return _ranks_from_scores(values.z)
-    if condition == "Targeted_Abs":
+    if rule == "Targeted_Abs":
         return _ranks_from_scores(np.abs(values.z))
-    if condition == "Targeted_raw":
+    if rule == "Targeted_raw":
         return _ranks_from_scores(values.value)
-    raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
 def n_ablated(proportion: float, n_neurons: int) -> int:
@@ -1341,7 +1341,7 @@ def targeted_lesion_study(
     layer: int = 9,
     proportions: Sequence[float] = DEFAULT_PROPORTIONS,
     n_random_seeds: int = 5,
-    include: Sequence[str] = CONDITIONS,
+    include: Sequence[str] = RULES,
     tokens: str = "all",
     batch_size: int = 64,
     n_pairs: int = 2000,
@@ -1354,7 +1354,7 @@ def targeted_lesion_study(
     attention output of block ``layer`` for that stimulus only (per-sample mask, from
     the cached block input). Proportion 0 is the cached baseline; 1 is computed once.
     ``values``: :func:`held_out_values` of the C channels, one row per cached
-    stimulus; ``include``: rules from :data:`CONDITIONS` (Random repeated with seeds
+    stimulus; ``include``: rules from :data:`RULES` (Random repeated with seeds
     ``0..n_random_seeds-1``); ``n_pairs`` stimulus pairs (seed 0) for the Jaccard index.
 
     Returns a DataFrame: ``condition, seed, proportion, n_ablated, performance,
@@ -1365,9 +1365,9 @@ def targeted_lesion_study(
     layer = _check_block(tower, layer)
     props = _check_proportions(proportions)
     check_int("n_random_seeds", n_random_seeds, 0)
-    bad = [c for c in include if c not in CONDITIONS]
+    bad = [c for c in include if c not in RULES]
     if bad or not include:
-        raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
+        raise ValueError(f"include must be a non-empty subset of {RULES}, got {list(include)!r}")
     _check_tokens(tokens)
     batch_size = check_batch_size(batch_size)
     if not isinstance(values, HeldOutValues) or values.n_stimuli != cache.n:
@@ -1405,7 +1405,7 @@ def targeted_lesion_study(
 
 
 def summarise_targeted(df, value: str = "performance"):
-    """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per condition and proportion.
+    """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per rule (column ``condition``) and proportion.
 
     ``value`` is any numeric column of :func:`targeted_lesion_study`'s table,
     e.g. ``"performance"``, ``"p_target"`` or ``"jaccard"``.
