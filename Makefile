@@ -4,6 +4,7 @@
 #   make study WEIGHTS=random N_STIMULI=300
 #   make study PARAMS=params/quick.yaml RUN=look
 #   make test                        whole test suite, nbval and the browser test included
+#   make test-fast                   the tests marked fast (numpy/torch only, no model): under a minute
 #   make test-browser                the browser test alone (Voila + Chromium; builds a small run if needed)
 #   make explore RUN=<run>           serve notebooks/explore.ipynb on a finished run with Voila (127.0.0.1)
 #   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
@@ -43,7 +44,7 @@ NBVAL_RUN := $(CURDIR)/data/_nbval
 PORT      ?= 8866
 CHROMIUM  := /usr/bin/chromium
 
-.PHONY: install study test test-browser explore chromium clean-nbval control-models
+.PHONY: install study test test-fast test-browser explore chromium clean-nbval control-models
 .DEFAULT_GOAL := study
 
 $(STAMP): pyproject.toml
@@ -83,6 +84,10 @@ explore: $(STAMP)
 	@test -n "$(RUN)" || { echo "usage: make explore RUN=<run folder: a name under data/ or an absolute path> [PORT=$(PORT)]"; exit 2; }
 	@echo "explorer of run $(RUN): http://127.0.0.1:$(PORT)/   (Ctrl-C stops it; or open notebooks/explore.ipynb in JupyterLab: $(VENV)/bin/jupyter lab)"
 	EXPLORE_RUN="$(RUN)" $(PY) -m voila notebooks/explore.ipynb --no-browser --port=$(PORT) --Voila.ip=127.0.0.1
+
+# Tests marked `fast` (no CLIP model, no notebook, no study run): under a minute.
+test-fast: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest tests -m fast -p no:cacheprovider -q
 
 clean-nbval:
 	rm -rf $(NBVAL_RUN)

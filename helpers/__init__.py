@@ -4,6 +4,7 @@ One module per concept:
 
 - :mod:`helpers.stimuli`  -- synthetic stimulus sets (Design)
 - :mod:`helpers.models`   -- model loading and zero-shot classification (Design)
+- :mod:`helpers.hooks`    -- read and edit module outputs by name, handles always removed
 - :mod:`helpers.record`   -- hook-based recording to disk (Record)
 - :mod:`helpers.ratemaps` -- activation maps over the visual field (Analyse)
 - :mod:`helpers.scores`   -- spatial information, grid and border scores (Analyse)

@@ -46,6 +46,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
+from helpers.checks import check_int
+from helpers.ratemaps import _check_activations
 from helpers.ratemaps import _check_positions as check_positions
 
 __all__ = ["LAMBDAS", "fold_indices", "fit_ridge", "decode_position", "significant_any", "decoding_table"]
@@ -58,14 +60,6 @@ NEURON_SETS: tuple[str, ...] = ("all", "non-significant")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_int(value, name: str, lo: int, hi: int | None = None) -> int:
-    rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
-    if not ok or value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
-    return int(value)
 
 
 def _check_lambdas(lambdas) -> np.ndarray:
@@ -82,15 +76,6 @@ def _check_positions(positions) -> np.ndarray:
     return pos
 
 
-def _check_activations(activations, n: int, name: str = "activations") -> np.ndarray:
-    act = np.asarray(activations, dtype=np.float64)
-    if act.ndim != 2 or act.shape[0] != n:
-        raise ValueError(f"{name} must have shape (n_stimuli={n}, neurons), got shape {act.shape}")
-    if not np.all(np.isfinite(act)):
-        raise ValueError(f"{name} must be finite (no NaN or inf)")
-    return act
-
-
 # --------------------------------------------------------------------------- folds and ridge
 
 
@@ -100,8 +85,8 @@ def fold_indices(n_stimuli: int, n_folds: int = 5, seed: int = 0) -> list[np.nda
     One seeded permutation split into contiguous chunks; every stimulus is in
     exactly one test fold.
     """
-    n = _check_int(n_stimuli, "n_stimuli", 3)
-    k = _check_int(n_folds, "n_folds", 2, n)
+    n = check_int("n_stimuli", n_stimuli, 3)
+    k = check_int("n_folds", n_folds, 2, n)
     return [np.sort(f) for f in np.array_split(np.random.default_rng(seed).permutation(n), k)]
 
 

@@ -96,19 +96,21 @@ import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from helpers import hooks
+from helpers.checks import check_int
 from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
 
 __all__ = [
     "LESION_MODES",
     "DEFAULT_PROPORTIONS",
-    "CONDITIONS",
+    "RULES",
     "REGIONS",
     "lesion_parameters",
     "lesion",
@@ -167,7 +169,7 @@ LESION_MODES = ("weights", "all")
 DEFAULT_PROPORTIONS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 
 #: Selection rules of the targeted-lesion study (:func:`neuron_ranks`); "Targeted_raw" is the blog's literal rule.
-CONDITIONS = ("Targeted", "Targeted_Abs", "Targeted_raw", "Random")
+RULES = ("Targeted", "Targeted_Abs", "Targeted_raw", "Random")
 
 #: Named regions of the visual field (image convention: y grows downwards, so
 #: "lower" is the bottom half of the image = the high row indices of a map).
@@ -365,13 +367,12 @@ def _check_tokens(tokens: str) -> str:
 @contextlib.contextmanager
 def ablate_channels(
     module: torch.nn.Module, mask: torch.Tensor | np.ndarray, tokens: str = "all"
-) -> Iterator[torch.utils.hooks.RemovableHandle]:
+) -> Iterator[None]:
     """Zero chosen output channels of ``module``, per sample, while inside the block.
 
-    A forward hook replaces the module's output ``out`` (or ``out[0]`` when the
-    output is a tuple, as for ``nn.MultiheadAttention``: ``(out[B, T, C], None)``)
-    by ``out`` with the masked channels set to 0. The hook is removed on exit,
-    also on error.
+    A forward hook (:func:`helpers.hooks.edit_outputs`; a tuple output is edited
+    through its first element) sets the masked channels to 0. The hook is
+    removed on exit, also on error.
 
     Parameters
     ----------
@@ -383,10 +384,6 @@ def ablate_channels(
         sample. ``B`` must equal the batch size of every forward run inside.
     tokens : {"all", "cls"}
         ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
-
-    Yields
-    ------
-    RemovableHandle
     """
     _check_tokens(tokens)
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
@@ -395,8 +392,7 @@ def ablate_channels(
     if m.ndim != 2:
         raise ValueError(f"mask must have shape (B, C) or (C,), got {tuple(m.shape)}")
 
-    def hook(mod, args, output):
-        out = output[0] if isinstance(output, tuple) else output
+    def zero(name, out):
         if out.shape[-1] != m.shape[-1]:
             raise ValueError(f"mask has {m.shape[-1]} channels but the module outputs {out.shape[-1]}")
         if m.shape[0] not in (1, out.shape[0]):
@@ -408,14 +404,10 @@ def ablate_channels(
                 tok = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
                 tok[0] = True
                 mm = mm & tok[None, :, None]
-        new = out.masked_fill(mm, 0)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+        return out.masked_fill(mm, 0)
 
-    handle = module.register_forward_hook(hook)
-    try:
-        yield handle
-    finally:
-        handle.remove()
+    with hooks.edit_outputs({"": module}, zero):
+        yield
 
 
 # =========================================================================== truncated forward
@@ -464,8 +456,7 @@ def visual_tower(model: torch.nn.Module) -> Tower:
     tr = getattr(visual, "transformer", None)
     if tr is None or not hasattr(tr, "resblocks") or not hasattr(visual, "_pool"):
         raise ValueError("model must be an open_clip CLIP with a VisionTransformer (model.visual.transformer.resblocks)")
-    if not getattr(tr, "batch_first", True):
-        raise ValueError("sequence-first open_clip transformers are not supported (open_clip >= 2.24 is batch-first)")
+    hooks.require_batch_first(tr)
     if getattr(visual, "output_tokens", False):
         raise ValueError("model.visual.output_tokens must be False")
 
@@ -481,9 +472,7 @@ def visual_tower(model: torch.nn.Module) -> Tower:
 
 
 def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < tower.n_blocks:
-        raise ValueError(f"{what} must be an integer block index 0..{tower.n_blocks - 1}, got {k!r}")
-    return int(k)
+    return check_int(what, k, 0, tower.n_blocks - 1)
 
 
 def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tensor:
@@ -581,38 +570,16 @@ def build_residual_cache(
     directory: str | Path | None = None,
     progress: bool = True,
 ) -> ResidualCache:
-    """One unlesioned full forward that keeps the input of chosen blocks.
+    """One unlesioned forward over ``batches`` (images (B, 3, S, S), ids (B,)) keeping the input of chosen blocks.
 
-    Forward pre-hooks on ``tower.blocks[k]`` copy the residual stream entering
-    each chosen block into preallocated arrays, batch by batch, so memory stays
-    at one batch plus the arrays (which live on disk when ``directory`` is
-    given).
-
-    Parameters
-    ----------
-    tower : Tower
-    batches : iterable of (images (B, 3, S, S), stimulus ids (B,))
-        E.g. :func:`helpers.stimuli.iter_batches`; consumed in order.
-    n : int
-        Total number of stimuli the batches yield.
-    blocks : sequence of int, optional
-        Blocks whose input to keep; default all.
-    directory : path, optional
-        Store each block as ``<directory>/block_XX.npy`` (``open_memmap``);
-        default: in RAM. Size: n x T x C x bytes per block (460 MB for 3000
-        ViT-B/32 stimuli in float32).
-    progress : bool
-        tqdm progress bar.
-
-    Returns
-    -------
-    ResidualCache
+    ``n`` stimuli in all; ``blocks`` default all; arrays (n, T, C) per block in the
+    compute dtype (bfloat16 as int16 bits), on disk as ``<directory>/block_XX.npy``
+    when ``directory`` is given (460 MB per block for 3000 ViT-B/32 stimuli, float32).
     """
     from numpy.lib.format import open_memmap
     from tqdm.auto import tqdm
 
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n must be a positive integer (number of stimuli), got {n!r}")
+    check_int("n", n, 1)
     ks = tuple(range(tower.n_blocks)) if blocks is None else tuple(sorted({_check_block(tower, k, "blocks") for k in blocks}))
     store: dict[int, np.ndarray] = {}
     cur = {"start": 0}
@@ -621,29 +588,24 @@ def build_residual_cache(
         d.mkdir(parents=True, exist_ok=True)
     sdt = _np_storage_dtype(tower.dtype)
 
-    def make_hook(k: int):
-        def pre_hook(mod, args):
-            x = args[0]
-            if k not in store:
-                shape = (int(n), *x.shape[1:])
-                if d is not None and not store:  # first block: check room for all of them
-                    need = len(ks) * int(np.prod(shape)) * np.dtype(sdt).itemsize
-                    require_free_space(d, need, f"the residual cache of {len(ks)} blocks")
-                store[k] = (
-                    open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
-                    if d is not None
-                    else np.empty(shape, dtype=sdt)
-                )
-            t = x.detach().to("cpu")
-            if t.dtype == torch.bfloat16:
-                t = t.view(torch.int16)
-            store[k][cur["start"] : cur["start"] + x.shape[0]] = t.numpy()
+    def keep(k: int, x: torch.Tensor) -> None:
+        if k not in store:
+            shape = (int(n), *x.shape[1:])
+            if d is not None and not store:  # first block: check room for all of them
+                need = len(ks) * int(np.prod(shape)) * np.dtype(sdt).itemsize
+                require_free_space(d, need, f"the residual cache of {len(ks)} blocks")
+            store[k] = (
+                open_memmap(d / f"block_{k:02d}.npy", mode="w+", dtype=sdt, shape=shape)
+                if d is not None
+                else np.empty(shape, dtype=sdt)
+            )
+        t = x.detach().to("cpu")
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        store[k][cur["start"] : cur["start"] + x.shape[0]] = t.numpy()
 
-        return pre_hook
-
-    handles = [tower.blocks[k].register_forward_pre_hook(make_hook(k)) for k in ks]
     ids, embs = [], []
-    try:
+    with hooks.read_inputs({k: tower.blocks[k] for k in ks}, keep):
         with tqdm(total=int(n), desc="cache block inputs", unit="img", disable=not progress) as bar:
             for images, idx in batches:
                 b = images.shape[0]
@@ -653,9 +615,6 @@ def build_residual_cache(
                 ids.append(np.asarray(idx))
                 cur["start"] += b
                 bar.update(b)
-    finally:
-        for h in handles:
-            h.remove()
     if cur["start"] != n:
         raise ValueError(f"batches yielded {cur['start']} stimuli, expected n={n}")
     for a in store.values():
@@ -677,8 +636,7 @@ def lesion_indices(n_stimuli: int, n_lesion_stimuli: int | None = None) -> np.nd
     """
     if n_lesion_stimuli is None or (isinstance(n_lesion_stimuli, str) and n_lesion_stimuli.strip() in ("None", "null", "")):
         return np.arange(int(n_stimuli), dtype=np.int64)
-    if isinstance(n_lesion_stimuli, bool) or not isinstance(n_lesion_stimuli, (int, np.integer)) or n_lesion_stimuli < 1:
-        raise ValueError(f"n_lesion_stimuli must be None (all) or a positive integer, got {n_lesion_stimuli!r}")
+    check_int("n_lesion_stimuli", n_lesion_stimuli, 1)
     return np.arange(min(int(n_lesion_stimuli), int(n_stimuli)), dtype=np.int64)
 
 
@@ -980,16 +938,10 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     _check_block(tower, layer)
     out: list[np.ndarray] = []
 
-    def hook(mod, args, output):
-        o = output[0] if isinstance(output, tuple) else output
-        out.append(o[:, 0].float().cpu().numpy())
-
-    h = tower.blocks[layer].attn.register_forward_hook(hook)
-    try:
+    with hooks.Trace(tower.blocks[layer], "attn") as tr:
         for sl in _chunks(cache.n, batch_size):
             tower.blocks[layer](cache.block_input(layer, sl, tower.device))
-    finally:
-        h.remove()
+            out.append(tr.outputs["attn"][:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -1133,6 +1085,53 @@ def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
     return fm
 
 
+class BlockMaps(NamedTuple):
+    """What the lesion stages know about block ``layer``'s attention output (class token) in one condition."""
+
+    activations: np.ndarray  # (n_lesioned, C) float32, rows in ``lesion_indices`` order
+    field_maps: FieldMaps
+    source: str  # where both came from, in words
+
+
+def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, stim, layer: int,
+               indices: np.ndarray, *, extent, bins: int, sigma: float | None, batch_size: int = 64) -> BlockMaps:
+    """Activations and field maps of ``visual.transformer.resblocks.<layer>.attn`` for ``condition``.
+
+    Activations: stage 02's recording when it holds that quantity
+    (:func:`recorded_attention_cls`), else recomputed from the cache
+    (:func:`attention_cls`). Field maps: stage 03's ratemaps of the layer
+    (``analysis/ratemaps_<condition>.npz``, the maps 03 scored), else mapped
+    from the recording of every stimulus, else from the lesioned stimuli's
+    activations, with :func:`helpers.ratemaps.ratemaps`.
+    """
+    from helpers import paths, ratemaps, record
+    from helpers.stimuli import positions_in_input
+
+    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    rec_dir = paths.recordings_dir(run_dir, condition)
+    rec = record.load_recording(rec_dir) if (rec_dir / record.MANIFEST).exists() else None  # refuses incomplete
+    acts, why = recorded_attention_cls(rec, lm, stim.hash, layer, indices)
+    recorded = acts is not None
+    if not recorded:
+        acts = attention_cls(tower, cache, layer, batch_size=batch_size)
+        why += "; recomputed from the residual cache"
+    npz = paths.analysis_dir(run_dir) / f"ratemaps_{condition}.npz"
+    rm = ratemaps.load_ratemaps(npz) if npz.exists() else None
+    if rm is not None and name in rm["maps"]:  # stage 03 (helpers.ratemaps.save_ratemaps format)
+        if not np.allclose(rm["extent"], extent):
+            raise ValueError(f"{npz.name} was mapped over {rm['extent']}, not extent={extent}; rerun stage 03")
+        maps, occupancy, source = rm["maps"][name], rm["occupancy"], npz.name
+    elif recorded:  # stage 02's recording, every stimulus
+        positions = positions_in_input(stim, lm.preprocess)
+        maps, occupancy = ratemaps.ratemaps(positions, rec.arrays[name], bins=bins, extent=extent, sigma=sigma)
+        source = f"recording {name}"
+    else:  # the lesioned stimuli's activations
+        positions = positions_in_input(stim, lm.preprocess)[np.asarray(indices)]
+        maps, occupancy = ratemaps.ratemaps(positions, acts, bins=bins, extent=extent, sigma=sigma)
+        source = "the residual cache"
+    return BlockMaps(acts, field_maps(maps, occupancy), f"activations {acts.shape} from {why}; ratemaps from {source}")
+
+
 @dataclass(frozen=True)
 class HeldOutValues:
     """What each stimulus's neurons are chosen by, read from maps that do not contain that stimulus.
@@ -1188,44 +1187,15 @@ def _smoothing_matrix(bins: int, sigma: float) -> np.ndarray:
 def held_out_values(
     activations: np.ndarray, rows_cols: np.ndarray, bins: int, sigma: float | None = None
 ) -> HeldOutValues:
-    """Exact leave-one-out ratemap statistics for every stimulus, vectorised.
+    """Exact leave-one-out ratemap statistics for every stimulus, vectorised over stimuli and neurons.
 
-    The ratemaps of :func:`helpers.ratemaps.ratemaps_from_bins` are
-    ``smooth(sums) / smooth(occupancy)`` on visited bins, NaN elsewhere
-    (:func:`helpers.ratemaps.smooth_maps`; plain means when ``sigma`` is 0).
-    Leaving stimulus ``i`` (activations ``a_i``, flat bin ``b``) out removes
-    ``a_i`` from the sums and 1 from the occupancy at ``b``; smoothing is
-    linear, so its held-out map is, at every bin ``x`` still visited,
+    ``activations`` (n, C); ``rows_cols`` (n, 2) bins; ``sigma`` in bins as for the
+    ratemaps. The maps are ``smooth(sums) / smooth(occupancy)``; smoothing is
+    linear, so leaving stimulus ``i`` (bin ``b``) out gives at bin ``x``
     ``(G*S(x) - a_i K_b(x)) / (G*O(x) - K_b(x))`` with ``K_b`` the smoothed
-    impulse at ``b``. The denominator depends on ``b`` only, so the map's sum
-    and sum of squares over visited bins are a few ``(B, B) @ (B, C)`` products
-    plus per-stimulus terms in ``a_i`` and ``a_i**2``: no map is built per
-    stimulus. Activations are centred per neuron first (the maps are
-    shift-equivariant), so the variance does not cancel catastrophically when
-    means dwarf spatial SDs.
-
-    The value at the stimulus's own bin is the held-out normalised
-    convolution there, also when the stimulus was alone in its bin (then it
-    comes from the neighbouring bins through the smoothing; that bin is not
-    counted among the visited bins of the mean and SD).
-
-    Parameters
-    ----------
-    activations : (n, C) float, one row per stimulus.
-    rows_cols : (n, 2) int, each stimulus's bin (:func:`helpers.ratemaps.bin_indices`).
-    bins : int >= 2, bins per side.
-    sigma : float >= 0 or None, Gaussian smoothing in bins (as for the ratemaps).
-
-    Returns
-    -------
-    HeldOutValues
-
-    Raises
-    ------
-    ValueError
-        Bad shapes, a stimulus outside the maps, or a stimulus with no
-        held-out value at its bin (alone in its bin with ``sigma`` 0, or with
-        no other stimulus within the smoothing's reach).
+    impulse at ``b``, and each held-out map's mean and SD over visited bins are a
+    few (B, B) @ (B, C) products: no map is built per stimulus. Raises ValueError
+    when a stimulus has no held-out value at its own bin.
     """
     from helpers.ratemaps import _check_bins, _check_sigma
 
@@ -1276,7 +1246,7 @@ def _ranks_from_scores(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None) -> np.ndarray:
+def neuron_ranks(values: HeldOutValues, rule: str, seed: int | None = None) -> np.ndarray:
     """Per-stimulus lesion priority of every neuron.
 
     ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
@@ -1286,7 +1256,7 @@ def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None)
     ----------
     values : HeldOutValues
         Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
-    condition : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"}
+    rule : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"} (:data:`RULES`)
         ``Targeted``: largest spatial deviation ``z = (value - mean) / sd``
         first (the neuron fires more here than elsewhere, in units of its own
         spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low).
@@ -1301,18 +1271,17 @@ def neuron_ranks(values: HeldOutValues, condition: str, seed: int | None = None)
     -------
     (n, C) int64
     """
-    if condition == "Random":
-        if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer for condition='Random', got {seed!r}")
+    if rule == "Random":
+        check_int("seed", seed)
         rng = np.random.default_rng(int(seed))
         return rng.permuted(np.tile(np.arange(values.n_neurons, dtype=np.int64), (values.n_stimuli, 1)), axis=1)
-    if condition == "Targeted":
+    if rule == "Targeted":
         return _ranks_from_scores(values.z)
-    if condition == "Targeted_Abs":
+    if rule == "Targeted_Abs":
         return _ranks_from_scores(np.abs(values.z))
-    if condition == "Targeted_raw":
+    if rule == "Targeted_raw":
         return _ranks_from_scores(values.value)
-    raise ValueError(f"condition must be one of {CONDITIONS}, got {condition!r}")
+    raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
 def n_ablated(proportion: float, n_neurons: int) -> int:
@@ -1334,8 +1303,7 @@ def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarr
     -------
     i, j : (m,) int64
     """
-    if isinstance(n_pairs, bool) or not isinstance(n_pairs, (int, np.integer)) or n_pairs < 1:
-        raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+    check_int("n_pairs", n_pairs, 1)
     if n < 2:
         raise ValueError(f"n must be >= 2 stimuli to form pairs, got {n}")
     if n * (n - 1) // 2 <= n_pairs:
@@ -1374,6 +1342,25 @@ def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np
 
 
 @torch.no_grad()
+def _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size, progress) -> dict:
+    """Lesioned embeddings (n, E) per job ``(run, k)``: each stimulus's top-``k`` ranked channels zeroed."""
+    from tqdm.auto import tqdm
+
+    if not jobs:
+        return {}
+    feats = {job: np.empty((cache.n, cache.embeddings.shape[1]), dtype=np.float32) for job in jobs}
+    chunks = _chunks(cache.n, batch_size)
+    with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {layer}", disable=not progress) as bar:
+        for sl in chunks:
+            x = cache.block_input(layer, sl, tower.device)
+            for r, k in jobs:
+                m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
+                with ablate_channels(tower.blocks[layer].attn, m, tokens):
+                    feats[(r, k)][sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
+                bar.update(1)
+    return feats
+
+
 def targeted_lesion_study(
     tower: Tower,
     cache: ResidualCache,
@@ -1383,7 +1370,7 @@ def targeted_lesion_study(
     layer: int = 9,
     proportions: Sequence[float] = DEFAULT_PROPORTIONS,
     n_random_seeds: int = 5,
-    include: Sequence[str] = CONDITIONS,
+    include: Sequence[str] = RULES,
     tokens: str = "all",
     batch_size: int = 64,
     n_pairs: int = 2000,
@@ -1391,54 +1378,25 @@ def targeted_lesion_study(
 ):
     """Per-stimulus neuron lesions at block ``layer`` for a sweep of proportions.
 
-    For stimulus ``i`` and proportion ``p``, the ``round(p * C)`` neurons of
-    highest priority (:func:`neuron_ranks`, from maps that leave stimulus
-    ``i`` out) are zeroed in the attention output of block ``layer`` for that
-    stimulus only (one batched forward with a per-sample mask, from the cached
-    input of block ``layer``). Proportion 0 is the cached baseline; proportion
-    1 is the same lesion for every condition and is computed once. Each row
-    also reports the selection's specificity (:func:`selection_specificity`,
-    on the same seeded stimulus pairs for every row).
+    For stimulus ``i`` and proportion ``p`` the ``round(p * C)`` neurons of highest
+    priority (:func:`neuron_ranks`, from maps that leave ``i`` out) are zeroed in the
+    attention output of block ``layer`` for that stimulus only (per-sample mask, from
+    the cached block input). Proportion 0 is the cached baseline; 1 is computed once.
+    ``values``: :func:`held_out_values` of the C channels, one row per cached
+    stimulus; ``include``: rules from :data:`RULES` (Random repeated with seeds
+    ``0..n_random_seeds-1``); ``n_pairs`` stimulus pairs (seed 0) for the Jaccard index.
 
-    Parameters
-    ----------
-    tower : Tower
-    cache : ResidualCache
-        Must hold the input of block ``layer``.
-    task : ZeroShotTask
-    values : HeldOutValues
-        Held-out map statistics of the ``C`` attention-output channels of
-        block ``layer`` (:func:`held_out_values`), one row per cached stimulus.
-    layer : int
-        Block index, 0..N-1 (blog: 9).
-    proportions : sequence of float in [0, 1]
-    n_random_seeds : int >= 0
-        Random condition repeated with seeds ``0..n_random_seeds-1``.
-    include : sequence of condition names (:data:`CONDITIONS`)
-    tokens : {"all", "cls"}
-        Which tokens of a lesioned channel are zeroed (:func:`ablate_channels`).
-    batch_size : int
-    n_pairs : int
-        Stimulus pairs sampled (seed 0) for the Jaccard index (all pairs when fewer).
-    progress : bool
-
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``condition, seed, proportion, n_ablated, performance,
-        p_target, n_stimuli, jaccard, n_common`` (``seed`` is empty for the
-        targeted conditions).
+    Returns a DataFrame: ``condition, seed, proportion, n_ablated, performance,
+    p_target, n_stimuli, jaccard, n_common`` (``seed`` empty for targeted rules).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     layer = _check_block(tower, layer)
     props = _check_proportions(proportions)
-    if isinstance(n_random_seeds, bool) or not isinstance(n_random_seeds, (int, np.integer)) or n_random_seeds < 0:
-        raise ValueError(f"n_random_seeds must be an integer >= 0, got {n_random_seeds!r}")
-    bad = [c for c in include if c not in CONDITIONS]
+    check_int("n_random_seeds", n_random_seeds, 0)
+    bad = [c for c in include if c not in RULES]
     if bad or not include:
-        raise ValueError(f"include must be a non-empty subset of {CONDITIONS}, got {list(include)!r}")
+        raise ValueError(f"include must be a non-empty subset of {RULES}, got {list(include)!r}")
     _check_tokens(tokens)
     batch_size = check_batch_size(batch_size)
     if not isinstance(values, HeldOutValues) or values.n_stimuli != cache.n:
@@ -1457,21 +1415,8 @@ def targeted_lesion_study(
 
     # decisions[(run, k)] -> (correct, p); k == 0 is the baseline, k == C is shared
     base = task.decide(cache.embeddings)
-    feats: dict = {}
     jobs = [(r, k) for r in runs for k in interior] + ([("all", C)] if C in ks else [])
-    if jobs:
-        E = cache.embeddings.shape[1]
-        for job in jobs:
-            feats[job] = np.empty((cache.n, E), dtype=np.float32)
-        chunks = _chunks(cache.n, batch_size)
-        with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {layer}", disable=not progress) as bar:
-            for sl in chunks:
-                x = cache.block_input(layer, sl, tower.device)
-                for r, k in jobs:
-                    m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
-                    with ablate_channels(tower.blocks[layer].attn, m, tokens):
-                        feats[(r, k)][sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
-                    bar.update(1)
+    feats = _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size, progress)
     decided = {job: task.decide(f) for job, f in feats.items()}
     rows = []
     for r in runs:
@@ -1489,7 +1434,7 @@ def targeted_lesion_study(
 
 
 def summarise_targeted(df, value: str = "performance"):
-    """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per condition and proportion.
+    """Mean and SD (over Random seeds; ``ddof=1``, 0 for a single run) per rule (column ``condition``) and proportion.
 
     ``value`` is any numeric column of :func:`targeted_lesion_study`'s table,
     e.g. ``"performance"``, ``"p_target"`` or ``"jaccard"``.
@@ -1523,8 +1468,7 @@ def region_mask(region: str | np.ndarray, bins: int) -> np.ndarray:
     -------
     (bins, bins) bool
     """
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    check_int("bins", bins, 2)
     if not isinstance(region, str):
         m = np.asarray(region, dtype=bool)
         if m.shape != (bins, bins):
@@ -1647,12 +1591,6 @@ class NeuronSet:
     neurons: np.ndarray
 
 
-def _check_int(name: str, v, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
 def matched_lesions(
     fm: FieldMaps,
     region: str | np.ndarray,
@@ -1678,7 +1616,7 @@ def matched_lesions(
     -------
     list of NeuronSet: region, opposite, then the random seeds in order.
     """
-    n_control_seeds = _check_int("n_control_seeds", n_control_seeds, 0)
+    n_control_seeds = check_int("n_control_seeds", n_control_seeds, 0)
     masks = {"region": region_mask(region, fm.bins), "opposite": opposite_region(region, fm.bins)}
     chosen = {kind: region_neurons(fm, m, rule=rule, proportion=proportion) for kind, m in masks.items()}
     k = min(len(v) for v in chosen.values())
@@ -1732,31 +1670,14 @@ def spatial_lesion_study(
 ):
     """Lesion the same neurons for every stimulus; per-stimulus results before and after, per lesion.
 
-    Every lesion runs from the cached input of block ``layer``; a chunk of
-    stimuli is read once and run under each lesion in turn.
+    From the cached input of block ``layer``. ``neurons``: (m,) channel indices or
+    the :class:`NeuronSet` list of :func:`matched_lesions` (one of kind ``"region"``);
+    ``positions`` (n, 2) px and ``rows_cols`` (n, 2) bins in cache order; ``region``
+    and ``opposite`` (default: complement) (bins, bins) bool masks.
 
-    Parameters
-    ----------
-    neurons : (m,) int channel indices (one region lesion), or the NeuronSets of
-        :func:`matched_lesions` (exactly one of kind ``"region"``).
-    positions : (n, 2) float, stimulus centres (x, y) in pixels, cache order.
-    rows_cols : (n, 2) int, stimulus bins.
-    region : (bins, bins) bool; ``inside`` = the stimulus's bin is in it.
-    opposite : (bins, bins) bool, optional
-        The opposite region (:func:`opposite_region`); ``in_opposite`` = the
-        stimulus's bin is in it. Default: the complement of ``region``.
-    layer : int
-    n_neurons : int, optional
-        Channels of the attention output (default: ``out_proj.out_features``).
-    tokens : {"all", "cls"}
-
-    Returns
-    -------
-    pandas.DataFrame, one row per lesion and cached stimulus:
-        ``lesion, seed, n_lesioned, stimulus, x, y, row, col, inside,
-        in_opposite, correct_before, correct_after, p_before, p_after,
-        margin_before, margin_after`` (``p``: target probability; ``margin``:
-        :meth:`ZeroShotTask.margin`; ``seed`` empty except for ``random``).
+    Returns a DataFrame, one row per lesion and stimulus: ``lesion, seed,
+    n_lesioned, stimulus, x, y, row, col, inside, in_opposite, correct_before,
+    correct_after, p_before, p_after, margin_before, margin_after``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -1929,7 +1850,7 @@ def localisation_test(
     if b.shape != a.shape:
         raise ValueError(f"before and after must have equal shapes, got {b.shape}, {a.shape}")
     d, ins = _check_labels(b - a, inside)
-    n_permutations, alpha = _check_int("n_permutations", n_permutations, 1), _check_fraction("alpha", alpha)
+    n_permutations, alpha = check_int("n_permutations", n_permutations, 1), _check_fraction("alpha", alpha)
     p = _permutation_p(d, ins, n_permutations, np.random.default_rng(seed))
     stat = d[ins].mean() - d[~ins].mean()
     return dict(
@@ -1987,8 +1908,8 @@ def localisation_did(
     if b.shape != a.shape or b.ndim != 1 or c.ndim != 2 or c.shape[0] != b.shape[0] or c.shape[1] == 0:
         raise ValueError(f"before, after must be (n,) and control_after (n,) or (n, s); got {b.shape}, {a.shape}, "
                          f"{np.shape(control_after)}")
-    n_permutations = _check_int("n_permutations", n_permutations, 1)
-    n_bootstrap = _check_int("n_bootstrap", n_bootstrap, 1)
+    n_permutations = check_int("n_permutations", n_permutations, 1)
+    n_bootstrap = check_int("n_bootstrap", n_bootstrap, 1)
     ci, alpha = _check_fraction("ci", ci), _check_fraction("alpha", alpha)
     d = b - a
     cd = b[:, None] - c  # (n, s) control deficits
@@ -2153,7 +2074,7 @@ def dissociation_table(
     bad = [m for m in metrics if m not in DEFICIT_METRICS]
     if bad or not metrics:
         raise ValueError(f"metrics must be a non-empty subset of {tuple(DEFICIT_METRICS)}, got {list(metrics)!r}")
-    n_bootstrap, ci = _check_int("n_bootstrap", n_bootstrap, 1), _check_fraction("ci", ci)
+    n_bootstrap, ci = check_int("n_bootstrap", n_bootstrap, 1), _check_fraction("ci", ci)
     groups = {"region": lesion_values(df, "inside")["region"].astype(bool),
               "opposite": lesion_values(df, "in_opposite")["region"].astype(bool)}
     rng = np.random.default_rng(seed)
@@ -2201,3 +2122,25 @@ def double_dissociation(table):
     out["crossed"] = (out["a_on_a"] > out["a_on_b"]) & (out["b_on_b"] > out["b_on_a"])
     out["dissociated"] = out["crossed"] & rows["localised"].to_numpy(dtype=bool)
     return out
+
+
+def stack_conditions(tables: Mapping[str, "pd.DataFrame"]):
+    """One table from ``{weights condition: table}``: the rows in order, a leading ``weights`` column."""
+    import pandas as pd
+
+    out = []
+    for cond, table in tables.items():
+        table = table.copy()
+        table.insert(0, "weights", cond)
+        out.append(table)
+    return pd.concat(out, ignore_index=True)
+
+
+def localisation_verdicts(localisation):
+    """Verdicts against the ``outside`` reference: one row per (weights, metric), one bool column per control + blog-literal."""
+    ref = localisation[localisation.reference == "outside"]
+    verdicts = ref.pivot_table(index=["weights", "metric"], columns="control", values="localised", sort=False)
+    verdicts.columns = [f"DiD vs {c}" for c in verdicts.columns]
+    literal = ref.groupby(["weights", "metric"], sort=False)["literal_localised"].first()
+    verdicts["blog-literal (region lesion alone)"] = literal
+    return verdicts.astype(bool)

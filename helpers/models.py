@@ -43,6 +43,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from helpers.checks import check_int
+
 #: Weights value meaning "seeded random initialisation".
 RANDOM = "random"
 
@@ -397,40 +399,14 @@ def load_model(
 ) -> LoadedModel:
     """Build an open_clip model with pretrained, local or random weights.
 
-    Parameters
-    ----------
-    name : str
-        open_clip model name, e.g. ``"ViT-B-32"``.
-    weights : str
-        A pretrained tag (default ``"openai"``), a path to a ``.pt``/``.safetensors``
-        checkpoint, ``"random"``, or ``"control-spatial"``/``"control-nonspatial"``
-        (only with ``name="ViT-B-32-control"``).
-    device : str or torch.device
-        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
-    dtype : str or torch.dtype
-        ``"float32"`` (exact, default), ``"bfloat16"`` or ``"float16"``: the
-        parameters are cast, so activations are computed in that dtype too.
-    seed : int
-        Seed for ``weights="random"`` (ignored otherwise).
-    quick_gelu : bool, optional
-        Force the MLP activation. Default: whatever the weights were trained
-        with (QuickGELU for all OpenAI CLIP weights and for random controls of
-        those architectures). A mismatch silently changes every activation.
-    cache_dir : str, optional
-        Where pretrained files are cached (default: huggingface_hub's cache and
-        ``~/.cache/clip``).
-
-    Returns
-    -------
-    LoadedModel
-
-    Raises
-    ------
-    ValueError
-        Unknown model name or tag, or a checkpoint path that does not exist.
-    WeightsUnavailableError
-        Pretrained weights requested while offline and not cached. Never falls
-        back to random weights.
+    ``weights``: a pretrained tag (default ``"openai"``), a ``.pt``/``.safetensors``
+    path, ``"random"`` (open_clip's init, seeded by ``seed``) or
+    ``"control-spatial"``/``"control-nonspatial"`` (``name="ViT-B-32-control"``).
+    ``device``: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
+    ``dtype``: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (parameters are cast).
+    ``quick_gelu``: default what the weights were trained with (QuickGELU for
+    OpenAI CLIP). Raises ValueError (unknown name, tag or path) or
+    :class:`WeightsUnavailableError` (offline, not cached); never falls back to random.
     """
     import open_clip
 
@@ -439,37 +415,12 @@ def load_model(
     _check_model_name(name)
     if not isinstance(weights, str) or not weights:
         raise ValueError(f"weights must be a pretrained tag, a checkpoint path or 'random', got {weights!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_int("seed", seed)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     qg = _default_quick_gelu(name, weights) if quick_gelu is None else bool(quick_gelu)
 
-    extra: dict = {}
-    if weights == RANDOM:
-        torch.manual_seed(int(seed))
-        with _quiet_root_logger():  # open_clip logs "initialized randomly" as a warning
-            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
-    elif is_checkpoint_path(weights):
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ValueError(f"weights={weights!r} looks like a checkpoint path but no such file exists")
-        model = _create_from_file(open_clip, name, path, qg)
-        extra["checkpoint"] = str(path.resolve())
-    elif model_for_weights(weights):
-        path = _control_weights_file(name, weights)
-        model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
-        extra["checkpoint"] = str(path.resolve())
-    else:
-        found, tried = check_weights_available(name, weights, cache_dir=cache_dir)
-        try:
-            model = open_clip.create_model(
-                name, pretrained=weights, force_quick_gelu=qg, cache_dir=cache_dir, require_pretrained=True
-            )
-        except (RuntimeError, FileNotFoundError, OSError) as e:
-            raise WeightsUnavailableError(_unavailable_message(name, weights, tried) + f"\nLast error: {e}") from e
-        extra["cached_files"] = [str(p) for p in found]
-
+    model, extra = _create(open_clip, name, weights, int(seed), qg, cache_dir)
     model = model.to(device=dev, dtype=dt).eval()
     preprocess = open_clip.image_transform(
         model.visual.image_size,
@@ -493,6 +444,36 @@ def load_model(
         quick_gelu=qg,
         extra=extra,
     )
+
+
+def _create(open_clip, name: str, weights: str, seed: int, qg: bool, cache_dir: str | None):
+    """The open_clip model for ``weights`` (random, checkpoint file, control or pretrained tag) and provenance extras."""
+    extra: dict = {}
+    if weights == RANDOM:
+        torch.manual_seed(seed)
+        with _quiet_root_logger():  # open_clip logs "initialized randomly" as a warning
+            model = open_clip.create_model(name, pretrained=None, force_quick_gelu=qg)
+    elif is_checkpoint_path(weights):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ValueError(f"weights={weights!r} looks like a checkpoint path but no such file exists")
+        model = _create_from_file(open_clip, name, path, qg)
+        extra["checkpoint"] = str(path.resolve())
+    elif model_for_weights(weights):
+        path = _control_weights_file(name, weights)
+        model = open_clip.create_model(name, pretrained=str(path), force_quick_gelu=qg)
+        extra["checkpoint"] = str(path.resolve())
+    else:
+        found, tried = check_weights_available(name, weights, cache_dir=cache_dir)
+        try:
+            model = open_clip.create_model(
+                name, pretrained=weights, force_quick_gelu=qg, cache_dir=cache_dir, require_pretrained=True
+            )
+        except (RuntimeError, FileNotFoundError, OSError) as e:
+            raise WeightsUnavailableError(_unavailable_message(name, weights, tried) + f"\nLast error: {e}") from e
+        extra["cached_files"] = [str(p) for p in found]
+
+    return model, extra
 
 
 def _create_from_file(open_clip, name: str, path: Path, quick_gelu: bool):
@@ -580,6 +561,19 @@ def model_identity(lm: LoadedModel) -> dict:
         "torch": torch.__version__,
         **({"checkpoint": lm.extra["checkpoint"]} if "checkpoint" in lm.extra else {}),
     }
+
+
+def check_identity(lm: LoadedModel, path) -> None:
+    """Refuse ``lm`` unless its weights hash (covering the dtype) equals the one stored at ``path`` (01's model.json)."""
+    import json
+
+    stored = json.loads(Path(path).read_text()).get("weights_hash")
+    got = weights_hash(lm.model)
+    if stored != got:
+        raise ValueError(
+            f"weights: {lm.label} has weights hash {got}, but {path} (stage 01) records {stored}; "
+            "the run was designed with other weights or another dtype: rerun from stage 01"
+        )
 
 
 # --------------------------------------------------------------------------- zero-shot

@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from helpers.checks import is_int
+
 #: Token selections whose recordings 03 and 04 can map: one vector per stimulus and neuron.
 STUDY_TOKENS = ("cls", "mean")
 
@@ -23,10 +25,7 @@ MIN_BINS = 5
 
 
 def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], bool]:
-    def ok(v: Any) -> bool:
-        return (isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                and (lo is None or v >= lo) and (hi is None or v <= hi))
-    return ok
+    return lambda v: is_int(v, lo, hi)
 
 
 def _float(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> Callable[[Any], bool]:

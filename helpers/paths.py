@@ -80,6 +80,11 @@ def stimuli_manifest(run_dir: str | Path) -> Path:
     return run_path(run_dir) / "stimuli.json"
 
 
+def model_json(run_dir: str | Path) -> Path:
+    """Path of the model identity (``models.model_identity``) written by 01."""
+    return run_path(run_dir) / "model.json"
+
+
 def recordings_dir(run_dir: str | Path, condition: str) -> Path:
     """``<run>/recordings/<condition>`` (not created)."""
     if condition not in CONDITIONS:

@@ -30,6 +30,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.ndimage import gaussian_filter
 
+from helpers.checks import check_int
+
 __all__ = [
     "resolve_extent",
     "bin_indices",
@@ -47,11 +49,7 @@ Extent = tuple[float, float, float, float]
 # validation helpers
 # --------------------------------------------------------------------------
 def _check_bins(bins: int) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
-    if bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins}")
-    return int(bins)
+    return check_int("bins", bins, 2)
 
 
 def _check_sigma(sigma: float | None) -> float:
@@ -77,22 +75,18 @@ def _check_positions(positions: np.ndarray) -> np.ndarray:
     return pos
 
 
-def _check_activations(activations: np.ndarray, n: int) -> np.ndarray:
+def _check_activations(activations: np.ndarray, n: int, name: str = "activations") -> np.ndarray:
+    """(n, k) float64 finite array (a 1-D array is one neuron), or ValueError naming ``name``."""
     act = np.asarray(activations)
     if act.ndim == 1:
         act = act[:, None]
-    if act.ndim != 2:
-        raise ValueError(f"activations must have shape (n, k), got shape {act.shape}")
-    if act.shape[0] != n:
-        raise ValueError(
-            f"activations must have one row per stimulus: positions has n = {n} rows, "
-            f"activations has {act.shape[0]}"
-        )
+    if act.ndim != 2 or act.shape[0] != n:
+        raise ValueError(f"{name} must have shape (n_stimuli={n}, neurons), got shape {act.shape}")
     # Every float dtype (float16 recordings included, which scipy.sparse refuses) and
     # integers are accumulated in float64; a float64 array is not copied.
     act = act.astype(np.float64, copy=False)
     if not np.all(np.isfinite(act)):
-        raise ValueError("activations must be finite (no NaN or inf)")
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
     return act
 
 

@@ -6,13 +6,11 @@ CLIP's image tower and storing what they output while the stimuli pass through
 ``visual.transformer.resblocks.[L].attn``, L = 0..11, class token only).
 This module does the same with three guarantees the blog's snippet lacks:
 
-* **The token axis is established, not assumed.** open_clip has run its
-  transformer both sequence-first (L, B, D; older releases) and batch-first
-  (B, L, D; current). Which one is in use is read from the model
-  (``Transformer.batch_first`` and ``nn.MultiheadAttention.batch_first``) and
-  every captured tensor is checked against the batch size and the number of
-  tokens ``1 + grid**2`` seen at the tower's input, so a wrong class-token
-  extraction fails loudly instead of silently (cf. thingsvision issue 185).
+* **The token axis is checked, not assumed.** Sequence-first transformers are
+  refused (:func:`helpers.hooks.require_batch_first`) and every captured
+  tensor is checked against the batch size and the number of tokens
+  ``1 + grid**2`` seen at the tower's input, so a wrong class-token extraction
+  fails loudly instead of silently (cf. thingsvision issue 185).
 * **Reversible.** Hooks live inside a context manager (:class:`Capture`) and
   are removed on exit and on error; parameters, buffers and modes are never
   touched.
@@ -69,6 +67,7 @@ recorded module also gets a self-explaining TransformerLens-style hook name
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import fnmatch
@@ -87,6 +86,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from helpers import hooks
 from helpers.models import weights_hash as models_weights_hash
 from helpers.stimuli import check_batch_size
 
@@ -347,73 +347,17 @@ def layer_label(name: str) -> str:
 
 @dataclass(frozen=True)
 class ModuleLayout:
-    """How a module's output is laid out, as declared by the model.
-
-    Attributes
-    ----------
-    name : str
-    tower : {"image", "text"}
-    seq_first : bool
-        True when a 3-D output is ``(T, B, D)`` (inside an open_clip
-        Transformer run sequence-first); 3-D outputs are transposed to
-        ``(B, T, D)`` before any token is selected.
-    conv : bool
-        The module is a 2-D convolution (output ``(B, C, H, W)``).
-    mha : bool
-        The module is ``nn.MultiheadAttention`` (returns ``(output, weights)``).
-    """
+    """A recorded module: its name, tower (``"image"``/``"text"``) and whether it is a 2-D convolution."""
 
     name: str
     tower: str
-    seq_first: bool
     conv: bool
-    mha: bool
-
-
-def _transformer_batch_first(t: nn.Module) -> bool:
-    """Layout an open_clip Transformer runs its blocks in, read from the model."""
-    bf = getattr(t, "batch_first", None)
-    mhas = [m for m in t.modules() if isinstance(m, nn.MultiheadAttention)]
-    if bf is None:
-        if not mhas:
-            raise LayoutError("cannot establish the token layout: transformer has neither batch_first nor attention")
-        bf = mhas[0].batch_first
-    bad = [m for m in mhas if bool(m.batch_first) != bool(bf)]
-    if bad:
-        raise LayoutError(
-            f"transformer declares batch_first={bf} but {len(bad)} attention module(s) disagree; "
-            "refusing to guess where the token axis is"
-        )
-    return bool(bf)
 
 
 def module_layout(model: Any, name: str) -> ModuleLayout:
-    """Establish the output layout of module ``name`` from the model's own flags.
-
-    The nearest enclosing module with a ``resblocks`` attribute (open_clip's
-    ``Transformer``) decides: modules strictly inside it see its internal
-    layout (``batch_first`` flag, cross-checked against every
-    ``nn.MultiheadAttention.batch_first`` in it); the Transformer's own output
-    and modules outside it are batch-first.
-    """
-    m = _as_module(model)
-    module = m.get_submodule(name)
-    parts = name.split(".")
-    seq_first = False
-    for k in range(len(parts) - 1, 0, -1):
-        anc = m.get_submodule(".".join(parts[:k]))
-        if hasattr(anc, "resblocks"):
-            seq_first = not _transformer_batch_first(anc)
-            break
-    if isinstance(module, nn.MultiheadAttention) and bool(module.batch_first) == seq_first:
-        raise LayoutError(f"{name}: batch_first={module.batch_first} contradicts its transformer's layout")
-    return ModuleLayout(
-        name=name,
-        tower=tower_of(name),
-        seq_first=seq_first,
-        conv=isinstance(module, nn.Conv2d),
-        mha=isinstance(module, nn.MultiheadAttention),
-    )
+    """The :class:`ModuleLayout` of module ``name`` (sequence-first models are refused by :mod:`helpers.hooks`)."""
+    m = hooks.require_batch_first(_as_module(model))
+    return ModuleLayout(name=name, tower=tower_of(name), conv=isinstance(m.get_submodule(name), nn.Conv2d))
 
 
 def check_tokens(tokens: str) -> str:
@@ -459,8 +403,7 @@ def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: Tower
     Parameters
     ----------
     x : tensor
-        The module output as produced: ``(B, T, D)`` or ``(T, B, D)`` (per
-        ``layout.seq_first``), ``(B, C, H, W)`` or ``(B, D)``.
+        The module output: ``(B, T, D)``, ``(B, C, H, W)`` or ``(B, D)``.
     layout : ModuleLayout
     tokens : str
         See the module docstring.
@@ -481,14 +424,11 @@ def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: Tower
     """
     name = layout.name
     if x.ndim == 3:
-        if layout.seq_first:
-            x = x.transpose(0, 1)
         if x.shape[0] != inp.batch or (inp.n_tokens is not None and x.shape[1] != inp.n_tokens):
             flipped = x.shape[1] == inp.batch and x.shape[0] == inp.n_tokens
             raise LayoutError(
-                f"{name}: output {tuple(x.shape)} (after applying the declared "
-                f"{'sequence' if layout.seq_first else 'batch'}-first layout) does not match batch={inp.batch}, "
-                f"tokens={inp.n_tokens}" + ("; it looks transposed, so the declared layout is wrong" if flipped else "")
+                f"{name}: batch-first output {tuple(x.shape)} does not match batch={inp.batch}, "
+                f"tokens={inp.n_tokens}" + ("; it looks transposed (sequence-first)" if flipped else "")
             )
         p = inp.n_prefix
         if tokens == "all":
@@ -597,57 +537,16 @@ def patch_table(source: Any = None, *, grid: Sequence[int] | None = None, patch_
 # =========================================================================== capture
 
 
-class _TowerInputHook:
-    """Forward pre-hook on a tower's entry module: records batch size and geometry."""
-
-    def __init__(self, capture: "Capture", tower: str):
-        self.capture, self.tower = capture, tower
-        self.__name__ = f"hook_{tower}_input"
-
-    def __repr__(self) -> str:
-        return f"<{self.__name__} (helpers.record)>"
-
-    def __call__(self, module, args, kwargs):
-        x = args[0] if args else next(iter(kwargs.values()))
-        if self.tower == "image":
-            ph, pw = module.patch_size if hasattr(module, "patch_size") else (None, None)
-            has_cls = getattr(module, "class_embedding", None) is not None
-            grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph else None
-            n_prefix = 1 if has_cls else 0
-            n_tok = (n_prefix + grid[0] * grid[1]) if grid else None
-            self.capture.inputs["image"] = TowerInput(int(x.shape[0]), n_tok, n_prefix, grid)
-        else:
-            pool = getattr(self.capture.model, "text_pool_type", None) or getattr(module, "pool_type", None)
-            self.capture.inputs["text"] = TowerInput(int(x.shape[0]), int(x.shape[1]), 0, None, x.detach(), pool)
-
-
-class _OutputHook:
-    """Forward hook that stores the selected tokens of one module's output."""
-
-    def __init__(self, capture: "Capture", layout: ModuleLayout):
-        self.capture, self.layout = capture, layout
-        self.__name__ = hook_name(layout.name)
-
-    def __repr__(self) -> str:
-        return f"<{self.__name__} on {self.layout.name!r}, tokens={self.capture.tokens!r} (helpers.record)>"
-
-    def __call__(self, module, args, output):
-        cap, name = self.capture, self.layout.name
-        if isinstance(output, tuple):
-            if not self.layout.mha:
-                raise LayoutError(f"{name} returned a tuple of {len(output)}; only nn.MultiheadAttention is understood")
-            output = output[0]  # (attn_output, attn_weights or None)
-        if not isinstance(output, torch.Tensor):
-            raise LayoutError(f"{name} returned {type(output).__name__}, not a tensor")
-        inp = cap.inputs.get(self.layout.tower)
-        if inp is None:
-            raise LayoutError(
-                f"{name} ran but the {self.layout.tower} tower's input was not seen; run the forward through "
-                "model.encode_image / model.visual (image) or model.encode_text (text)"
-            )
-        sel = select_tokens(output.detach(), self.layout, cap.tokens, inp)
-        cap.outputs[name] = sel.clone() if sel.data_ptr() == output.data_ptr() or sel._is_view() else sel
-        cap.calls[name] += 1
+def _tower_input(model: nn.Module, tower: str, x: torch.Tensor, entry: nn.Module) -> TowerInput:
+    """Batch size and token geometry seen at a tower's entry module."""
+    if tower == "image":
+        ph, pw = entry.patch_size if hasattr(entry, "patch_size") else (None, None)
+        n_prefix = 1 if getattr(entry, "class_embedding", None) is not None else 0
+        grid = (x.shape[-2] // ph, x.shape[-1] // pw) if ph else None
+        n_tok = (n_prefix + grid[0] * grid[1]) if grid else None
+        return TowerInput(int(x.shape[0]), n_tok, n_prefix, grid)
+    pool = getattr(model, "text_pool_type", None) or getattr(entry, "pool_type", None)
+    return TowerInput(int(x.shape[0]), int(x.shape[1]), 0, None, x.detach(), pool)
 
 
 class Capture:
@@ -694,7 +593,7 @@ class Capture:
         self.outputs: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, TowerInput] = {}
         self.calls: Counter = Counter()
-        self._handles: list = []
+        self._stack = contextlib.ExitStack()
 
     def _tower_entries(self) -> dict[str, nn.Module]:
         towers = {lay.tower for lay in self.layouts.values()}
@@ -706,17 +605,28 @@ class Capture:
             entries["text"] = text if isinstance(text, nn.Module) else self.model.token_embedding
         return entries
 
+    def _on_input(self, tower: str, x: torch.Tensor) -> None:
+        self.inputs[tower] = _tower_input(self.model, tower, x, self._entries[tower])
+
+    def _on_output(self, name: str, out: torch.Tensor) -> None:
+        lay = self.layouts[name]
+        inp = self.inputs.get(lay.tower)
+        if inp is None:
+            raise LayoutError(
+                f"{name} ran but the {lay.tower} tower's input was not seen; run the forward through "
+                "model.encode_image / model.visual (image) or model.encode_text (text)"
+            )
+        sel = select_tokens(out.detach(), lay, self.tokens, inp)
+        self.outputs[name] = sel.clone() if sel.data_ptr() == out.data_ptr() or sel._is_view() else sel
+        self.calls[name] += 1
+
     def __enter__(self) -> "Capture":
-        try:
-            for tower, entry in self._tower_entries().items():
-                h = entry.register_forward_pre_hook(_TowerInputHook(self, tower), with_kwargs=True, prepend=True)
-                self._handles.append(h)
-            for name in self.names:
-                mod = self.model.get_submodule(name)
-                self._handles.append(mod.register_forward_hook(_OutputHook(self, self.layouts[name])))
-        except BaseException:
-            self.remove()
-            raise
+        self._entries = self._tower_entries()
+        self._stack = contextlib.ExitStack()
+        with self._stack as stack:
+            stack.enter_context(hooks.read_inputs(self._entries, self._on_input))
+            stack.enter_context(hooks.edit_outputs(hooks.named(self.model, self.names), self._on_output))
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc) -> bool:
@@ -725,8 +635,7 @@ class Capture:
 
     def remove(self) -> None:
         """Remove every hook this capture registered (idempotent)."""
-        while self._handles:
-            self._handles.pop().remove()
+        self._stack.close()
 
     def clear(self) -> None:
         """Forget outputs, inputs and call counts (call before each forward)."""
@@ -885,7 +794,7 @@ def _geometry(model: nn.Module, input_size: int) -> dict:
         "grid": grid,
         "n_prefix_tokens": 1 if getattr(vis, "class_embedding", None) is not None else 0,
         "n_tokens": 1 + grid[0] * grid[1],
-        "transformer_batch_first": _transformer_batch_first(vis.transformer) if hasattr(vis, "transformer") else None,
+        "transformer_batch_first": hooks.require_batch_first(vis) is vis if hasattr(vis, "transformer") else None,
         "token_order": "class token at 0, then patches row-major (token 1 + row*cols + col)",
     }
 
@@ -955,73 +864,16 @@ def record(
     condition: str | None = None,
     weights_hash: str | None = None,
 ) -> dict:
-    """Record ``layers`` for every stimulus, streaming into per-layer ``.npy`` memmaps.
+    """Record ``layers`` (image tower) for every stimulus into per-layer ``.npy`` memmaps; return the manifest.
 
-    One ``encode_image`` forward per batch records all layers and the final
-    embedding. Only the current batch is held in memory. After each batch the
-    arrays are flushed and ``manifest.json`` is rewritten atomically with the
-    number of stimuli done, so an interrupted call resumes when called again
-    with the same arguments.
-
-    Parameters
-    ----------
-    lm : helpers.models.LoadedModel
-        Model, preprocessing, device and compute dtype (``lm.dtype``:
-        float32 is exact; bfloat16 is ~3-4x faster on CPUs with bf16 support).
-    stim : helpers.stimuli.StimulusSet
-        Stimuli, recorded in order ``0 .. n-1``.
-    out_dir : str or Path
-        Recording folder (created).
-    layers : str or sequence of str
-        Module names or globs (:func:`resolve_layers`); image tower only.
-    tokens : {"cls", "patches", "all", "mean"}
-        Token selection (module docstring). Default ``"cls"``.
-    storage_dtype : {"float32", "float16"}
-        On-disk dtype; activations are converted on write (float16 refuses
-        values that would overflow to inf).
-    batch_size : int
-        Images per forward (> 0).
-    overwrite : bool
-        Delete an existing recording in ``out_dir`` and start fresh. Without
-        it, an existing recording is resumed (incomplete) or returned as is
-        (complete) when its manifest matches on every :data:`IDENTITY_KEYS`
-        field, and refused otherwise. Resuming with another ``batch_size`` or
-        ``num_workers`` is allowed (batch size changes results only within
-        float tolerance; each session is logged in ``progress.sessions``).
-    progress : bool
-        Show a ``tqdm`` bar (images/s).
-    num_workers : int
-        DataLoader workers for rendering (0 = in-process).
-    images : tensor (n, 3, S, S), optional
-        Pre-processed images to use instead of rendering ``stim`` (benchmarks,
-        repeated recordings). Must correspond to ``stim``.
-    on_batch : callable(dict), optional
-        Called after each batch is committed with ``{"condition", "batch",
-        "n_done", "n_total", "images_per_s"}``; an exception raised there stops
-        the recording like an interruption.
-    condition : str, optional
-        Label stored in the manifest (``"model"`` / ``"random"``).
-    weights_hash : str, optional
-        Precomputed :func:`helpers.models.weights_hash` of ``lm.model`` (skips
-        hashing ~600 MB; you vouch that it is current).
-
-    Returns
-    -------
-    dict
-        The final manifest: ``format``, ``complete``, the identity fields
-        (:data:`IDENTITY_KEYS`), ``arrays`` (per layer: file, shape, dtype,
-        hook, description), ``embeddings``, ``geometry`` (input size, patch
-        size, grid, token order), ``versions``, ``device``, ``progress``
-        (``n_done``, ``sessions``) and timestamps.
-
-    Raises
-    ------
-    RecordingMismatchError
-        ``out_dir`` holds a recording of other stimuli/model/settings.
-    ValueError
-        Invalid parameters.
-    LayoutError
-        A module output contradicts the model's declared token layout.
+    One ``encode_image`` forward per batch; the manifest is rewritten atomically
+    after each batch, so an interrupted call resumes when called again. An
+    existing recording is resumed or returned when it matches on every
+    :data:`IDENTITY_KEYS` field and refused (:class:`RecordingMismatchError`)
+    otherwise; ``overwrite=True`` deletes it first. ``tokens``: module docstring;
+    ``storage_dtype``: float32 or float16 (overflow refused); ``images``:
+    preprocessed (n, 3, S, S) instead of rendering; ``on_batch(dict)`` is called
+    after each committed batch; ``weights_hash`` skips hashing (you vouch for it).
     """
     if storage_dtype not in STORAGE_DTYPES:
         raise ValueError(f"storage_dtype must be one of {tuple(STORAGE_DTYPES)}, got {storage_dtype!r}")
@@ -1029,18 +881,38 @@ def record(
     check_tokens(tokens)
     if tokens == "eot":
         raise ValueError("tokens='eot' is for text-tower modules; image recordings use 'cls', 'patches', 'all' or 'mean'")
-    model = lm.model
-    cap = Capture(model, layers, tokens)
-    names = cap.names
-    _image_only(names)
-    n = len(stim)
+    cap = Capture(lm.model, layers, tokens)
+    _image_only(cap.names)
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    identity = _identity(lm, stim, cap.names, tokens, storage_dtype, weights_hash)
+    old = _matching_recording(folder, identity, overwrite)
+    if old is not None and old.get("complete"):
+        log.info("recording in %s is complete and matches; nothing to do", folder)
+        return old
+    manifest = old or _new_manifest(lm, identity, condition)
+    start = int(manifest["progress"]["n_done"])
+    manifest["device"] = str(lm.device)
+    manifest["batch_size"] = int(batch_size)
+    session = {"started": _now(), "start_at": start, "batch_size": int(batch_size), "versions": _versions()}
+    manifest["progress"]["sessions"].append(session)
+    _write_manifest(folder, manifest)
+    batches = _batch_source(lm, stim, int(batch_size), start, images, num_workers)
+    done = _stream(lm, cap, batches, folder, manifest, session, storage_dtype, progress, on_batch, condition)
+    if done != len(stim):
+        raise RuntimeError(f"recording stopped at {done}/{len(stim)} stimuli")
+    manifest["complete"] = True
+    manifest["finished"] = _now()
+    _write_manifest(folder, manifest)
+    return manifest
 
-    identity = {
+
+def _identity(lm, stim, names: Sequence[str], tokens: str, storage_dtype: str, weights_hash: str | None) -> dict:
+    """The manifest's :data:`IDENTITY_KEYS` fields for this recording."""
+    return {
         "model": lm.name,
         "weights": lm.weights,
-        "weights_hash": weights_hash or models_weights_hash(model),
+        "weights_hash": weights_hash or models_weights_hash(lm.model),
         "seed": lm.seed,
         "quick_gelu": bool(lm.quick_gelu),
         "compute_dtype": _dtype_name(lm.dtype),
@@ -1048,9 +920,13 @@ def record(
         "tokens": tokens,
         "storage_dtype": storage_dtype,
         "stimuli_hash": stim.hash,
-        "n_stimuli": n,
+        "n_stimuli": len(stim),
         "input_size": int(lm.input_size),
     }
+
+
+def _matching_recording(folder: Path, identity: dict, overwrite: bool) -> dict | None:
+    """The manifest of the recording in ``folder`` (None: none); refuse one with another identity."""
     if overwrite:  # never parse what is about to be deleted: a corrupt manifest must not block a rebuild
         _clear_folder(folder)
     old = read_manifest(folder) if (folder / MANIFEST).is_file() else None
@@ -1058,7 +934,7 @@ def record(
         raise RecordingMismatchError(
             f"{folder} holds .npy files but no {MANIFEST}; refusing to mix. Pass overwrite=True to start fresh"
         )
-    elif old is not None:
+    if old is not None:
         diff = _identity_diff(old, identity)
         if old.get("format") != FORMAT:
             diff.insert(0, f"format: recorded {old.get('format')!r}, this code writes {FORMAT!r}")
@@ -1068,13 +944,11 @@ def record(
                 + "\n  - ".join(diff)
                 + "\nPass overwrite=True to delete it and record afresh, or choose another folder."
             )
-        if old.get("complete"):
-            log.info("recording in %s is complete and matches; nothing to do", folder)
-            return old
+    return old
 
-    store_np = STORAGE_DTYPES[storage_dtype]
-    store_t = torch.float16 if storage_dtype == "float16" else torch.float32
-    manifest = old or {
+
+def _new_manifest(lm, identity: dict, condition: str | None) -> dict:
+    return {
         "format": FORMAT,
         "complete": False,
         "condition": condition,
@@ -1082,31 +956,27 @@ def record(
         "model_label": getattr(lm, "label", lm.name),
         "arrays": {},
         "embeddings": None,
-        "geometry": _geometry(model, lm.input_size),
+        "geometry": _geometry(lm.model, lm.input_size),
         "versions": _versions(),
         "created": _now(),
         "progress": {"n_done": 0, "sessions": []},
     }
-    start = int(manifest["progress"]["n_done"])
-    manifest["device"] = str(lm.device)
-    manifest["batch_size"] = int(batch_size)
-    session = {"started": _now(), "start_at": start, "batch_size": int(batch_size), "versions": _versions()}
-    manifest["progress"]["sessions"].append(session)
-    _write_manifest(folder, manifest)
 
-    arrays: dict[str, np.memmap] = {}
-    emb_mm: np.memmap | None = None
-    if start > 0:
-        arrays, emb_mm = _open_existing(folder, manifest, mode="r+")
 
+def _stream(lm, cap: Capture, batches, folder: Path, manifest: dict, session: dict, storage_dtype: str,
+            progress: bool, on_batch, condition) -> int:
+    """Forward ``batches`` and write each into the memmaps, committing the manifest per batch; return n done."""
     from tqdm.auto import tqdm
 
+    n, start = int(manifest["n_stimuli"]), int(manifest["progress"]["n_done"])
+    store_np = STORAGE_DTYPES[storage_dtype]
+    store_t = torch.float16 if storage_dtype == "float16" else torch.float32
+    arrays, emb_mm = _open_existing(folder, manifest, mode="r+") if start > 0 else ({}, None)
     t0 = time.perf_counter()
     bar = tqdm(total=n, initial=start, unit="img", desc=f"record {condition or lm.name}", disable=not progress)
     done = start
     try:
         with torch.inference_mode(), cap:
-            batches = _batch_source(lm, stim, int(batch_size), start, images, num_workers)
             for j, (idx, outs, emb) in enumerate(_forward_batches(lm, cap, batches)):
                 a, b = int(idx[0]), int(idx[-1]) + 1
                 if b - a != len(idx) or a != done:
@@ -1135,12 +1005,7 @@ def record(
         for mm in (*arrays.values(), *([emb_mm] if emb_mm is not None else [])):
             mm.flush()
         del arrays, emb_mm
-    if done != n:
-        raise RuntimeError(f"recording stopped at {done}/{n} stimuli")
-    manifest["complete"] = True
-    manifest["finished"] = _now()
-    _write_manifest(folder, manifest)
-    return manifest
+    return done
 
 
 def _to_storage(t: torch.Tensor, store_t: torch.dtype, name: str) -> np.ndarray:

@@ -60,6 +60,7 @@ import scipy.fft as sfft
 import scipy.sparse as sp
 from scipy import ndimage
 
+from helpers.checks import check_int
 from helpers.ratemaps import _check_activations, _check_bins, _check_positions, _check_sigma
 from helpers.ratemaps import flat_bin_indices, ratemaps_from_bins, resolve_extent
 
@@ -241,8 +242,7 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     left out of every sum and the full ``(2n-1)²`` array is returned.
     """
     arr, single = _as_stack(maps)
-    if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, np.integer)) or min_overlap < 2:
-        raise ValueError(f"min_overlap must be an integer >= 2 (bins), got {min_overlap!r}")
+    check_int("min_overlap", min_overlap, 2)
     acorr = _autocorrelogram(arr, int(min_overlap))
     return acorr[0] if single else acorr
 
@@ -537,26 +537,14 @@ def _opened_centre(a0: np.ndarray) -> np.ndarray:
 
 
 def _bnt_central_radius(crop: np.ndarray) -> np.ndarray:
-    """Radius (bins) of the central field found by BNT's adaptive search.
+    """Radius (bins) of the central field of autocorrelogram crops (k, 2Ly+1, 2Lx+1) by BNT's adaptive search.
 
-    ``crop`` (k, 2Ly+1, 2Lx+1): the autocorrelogram around the zero lag
-    (NaN = undefined, treated as 0 and ignored as holes). As
-    BNT's ``placefieldAdaptive`` seeded at the zero lag: open the map by
-    reconstruction (erosion with a 3x3 cross, 8-connected reconstruction);
-    the field at threshold ``t`` is the 4-connected set of bins >= ``t``
-    times the (opened) central value that contains the centre; it is
-    measured at 0.95 and 0.93, then grown down to 0.2 (``_BNT_ATTEMPTS``)
-    until it gets a hole, its area grows 3 times faster than at the start,
-    or it stays the same for 10 steps. Radius = ``floor(sqrt(area / pi))``
-    of a field of >= 5 bins, else 0 (also when the opened centre is <= 0).
-
-    All thresholds at once: each bin is replaced by its level (the number
-    of thresholds it reaches; min and max commute with this monotone map,
-    so erosion and reconstruction can run on levels once the opened central
-    value is known). With ``m(p)`` the best (max-min) path level from the
-    centre, the field at threshold ``j`` is ``{m > j}``; with ``g(p)`` the
-    min-max path value of ``m`` from the crop's border, the field has a hole
-    iff some bin has ``m <= j < g``.
+    As BNT's ``placefieldAdaptive`` seeded at the zero lag: open by reconstruction,
+    then the 4-connected field >= t x centre at t = 0.95, 0.93, grown down to 0.2
+    (``_BNT_ATTEMPTS``) until it gets a hole, grows 3x faster than at first or
+    stalls for 10 steps; radius ``floor(sqrt(area / pi))`` of a field of >= 5 bins,
+    else 0. All thresholds at once, on per-bin threshold levels and max-min path
+    levels from the centre (a hole: some bin with ``m <= j < g``).
     """
     k, h, w = crop.shape
     cy, cx = h // 2, w // 2
@@ -732,136 +720,8 @@ def _langston_score(
     }
 
 
-def grid_score(
-    maps: np.ndarray,
-    *,
-    variant: GridVariant = "bnt",
-    min_overlap: int | None = None,
-    central_threshold: float | None = None,
-    min_ring_width: int | None = None,
-    max_radius_fraction: float | None = None,
-    return_details: bool = False,
-) -> np.ndarray | float | dict:
-    r"""Gridness score (Sargolini et al. 2006): BNT's procedure, or Langston's maximum over radii.
-
-    Both variants Pearson-correlate annuli of the overlap-normalised
-    autocorrelogram (:func:`autocorrelogram`) with the autocorrelogram
-    rotated by 30, 60, 90, 120 and 150 degrees (bilinear interpolation,
-    precomputed sparse operators), giving ``r30 .. r150``, and
-    ``gridness = min(r60, r120) - max(r30, r90, r150)``. Undefined
-    autocorrelation values (a constant side, too few pairs) count as 0, as
-    in opexebo. All maps at once.
-
-    ``variant="bnt"`` (default) follows BNT's ``gridnessScore`` as ported by
-    opexebo 0.7.2 (the Moser group's reference):
-
-    1. Lags up to ``L`` bins are kept, ``2L + 1 = round(1.8 * size)`` made
-       odd (opexebo's 0.8-overlap crop): L = 17 bins for 20x20 maps, 28 for
-       32x32.
-    2. Central field: BNT's adaptive field search on that crop, seeded at
-       the zero lag (fields at falling thresholds of the central value, see
-       ``_bnt_central_radius``); inner radius ``c = floor(sqrt(area/pi))``.
-    3. Gridness of the annulus ``c < d < R`` for the outer radii
-       ``R = int(linspace(max(3, c+1), L, L-c))``.
-    4. Score = maximum of the 3-radius sliding mean of that curve (windows
-       starting at its first to fourth-last radius, as BNT; the plain mean
-       if the curve has <= 4 radii).
-
-    ``variant="langston"``: Sargolini's gridness maximised over the outer
-    radius (Langston et al. 2010):
-
-    2. Central peak: with the radial profile ``p(t)`` = mean autocorrelation
-       over ring ``t`` (distances ``(t-1, t]``), ``r_in`` is the first ring
-       ``t >= 1`` with ``p(t) < central_threshold`` or ``p(t) < p(t+1)``.
-    3. Gridness of the annulus ``r_in < d <= r_out`` for every ``r_out``
-       from ``r_in + min_ring_width`` to
-       ``R_max = floor(max_radius_fraction * (min(n, m) - 1))``.
-    4. Score = maximum over ``r_out``.
-
-    Fallback inner radius, so that every finite, non-constant map gets a
-    finite score: ``bnt`` uses ``c = 1`` when no central field of >= 5 bins
-    is found (a peak narrower than the zero-lag bin's neighbours) and
-    ``c = L - 3`` when the field's radius reaches ``L`` (the score is then
-    the mean gridness of the 3 outermost radii); ``langston`` caps ``r_in``
-    at ``R_max - min_ring_width`` (the outermost annulus), which also covers
-    a profile that never turns. Such maps have no resolvable periodicity
-    and score near or below 0.
-
-    Parameters
-    ----------
-    maps : ndarray, shape (k, n, m) or (n, m)
-        Raw ratemaps (no transform: the score is invariant under
-        ``a*map + b`` for any ``a != 0``). NaN = unvisited bin. At least 5x5
-        bins (``bnt``).
-    variant : {"bnt", "langston"}
-        ``"bnt"`` (default): BNT/opexebo, the definition behind published
-        thresholds such as gridness > 0.3. ``"langston"``: max over radii.
-    min_overlap : int >= 2, optional
-        ``langston`` only (default 20): minimum overlapping bins for an
-        autocorrelogram value. ``bnt`` uses every lag of its crop (>= 9
-        pairs on a complete 20x20 map), as opexebo does.
-    central_threshold : float in [-1, 1), optional
-        ``langston`` only (default 0.0): profile level ending the central
-        peak.
-    min_ring_width : int >= 1, optional
-        ``langston`` only (default 3): smallest ``r_out - r_in`` (bins).
-    max_radius_fraction : float in (0, 1], optional
-        ``langston`` only (default 0.9): ``R_max`` as a fraction of
-        ``min(n, m) - 1`` (R_max = 17 bins for 20x20 maps, 27 for 32x32).
-    return_details : bool
-        If True return a dict of (k,) arrays: ``score``, ``inner_radius``
-        (bins), ``inner_radius_fallback`` (bool), ``best_outer_radius`` (the
-        radius of the highest gridness, bins; -1 if none) and
-        ``correlations`` (k, 5) at that radius (columns = 30..150 degrees).
-
-    Returns
-    -------
-    ndarray, shape (k,), or float (or a dict, see ``return_details``)
-        Gridness in [-2, 2]; > 0 for hexagonal symmetry. NaN for all-NaN or
-        constant maps.
-
-    Notes
-    -----
-    Remaining differences of ``bnt`` from opexebo 0.7.2 ``grid_score``
-    applied to ``autocorrelation(map)`` (the tests hold it within 0.1 of
-    opexebo, rank correlation >= 0.95, on a battery of grids, place fields,
-    bands and noise; central-field radii are identical):
-
-    - Unvisited (NaN) bins are left out of the autocorrelogram's sums;
-      opexebo sets them to 0 first. On complete maps the autocorrelograms
-      agree to 1e-9. Neither smooths: smooth the ratemaps upstream.
-    - Lags whose window is constant to 1e-9 of the map's variance are
-      undefined and count as 0 (opexebo: 0 below its own, lower floor). On
-      noiseless maps with very flat tails opexebo still correlates them:
-      on Gaussian wall bands of width 0.08 the scores differ by <= 0.09,
-      on a 0.03-wide band by 0.25 (-0.07 here, -0.33 in opexebo, whose
-      score of the negated band is -0.11, though gridness ignores sign).
-      Any measurement noise removes the difference.
-    - Where opexebo returns NaN this returns the fallback score above: no
-      central field of >= 5 bins, a non-positive opened centre (opexebo
-      then takes the whole crop as the field), or a field reaching the
-      outermost radius (e.g. broad wall bands).
-    - A rotational correlation with a constant side counts as 0 (opexebo:
-      NaN, and its score NaN), so a flat autocorrelogram (a ramp) scores 0.
-    - Rotation and interpolation match ``skimage.transform.rotate`` (order
-      1); rotating the other way gives the same gridness, as
-      autocorrelograms are point-symmetric.
-
-    ``langston`` sits above ``bnt`` (a maximum instead of a sliding mean,
-    and a narrower central peak from the radial profile): -1.0 on the
-    tests' square grids where ``bnt`` gives -0.06 to -0.98, and 1.4-1.6
-    instead of 1.3 on hexagonal ones. Maximising over radii inflates noise
-    maps' scores; judge significance against a shuffle null computed with
-    the same variant (:func:`shuffle_scores`). Unlike its first version it
-    counts undefined lags as 0 (they were left out) and has the fallback
-    inner radius; both only change maps with undefined lags (noiseless
-    bands and fields, e.g. the 0.08 band at 20x20: -0.02 -> -0.64).
-    DeepMind's grid-cells ``scores.py`` (Banino et al. 2018) uses a third,
-    *mean* variant ``(r60 + r120)/2 - (r30 + r90 + r150)/3`` on 10 fixed
-    annuli, not comparable to either.
-    """
-    arr, single = _as_stack(maps)
-    k, n, m = arr.shape
+def _grid_params(n, m, variant, min_overlap, central_threshold, min_ring_width, max_radius_fraction):
+    """Validated ``(min_overlap, central_threshold, min_ring_width, max_radius_fraction)`` for :func:`grid_score`."""
     if variant not in _GRID_VARIANTS:
         raise ValueError(f"variant must be one of {_GRID_VARIANTS}, got {variant!r}")
     if variant == "bnt":
@@ -878,8 +738,7 @@ def grid_score(
         central_threshold = 0.0 if central_threshold is None else central_threshold
         min_ring_width = 3 if min_ring_width is None else min_ring_width
         max_radius_fraction = 0.9 if max_radius_fraction is None else max_radius_fraction
-        if isinstance(min_ring_width, bool) or not isinstance(min_ring_width, (int, np.integer)) or min_ring_width < 1:
-            raise ValueError(f"min_ring_width must be an integer >= 1 (bins), got {min_ring_width!r}")
+        check_int("min_ring_width", min_ring_width, 1)
         if not (0 < float(max_radius_fraction) <= 1):
             raise ValueError(f"max_radius_fraction must be in (0, 1], got {max_radius_fraction!r}")
         if not np.isfinite(central_threshold) or not (-1 <= central_threshold < 1):
@@ -890,6 +749,40 @@ def grid_score(
                 f"maps of {n}x{m} bins are too small for max_radius_fraction={max_radius_fraction} "
                 f"and min_ring_width={min_ring_width} (largest radius {r_max} bins)"
             )
+    return min_overlap, central_threshold, min_ring_width, max_radius_fraction
+
+
+def grid_score(
+    maps: np.ndarray,
+    *,
+    variant: GridVariant = "bnt",
+    min_overlap: int | None = None,
+    central_threshold: float | None = None,
+    min_ring_width: int | None = None,
+    max_radius_fraction: float | None = None,
+    return_details: bool = False,
+) -> np.ndarray | float | dict:
+    r"""Gridness score (Sargolini et al. 2006) of ratemaps (k, n, m) or (n, m); NaN = unvisited bin.
+
+    ``min(r60, r120) - max(r30, r90, r150)``, the Pearson correlations of
+    annuli of the autocorrelogram with its rotations, all maps at once.
+    ``variant="bnt"`` (default): BNT's ``gridnessScore`` as ported by opexebo
+    0.7.2 (adaptive central field, max of the 3-radius sliding mean over outer
+    radii). ``variant="langston"``: maximum over outer radii (Langston et al.
+    2010); ``min_overlap`` (20), ``central_threshold`` (0.0), ``min_ring_width``
+    (3 bins) and ``max_radius_fraction`` (0.9) apply to it only. The procedure
+    step by step and the differences from opexebo: README, "Grid score".
+
+    Returns (k,) scores in [-2, 2] (a float for one map; NaN for empty or
+    constant maps), or with ``return_details`` a dict of (k,) arrays:
+    ``score``, ``inner_radius``, ``inner_radius_fallback``,
+    ``best_outer_radius`` (bins, -1 if none), ``correlations`` (k, 5).
+    """
+    arr, single = _as_stack(maps)
+    k, n, m = arr.shape
+    min_overlap, central_threshold, min_ring_width, max_radius_fraction = _grid_params(
+        n, m, variant, min_overlap, central_threshold, min_ring_width, max_radius_fraction
+    )
     acorr = autocorrelogram(arr, min_overlap=min_overlap)
     if variant == "bnt":
         details = _bnt_score(arr, acorr)
@@ -962,8 +855,7 @@ def _border_fields(
         raise ValueError(f"field_threshold must be in (0, 1] (fraction of the peak), got {field_threshold!r}")
     if min_field_bins is None:
         min_field_bins = _default_min_field_bins(n, m)
-    if isinstance(min_field_bins, bool) or not isinstance(min_field_bins, (int, np.integer)) or min_field_bins < 1:
-        raise ValueError(f"min_field_bins must be an integer >= 1, got {min_field_bins!r}")
+    check_int("min_field_bins", min_field_bins, 1)
     rates = _nonnegative(arr, transform)
     finite = np.isfinite(rates)
     peak = np.max(np.where(finite, rates, -np.inf), axis=(1, 2))
@@ -985,53 +877,15 @@ def border_score(
     transform: Transform = "subtract_min",
     return_details: bool = False,
 ) -> np.ndarray | float | dict:
-    r"""Border score of Solstad et al. (2008): ``(CM - DM) / (CM + DM)``.
+    """Border score of Solstad et al. (2008), ``(CM - DM) / (CM + DM)``, of maps (k, n, m) or (n, m).
 
-    - Fields: see :func:`border_fields` (4-connected bins ``>= 0.3 x peak`` of
-      the transformed map, at least ``min_field_bins`` bins).
-    - ``CM``: for each field and each of the four walls (first/last row and
-      column of the map), the fraction of that wall's visited bins that the
-      field covers; ``CM`` is the largest such fraction (one field, one wall).
-    - ``DM``: mean distance to the nearest wall over the bins of *all*
-      fields, weighted by the (transformed) rate, divided by half the shorter
-      side of the map. Distances follow the BNT/opexebo convention: a bin in
-      row ``i``, column ``j`` of an ``n x m`` map is
-      ``min(i+1, n-i, j+1, m-j)`` bins from the wall (bins touching a wall
-      count 1).
-
-    Parameters
-    ----------
-    maps : ndarray, shape (k, n, m) or (n, m)
-        Ratemaps; NaN = unvisited.
-    field_threshold : float, default 0.3
-        Field threshold as a fraction of the peak (Solstad: 0.3).
-    min_field_bins : int, optional
-        Minimum field size in bins; default 2% of the map (see
-        :func:`border_fields`).
-    transform : {"subtract_min", "none"}
-        Non-negativity transform applied before thresholding and weighting.
-        With ``"subtract_min"`` (default) the score is invariant under
-        ``a*map + b`` (``a > 0``); with ``"none"`` (maps must be >= 0) under
-        ``a*map``.
-    return_details : bool
-        Also return ``cm`` and ``dm`` (dict output).
-
-    Returns
-    -------
-    ndarray, shape (k,), or float (or dict)
-        Score in [-1, 1); -1 when a map has no field (including constant
-        maps), NaN for an all-NaN map. A one-bin-thick band along a whole wall
-        scores ``(1 - 2/n) / (1 + 2/n)`` (0.82 for n = 20).
-
-    Notes
-    -----
-    Differences from opexebo ``border_score`` / ``border_coverage``: opexebo
-    takes its fields from the caller (its ``place_field`` detector finds no
-    fields in maps without exact zeros) and, where a wall bin is NaN, looks up
-    to ``search_width`` bins inwards for a replacement; here fields come from
-    the threshold above and NaN wall bins are left out of the wall's length.
-    On maps without NaN and with the same fields both give the same value
-    (tested to 1e-9).
+    Fields: :func:`border_fields` (4-connected bins >= ``field_threshold`` x peak of
+    the transformed map, at least ``min_field_bins``). ``CM``: the largest fraction
+    of one wall's visited bins covered by one field. ``DM``: rate-weighted mean
+    distance to the nearest wall over all field bins (BNT convention: a bin touching
+    a wall is 1 bin away), over half the shorter side. Returns (k,) in [-1, 1)
+    (-1: no field; NaN: all-NaN map); ``return_details`` adds ``cm`` and ``dm``.
+    Equal to opexebo on complete maps with the same fields (tested to 1e-9).
     """
     arr, single = _as_stack(maps)
     k, n, m = arr.shape
@@ -1183,8 +1037,7 @@ def shuffle_scores(
     sigma = _check_sigma(sigma)
     pos = _check_positions(positions)
     act = _check_activations(activations, pos.shape[0])
-    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 1:
-        raise ValueError(f"n_shuffles must be an integer >= 1, got {n_shuffles!r}")
+    check_int("n_shuffles", n_shuffles, 1)
     if transform not in _TRANSFORMS:
         raise ValueError(f"transform must be one of {_TRANSFORMS}, got {transform!r}")
     from tqdm.auto import tqdm
@@ -1369,8 +1222,7 @@ def top_neurons(values: np.ndarray, top_k: int = 5) -> np.ndarray:
     vals = np.asarray(values, dtype=np.float64)
     if vals.ndim != 1:
         raise ValueError(f"values must be 1-D (one score per neuron), got shape {vals.shape}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    check_int("top_k", top_k, 1)
     finite = np.flatnonzero(np.isfinite(vals))
     order = finite[np.argsort(-vals[finite], kind="stable")]
     return order[:top_k]
@@ -1396,54 +1248,23 @@ def score_layers(
 ) -> dict:
     """Ratemaps, scores and shuffle significance for every layer of one condition.
 
-    For each layer: build the (k, bins, bins) ratemaps of all neurons
-    (:func:`helpers.ratemaps.ratemaps`), score them (:func:`compute_scores`),
-    build ``n_shuffles`` shuffle nulls with the same settings
-    (:func:`shuffle_scores`) and test every neuron (:func:`significance`):
-    by default against its own shuffles (Monte-Carlo p-value <= 1 -
-    percentile/100); ``null_model="pooled"`` uses the percentile of the layer's
-    pooled shuffles instead. Both decisions are always kept.
+    ``positions`` (n, 2) pixels; ``activations_by_layer``: layer -> (n, k), read one
+    layer at a time. Each neuron is tested against its own ``n_shuffles`` shuffles
+    (``null_model="neuron"``, Monte-Carlo p <= 1 - percentile/100) or the layer's
+    pooled shuffles (``"pooled"``); both decisions are kept. ``n_shuffles=0`` skips
+    significance. Memory is bounded by one layer (about 185 MB for 768 neurons,
+    3000 stimuli, 20 bins, whatever the number of shuffles).
 
-    Parameters
-    ----------
-    positions : (n, 2) stimulus centres in the model's input frame (pixels).
-    activations_by_layer : mapping layer -> (n, k) array (e.g. memmaps from
-        :func:`helpers.record.load_recording`); read one layer at a time.
-    bins, extent, sigma : ratemap settings (see :func:`helpers.ratemaps.ratemaps`).
-    n_shuffles : int; 0 skips significance (all False, p-values and thresholds
-        NaN). Otherwise at least :func:`min_shuffles` (19 at the 95th
-        percentile) with ``null_model="neuron"``, >= 1 with ``"pooled"``.
-    percentile : float in (0, 100).
-    null_model : {"neuron", "pooled"}; which decision is ``significant``.
-    seed : int, seeds the shuffles (the same permutations for every layer).
-
-    Returns
-    -------
-    dict with
-        ``maps``: layer -> (k, bins, bins); ``occupancy``: (bins, bins);
-        ``scores``: layer -> score -> (k,);
-        ``significant``: layer -> score -> bool (k,), under ``null_model``;
-        ``significant_neuron`` / ``significant_pooled``: the same under each null model;
-        ``p_values``: layer -> score -> (k,) per-neuron Monte-Carlo p-values;
-        ``thresholds``: layer -> score -> float, the pooled null's percentile;
-        ``null_model``; ``n_shuffles``; ``percentile``; ``extent``; ``bins``; ``sigma``.
-
-    Notes
-    -----
-    Memory is bounded by one layer: its shuffled scores, ``n_shuffles x k``
-    float64 per score (0.6 MB at 100 x 768), are dropped once its p-values are
-    computed, and one shuffle's maps and score intermediates are alive at a
-    time. Measured peak (tracemalloc) for a 768-neuron layer, 3000 stimuli,
-    20 bins and all three scores: about 185 MB, the same for any number of
-    shuffles, layers or conditions (blog scale: 12 x 768 x 100 x 2). Kept per
-    layer: the maps (k x bins² float64, 2.5 MB) and five (k,) vectors per score.
+    Returns a dict: ``maps`` layer -> (k, bins, bins); ``occupancy`` (bins, bins);
+    ``scores``, ``significant``, ``significant_neuron``, ``significant_pooled``,
+    ``p_values``: layer -> score -> (k,); ``thresholds``: layer -> score -> float;
+    and the settings ``null_model, n_shuffles, percentile, extent, bins, sigma``.
     """
     from tqdm.auto import tqdm
 
     from helpers.ratemaps import ratemaps, resolve_extent
 
-    if isinstance(n_shuffles, bool) or not isinstance(n_shuffles, (int, np.integer)) or n_shuffles < 0:
-        raise ValueError(f"n_shuffles must be an integer >= 0, got {n_shuffles!r}")
+    check_int("n_shuffles", n_shuffles, 0)
     _alpha(percentile)
     _check_null_model(null_model)
     if n_shuffles:

@@ -22,6 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from helpers.checks import check_int
+
 #: Version of the rendering rules; part of the content hash.
 RENDER_VERSION = 1
 
@@ -115,45 +117,16 @@ def make_stimuli(
     canvas: int = 224,
     inside: bool = False,
 ) -> StimulusSet:
-    """Draw a seeded stimulus set.
+    """Draw a seeded stimulus set of ``n`` shapes (blog: 3000 black circles, diameter 20-80 px, white).
 
-    Parameters
-    ----------
-    n : int
-        Number of stimuli (> 0). The blog uses 3000.
-    seed : int
-        Seed of ``numpy.random.default_rng``; same parameters give identical rows,
-        pixels and hash.
-    diameter : (min, max)
-        Size range in pixels, sampled uniformly. Blog: (20, 80).
-    shapes : sequence of str
-        Any of :data:`SHAPES`, picked uniformly per stimulus. Blog: circles only.
-    colours : sequence of str
-        Any of :data:`COLOURS`, picked uniformly per stimulus. Blog: black.
-    background : str
-        Canvas colour, one of :data:`COLOURS`. Blog: white.
-    canvas : int
-        Canvas side in pixels; the model input size (224 for ViT-B/32) keeps
-        positions identical in the model's input frame.
-    inside : bool
-        If True, centres are drawn so the whole shape lies on the canvas;
-        otherwise centres cover the whole canvas ``[0, canvas)^2`` uniformly and
-        shapes near the edge are clipped (the blog's "cover the full visual field").
-
-    Returns
-    -------
-    StimulusSet
-
-    Raises
-    ------
-    ValueError
-        Non-positive ``n`` or ``canvas``, unknown shapes or colours, or a diameter
-        range that is empty, non-positive or larger than the canvas.
+    ``diameter`` (min, max) px, uniform; ``shapes`` from :data:`SHAPES` and ``colours``
+    from :data:`COLOURS`, uniform per stimulus; ``canvas`` px per side (the model's
+    input size keeps positions in its input frame). Centres cover ``[0, canvas)^2``
+    uniformly (shapes clipped at the edge), or keep the shape whole with
+    ``inside=True``. Same parameters give identical rows, pixels and hash.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"n (number of stimuli) must be a positive integer, got {n!r}")
-    if isinstance(canvas, bool) or not isinstance(canvas, (int, np.integer)) or canvas < 8:
-        raise ValueError(f"canvas must be an integer >= 8 pixels, got {canvas!r}")
+    check_int("n", n, 1)
+    check_int("canvas", canvas, 8)
     try:
         dmin, dmax = (float(v) for v in diameter)
     except (TypeError, ValueError):
@@ -172,8 +145,7 @@ def make_stimuli(
         raise ValueError(f"colours must be a non-empty subset of {tuple(COLOURS)}, got {colours!r}")
     if background not in COLOURS:
         raise ValueError(f"background must be one of {tuple(COLOURS)}, got {background!r}")
-    if seed is None or isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    check_int("seed", seed)
 
     rng = np.random.default_rng(int(seed))
     d = rng.uniform(dmin, dmax, size=int(n))
@@ -426,8 +398,7 @@ class StimulusDataset:
 
 def check_batch_size(batch_size: int) -> int:
     """``batch_size`` as an int, or ValueError naming it unless it is a positive integer (bools refused)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     return int(batch_size)
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from helpers.decoding import decode_position, decoding_table, fit_ridge, fold_indices
 
+pytestmark = pytest.mark.fast
+
 SIZE = 224.0  # px, the model's input frame
 BINS = 20     # ratemap bins per side: "under one bin" = SIZE / BINS px
 

@@ -120,11 +120,11 @@ def test_bad_arguments_raise_value_errors(lm, cache):
     with pytest.raises(ValueError, match="mode"):
         with L.lesion(lm.model, "visual.conv1", mode="bias"):
             pass
-    with pytest.raises(ValueError, match="no module named"):
+    with pytest.raises(ValueError, match="units"):
         with L.lesion(lm.model, "visual.resblock.9"):
             pass
     tower = L.visual_tower(lm.model)
-    with pytest.raises(ValueError, match=r"0\.\.11"):
+    with pytest.raises(ValueError, match="start"):
         L.embed_from_cache(tower, cache, 12)
     with pytest.raises(ValueError, match="proportions"):
         L._check_proportions([0, 1.5])

@@ -16,6 +16,8 @@ from helpers.ratemaps import (
     values_at_bins,
 )
 
+pytestmark = pytest.mark.fast
+
 EXTENT = (0.0, 224.0, 0.0, 224.0)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import hooks
 from helpers import record as R
 from helpers.models import weights_hash
 from helpers.stimuli import iter_batches, make_stimuli
@@ -171,7 +172,7 @@ def test_token_selections_patches_all_mean_and_conv1(lm, images4, manual):
     assert np.abs(acts["visual.conv1"] - conv.mean((2, 3))).max() <= 1e-5
     with pytest.raises(ValueError, match="class token"):
         R.Capture(lm, "visual.conv1", tokens="cls")
-    with pytest.raises(ValueError, match="tokens must be one of"):
+    with pytest.raises(ValueError, match="tokens"):
         R.Capture(lm, "visual.conv1", tokens="CLS")
 
 
@@ -194,19 +195,18 @@ def test_text_tower_capture_eot(lm):
 
 def test_layout_is_asserted_not_assumed(lm):
     lay = R.module_layout(lm, "visual.transformer.resblocks.0.attn")
-    assert lay.mha and not lay.seq_first
     inp = R.TowerInput(batch=2, n_tokens=50, n_prefix=1, grid=(7, 7))
-    x = torch.randn(50, 2, 8)  # sequence-first tensor where batch-first is declared
-    with pytest.raises(R.LayoutError, match="transposed"):
+    x = torch.randn(50, 2, 8)  # a sequence-first tensor: batch-first is the only supported layout
+    with pytest.raises(R.LayoutError):
         R.select_tokens(x, lay, "cls", inp)
-    seq = dataclasses.replace(lay, seq_first=True)
-    assert torch.equal(R.select_tokens(x, seq, "cls", inp), x[0])  # token 0 of every batch element
-    # A model whose transformer and attention flags disagree is refused, not guessed.
+    assert torch.equal(R.select_tokens(x.transpose(0, 1), lay, "cls", inp), x[0])
+    # A model that runs its transformer sequence-first is refused before any hook is registered.
     t = lm.model.visual.transformer
     t.batch_first = False
     try:
-        with pytest.raises(R.LayoutError, match="disagree"):
-            R.module_layout(lm, "visual.transformer.resblocks.0")
+        with pytest.raises(hooks.SequenceFirstError):
+            R.Capture(lm, "visual.transformer.resblocks.0")
+        assert _hooks_left(lm.model) == 0
     finally:
         t.batch_first = True
 

@@ -22,6 +22,8 @@ from helpers.scores import (
     significance_table,
 )
 
+pytestmark = pytest.mark.fast
+
 SETTINGS = dict(bins=20, extent=(0.0, 224.0, 0.0, 224.0), sigma=1.0)
 FAMILIES = ("gaussian", "student_t2", "sparse")
 

@@ -136,5 +136,5 @@ def test_check_batch_size_names_the_parameter():
 
     assert check_batch_size(np.int64(3)) == 3 and type(check_batch_size(np.int64(3))) is int
     for bad in (0, -1, True, 2.0, "8"):
-        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        with pytest.raises(ValueError, match="batch_size"):
             check_batch_size(bad)

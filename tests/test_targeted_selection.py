@@ -11,6 +11,8 @@ from scipy.ndimage import gaussian_filter
 from helpers import lesions as L
 from helpers import ratemaps
 
+pytestmark = pytest.mark.fast
+
 EXTENT = (0.0, 224.0, 0.0, 224.0)
 BINS, SIGMA = 10, 1.0
 
@@ -121,7 +123,7 @@ def test_held_out_values_validate():
         L.held_out_values(act[:, 0], rc, 2, 1.0)
     flat = L.held_out_values(act, rc, 2, 1.0)  # constant channels: sd 0, z 0
     assert (flat.sd == 0).all() and (flat.z == 0).all()
-    with pytest.raises(ValueError, match="condition"):
+    with pytest.raises(ValueError, match="rule"):
         L.neuron_ranks(flat, "Targeted_max")
 
 
