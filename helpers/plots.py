@@ -394,8 +394,7 @@ def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None 
             w = width if p != "conv1" else 0.8
             ax.bar(x, dp[value], width=w, color=colours[p], label=p)
             if balanced:
-                ax.scatter(x, dp["performance"], marker="_", s=120 * w, color="k", zorder=3,
-                           label="circles only (blog)" if p == parts[0] else None)
+                ax.scatter(x, dp["performance"], marker="_", s=120 * w, color="k", zorder=3, label="circles only (blog)")
         ax.axhline(base, color="k", ls="--", lw=1, label="baseline")
         if balanced:
             ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance (one answer for all)")
@@ -405,7 +404,11 @@ def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None 
         ax.set_title(f"{tower} tower")
         ax.set_ylim(0, 1.02)
     axes[0, 0].set_ylabel("balanced performance (circles, blank)" if balanced else 'performance ("a black circle")')
-    axes[0, -1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    legend = {}  # one entry per label over both towers (conv1 is drawn on the visual tower only)
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    axes[0, -1].legend(legend.values(), legend.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
