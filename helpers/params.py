@@ -102,6 +102,7 @@ def _spec() -> dict[str, Param]:
         "tokens": Param(_one_of(*STUDY_TOKENS), f"one of {list(STUDY_TOKENS)}: 03 maps one vector per stimulus "
                         "('patches' and 'all' are for helpers.record.record directly)"),
         "include_random": Param(_bool, "true or false"),
+        "perturb_random": Param(_bool, "true or false"),
         "overwrite": Param(_bool, "true or false"),
         "interactive": Param(_bool, "true or false"),
         "sublayers": Param(_bool, "true or false"),

@@ -207,8 +207,12 @@ def finding_layer_lesions(run: Path, weights: str) -> str | None:
         extra = (f"; circles only {float(ties['baseline_performance'].iloc[0]):.2f} → {float(ties['performance'].iloc[0]):.2f}"
                  if value != "performance" else "")
         out.append(f"{_weights_mark(cond, weights)}: {html.escape(names)} ({base:.2f} → {float(ties[value].iloc[0]):.2f}{extra})")
+    why = ""
+    if "random" not in set(t["weights"]) and _params(run).get("include_random", True):
+        why = (" The random-weights control was recorded and mapped but not lesioned (<code>perturb_random</code> off):"
+               " a random CLIP gives every stimulus the same answer, so its lesion curves are flat by construction.")
     return (f"<b>Perturb.</b> Most damaging layer lesion, by {what}: " + "; ".join(out)
-            + f". Blog: {BLOG_LAYER_LESIONS}.")
+            + f". Blog: {BLOG_LAYER_LESIONS}.{why}")
 
 
 def finding_targeted(run: Path, weights: str, proportion: float = 0.1) -> str | None:

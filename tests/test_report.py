@@ -260,3 +260,5 @@ def test_layer_lesion_finding_uses_balanced_performance_when_the_table_has_it(tm
     _, found = _findings_text(run)
     assert "visual conv1 (1.00 → 0.50; circles only 1.00 → 1.00)" in found
     assert "resblock 3 (" not in found
+    # only the model condition was lesioned: the report says why the random control is missing from Perturb
+    assert "not lesioned" in found
