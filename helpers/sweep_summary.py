@@ -58,14 +58,20 @@ def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def _gather(folder: Path, points: pd.DataFrame, rel: str) -> pd.DataFrame:
-    """A CSV of every finished point, stacked, with the point's name and varying parameters in front."""
+def _gather(folder: Path, points: pd.DataFrame, rel: str, rename: dict[str, str] | None = None) -> pd.DataFrame:
+    """A CSV of every finished point, stacked, with the point's name and varying parameters in front.
+
+    ``rename`` renames the CSV's own columns first (the lesion tables call the
+    weights condition ``weights``, a name a sweep axis may hold); a column
+    still named like an axis gets the suffix ``_in_run``.
+    """
     meta = json.loads((folder / "sweep.json").read_text())
     frames = []
     for _, p in points[points.status == "done"].iterrows():
         f = folder / p.point / rel
         if f.is_file():
-            df = pd.read_csv(f)
+            df = pd.read_csv(f).rename(columns=rename or {})
+            df = df.rename(columns={c: f"{c}_in_run" for c in df.columns if c in ["point", *meta["axes"]]})
             for i, a in enumerate(["point", *meta["axes"]]):
                 df.insert(i, a, p[a])
             frames.append(df)
@@ -99,12 +105,12 @@ def write_summary(folder: str | Path) -> Path:
         tables["decoding"] = over_seeds(dec, axes, ["condition", "layer", "neurons"], "r2")
         images.append(_plot_by_layer(tables["decoding"], axes, "neurons", "decoding R² (position)",
                                      figs / "sweep_decoding.png"))
-    tgt = _gather(folder, points, "perturb/targeted_lesions.csv")
-    lay = _gather(folder, points, "perturb/layer_lesions.csv")
+    tgt = _gather(folder, points, "perturb/targeted_lesions.csv", {"condition": "rule", "weights": "condition", "seed": "lesion_seed"})
+    lay = _gather(folder, points, "perturb/layer_lesions.csv", {"weights": "condition"})
     if not tgt.empty:
         tables["targeted_lesions"] = _targeted_curves(tgt)
     if not lay.empty:
-        tables["layer_lesions"] = lay[["point", "weights", "tower", "label", "performance"]]
+        tables["layer_lesions"] = lay[["point", "condition", "tower", "label", "performance"]]
     if not tgt.empty or not lay.empty:
         images.append(_plot_lesions(tables.get("targeted_lesions"), tables.get("layer_lesions"),
                                     figs / "sweep_lesions.png"))
@@ -119,10 +125,11 @@ def _targeted_curves(tgt: pd.DataFrame) -> pd.DataFrame:
     """Per point, weights condition, lesion rule and proportion: performance, mean over Random seeds."""
     from helpers.lesions import summarise_targeted
 
-    parts = [summarise_targeted(d, "performance").assign(point=p, weights=w)
-             for (p, w), d in tgt.groupby(["point", "weights"], sort=False)]
-    cols = ["point", "weights", "condition", "proportion", "mean", "sd", "n_runs"]
-    return pd.concat(parts, ignore_index=True)[cols].rename(columns={"condition": "rule"})
+    parts = [summarise_targeted(d.drop(columns="condition").rename(columns={"rule": "condition"}), "performance")
+             .rename(columns={"condition": "rule"}).assign(point=p, condition=c)
+             for (p, c), d in tgt.groupby(["point", "condition"], sort=False)]
+    cols = ["point", "condition", "rule", "proportion", "mean", "sd", "n_runs"]
+    return pd.concat(parts, ignore_index=True)[cols]
 
 
 def _group_label(row: pd.Series, axes: list[str]) -> str:
@@ -168,12 +175,12 @@ def _plot_lesions(tgt: pd.DataFrame | None, lay: pd.DataFrame | None, path: Path
     colour = {p: plt.cm.tab10(i % 10) for i, p in enumerate(points)}
     style = {"model": "-", "random": "--"}
     for ax, rule in zip(axs[0], rules):
-        for (p, w), d in tgt[tgt["rule"] == rule].groupby(["point", "weights"], sort=False):
+        for (p, w), d in tgt[tgt["rule"] == rule].groupby(["point", "condition"], sort=False):
             ax.plot(d["proportion"], d["mean"], style.get(w, ":"), color=colour[p], marker="o", ms=2,
                     label=f"{p} ({w})")
         ax.set(title=f"targeted: {rule}", xlabel="proportion lesioned", ylim=(-0.05, 1.05))
     for ax, tower in zip(axs[0][len(rules):], towers):
-        for (p, w), d in lay[lay["tower"] == tower].groupby(["point", "weights"], sort=False):
+        for (p, w), d in lay[lay["tower"] == tower].groupby(["point", "condition"], sort=False):
             ax.plot(range(len(d)), d["performance"], style.get(w, ":"), color=colour[p], marker="o", ms=2,
                     label=f"{p} ({w})")
         ax.set(title=f"layer lesions: {tower}", xlabel="layer zeroed (index)", ylim=(-0.05, 1.05))
