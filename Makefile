@@ -5,9 +5,12 @@
 #   make study PARAMS=params/quick.yaml RUN=look
 #   make test                        whole test suite, nbval included
 #   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
+#   make sweep SWEEP=params/sweeps/seeds.yaml [CLUSTER=local|slurm] [SCHEDULER=tcp://host:8786] [WORKERS=N]
+#                                    one study per point on Dask into data/sweeps/<name>/ (helpers/sweep.py)
 #
 # Overrides (empty = take the value from PARAMS or the notebook default):
 #   MODEL WEIGHTS N_STIMULI SEED DEVICE DTYPE BATCH_SIZE LAYER RUN PARAMS
+# Sweep overrides: SWEEP CLUSTER SCHEDULER WORKERS THREADS MEMORY WALLTIME PARTITION ACCOUNT
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,6 +30,16 @@ LAYER      ?=
 FORCE      ?=
 VERIFY     ?=
 
+SWEEP      ?=
+CLUSTER    ?= local
+SCHEDULER  ?=
+WORKERS    ?=
+THREADS    ?=
+MEMORY     ?=
+WALLTIME   ?=
+PARTITION  ?=
+ACCOUNT    ?=
+
 # Only the variables that were given become --set overrides.
 SETS := $(if $(MODEL),model=$(MODEL)) \
         $(if $(WEIGHTS),weights=$(WEIGHTS)) \
@@ -39,7 +52,7 @@ SETS := $(if $(MODEL),model=$(MODEL)) \
 
 NBVAL_RUN := $(CURDIR)/data/_nbval
 
-.PHONY: install study test clean-nbval control-models
+.PHONY: install study test clean-nbval control-models sweep
 .DEFAULT_GOAL := study
 
 $(STAMP): pyproject.toml
@@ -69,3 +82,10 @@ clean-nbval:
 # loss curves, model cards). Slow; never part of `make test` or CI.
 control-models: $(STAMP)
 	$(PY) -m helpers.control --variant both
+
+# A sweep of whole studies (helpers/sweep.py): every point of the sweep file is
+# checked first, then runs as a Dask task into data/sweeps/<name>/<point>/;
+# rerunning completes what is missing. Summary: data/sweeps/<name>/summary.html.
+sweep: $(STAMP)
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=params/sweeps/<name>.yaml [CLUSTER=local|slurm] [SCHEDULER=tcp://host:8786] [WORKERS=N] [THREADS=N]"; exit 2; }
+	$(PY) -m helpers.sweep $(SWEEP) --cluster $(CLUSTER) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(THREADS),--threads $(THREADS)) $(if $(MEMORY),--memory $(MEMORY)) $(if $(WALLTIME),--walltime $(WALLTIME)) $(if $(PARTITION),--queue $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT))
