@@ -9,7 +9,8 @@ overrides, and the points, as a grid (Cartesian product) and/or a list::
     points: [{weights: openai}]      # ... and/or explicit points (a "name" key names the folder)
     stages: [1, 2, 3, 4]             # optional; default every stage
     threads: 1                       # torch threads per point
-    resources: {memory: 8GB, walltime: "02:00:00"}   # per point, for SLURM
+    resources: {memory: 8GB, walltime: "02:00:00"}   # per point, for SLURM (also queue, account,
+                                                     # job_extra: ["--gres=gpu:1"])
 
 Each point is the study runner (``python -m helpers.study``), run as a
 subprocess into ``data/sweeps/<name>/<point>/``, so a finished point is
@@ -56,7 +57,7 @@ SWEEPS_DIR = DATA_DIR / "sweeps"
 SWEEP_KEYS = {"name", "base", "params", "grid", "points", "stages", "threads", "resources"}
 
 #: Per-point resources for SLURM (dask-jobqueue's names), with their defaults.
-DEFAULT_RESOURCES = {"memory": "8GB", "walltime": "02:00:00", "queue": None, "account": None}
+DEFAULT_RESOURCES = {"memory": "8GB", "walltime": "02:00:00", "queue": None, "account": None, "job_extra": []}
 
 #: Environment variables that cap the math libraries' threads in the runner and its kernels.
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -331,19 +332,20 @@ def _interrupt_on_parent_death():
 
 
 def slurm_cluster(sweep_dir: Path, *, threads: int, memory: str, walltime: str, queue: str | None = None,
-                  account: str | None = None, job_name: str = "sweep"):
+                  account: str | None = None, job_extra: list[str] | None = None, job_name: str = "sweep"):
     """A dask-jobqueue ``SLURMCluster``: one SLURM job per worker, one point at a time per worker.
 
     Each job asks for ``threads`` cores (``--cpus-per-task``), ``memory`` and
     ``walltime``; the worker advertises the resource ``point=1`` and every
     point asks for it, so a worker never runs two points at once.
+    ``job_extra`` adds ``#SBATCH`` directives (e.g. ``["--gres=gpu:1"]``).
     """
     from dask_jobqueue import SLURMCluster
 
     return SLURMCluster(
         cores=threads, processes=1, memory=memory, walltime=walltime, queue=queue, account=account,
-        job_name=job_name, log_directory=str(sweep_dir / "slurm-logs"),
-        worker_extra_args=["--resources", "point=1"],
+        job_name=job_name, log_directory=str(sweep_dir / "slurm-logs"), job_extra_directives=list(job_extra or []),
+        worker_extra_args=["--resources", "point=1"], scheduler_options={"dashboard_address": ":0"},
         job_script_prologue=[f"cd {REPO_ROOT}"] + [f"export {k}={v}" for k, v in thread_env(threads).items()],
     )
 
@@ -428,10 +430,11 @@ def _cluster(kind, scheduler, folder, sweep, n_points, workers, threads, res):
         return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None), {}
     if kind == "slurm":
         c = slurm_cluster(folder, threads=threads, memory=res["memory"], walltime=res["walltime"],
-                          queue=res.get("queue"), account=res.get("account"), job_name=f"sweep-{sweep.name}")
+                          queue=res.get("queue"), account=res.get("account"), job_extra=res.get("job_extra"),
+                          job_name=f"sweep-{sweep.name}")
         c.scale(jobs=workers or n_points)
         print(f"SLURMCluster: {workers or n_points} job(s) of {threads} core(s), {res['memory']}, "
-              f"{res['walltime']}", flush=True)
+              f"{res['walltime']}; dashboard: {c.dashboard_link}", flush=True)
         return c, {"resources": {"point": 1}}
     raise ValueError(f"cluster={kind!r} must be 'local' or 'slurm' (or give a scheduler address)")
 
@@ -497,14 +500,15 @@ def main(argv: list[str] | None = None) -> int:
             params = check_points(sweep)
             print("\n".join([f"note: {n}" for n in sweep.notes] + [f"ok: {n}" for n in params]))
             if args.job_script:
-                res = {**sweep.resources, **{k: getattr(args, k) for k in DEFAULT_RESOURCES if getattr(args, k)}}
+                given = {k: getattr(args, k, None) for k in DEFAULT_RESOURCES}
+                res = {**sweep.resources, **{k: v for k, v in given.items() if v}}
                 print(slurm_cluster(Path(args.root or SWEEPS_DIR) / sweep.name, threads=args.threads or sweep.threads,
                                     memory=res["memory"], walltime=res["walltime"], queue=res["queue"],
-                                    account=res["account"]).job_script())
+                                    account=res["account"], job_extra=res["job_extra"]).job_script())
             return 0
         _, results = run_sweep(
             args.sweep, cluster=args.cluster, scheduler=args.scheduler, workers=args.workers, threads=args.threads,
-            root=args.root, resources={k: getattr(args, k) for k in DEFAULT_RESOURCES},
+            root=args.root, resources={k: getattr(args, k, None) for k in DEFAULT_RESOURCES},
         )
     except (ValueError, FileNotFoundError, WeightsUnavailableError) as e:
         print(f"\nerror: {e}", file=sys.stderr)

@@ -105,7 +105,8 @@ def write_summary(folder: str | Path) -> Path:
         tables["decoding"] = over_seeds(dec, axes, ["condition", "layer", "neurons"], "r2")
         images.append(_plot_by_layer(tables["decoding"], axes, "neurons", "decoding R² (position)",
                                      figs / "sweep_decoding.png"))
-    tgt = _gather(folder, points, "perturb/targeted_lesions.csv", {"condition": "rule", "weights": "condition", "seed": "lesion_seed"})
+    tgt = _gather(folder, points, "perturb/targeted_lesions.csv",
+                  {"condition": "rule", "weights": "condition", "seed": "lesion_seed"})
     lay = _gather(folder, points, "perturb/layer_lesions.csv", {"weights": "condition"})
     if not tgt.empty:
         tables["targeted_lesions"] = _targeted_curves(tgt)
