@@ -100,7 +100,7 @@ def write_summary(folder: str | Path) -> Path:
     if not sig.empty:
         tables["significance"] = over_seeds(sig, axes, ["condition", "layer", "score"], "fraction_significant")
         images.append(_plot_by_layer(tables["significance"], axes, "score", "fraction significant",
-                                     figs / "sweep_significance.png"))
+                                     figs / "sweep_significance.png", chance=_alpha(folder, points)))
     if not dec.empty:
         tables["decoding"] = over_seeds(dec, axes, ["condition", "layer", "neurons"], "r2")
         images.append(_plot_by_layer(tables["decoding"], axes, "neurons", "decoding R² (position)",
@@ -137,8 +137,24 @@ def _group_label(row: pd.Series, axes: list[str]) -> str:
     return ", ".join(f"{a}={row[a]}" for a in axes if a != SEED)
 
 
-def _plot_by_layer(t: pd.DataFrame, axes: list[str], panel: str, ylabel: str, path: Path) -> Path:
-    """One panel per ``panel`` value; one line per group and condition; mean ± SD over seeds by layer."""
+def _alpha(folder: Path, points: pd.DataFrame) -> float | None:
+    """The significance level 1 - percentile/100 of the finished points, when they all share one."""
+    import yaml
+
+    levels = set()
+    for name in points.loc[points.status == "done", "point"]:
+        f = folder / name / "params.yaml"
+        if f.is_file():
+            levels.add(1 - float(yaml.safe_load(f.read_text()).get("percentile", 95.0)) / 100)
+    return levels.pop() if len(levels) == 1 else None
+
+
+def _plot_by_layer(t: pd.DataFrame, axes: list[str], panel: str, ylabel: str, path: Path,
+                   chance: float | None = None) -> Path:
+    """One panel per ``panel`` value; one line per group and condition; mean ± SD over seeds by layer.
+
+    ``chance``: a dashed line (the fraction significant expected by chance, alpha).
+    """
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(t[panel]))
@@ -153,6 +169,8 @@ def _plot_by_layer(t: pd.DataFrame, axes: list[str], panel: str, ylabel: str, pa
             n = int(d["n_seeds"].max())
             ax.errorbar(x, d["mean"], yerr=d["sd"].fillna(0), marker="o", ms=3, capsize=2,
                         label=f"{name + ', ' if name else ''}{d['condition'].iloc[0]} (n={n})")
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.2g})")
         ax.set_title(str(val))
         ax.set_xlabel("layer (index)")
         ax.grid(alpha=0.3)
