@@ -392,7 +392,7 @@ def run_sweep(
     records.mkdir(parents=True, exist_ok=True)
     for name, p in params.items():
         (records / f"{name}.yaml").write_text(yaml.safe_dump(p, sort_keys=True))
-        (records / f"{name}.json").unlink(missing_ok=True)  # "not run" until this sweep says otherwise
+        (records / f"{name}.json").unlink(missing_ok=True)  # "not finished" until this sweep says otherwise
     (folder / "sweep.json").write_text(json.dumps(
         {"name": sweep.name, "base": sweep.base, "params": sweep.params, "axes": sweep.axes,
          "points": {n: params[n] for n in params}, "stages": sweep.stages, "threads": threads}, indent=1,

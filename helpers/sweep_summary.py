@@ -36,7 +36,7 @@ def points_table(folder: Path) -> pd.DataFrame:
     rows = []
     for name, params in meta["points"].items():
         rec = folder / "points" / f"{name}.json"
-        out = json.loads(rec.read_text()) if rec.is_file() else {"status": "not run"}
+        out = json.loads(rec.read_text()) if rec.is_file() else {"status": "not finished"}
         run = folder / name
         ident = json.loads((run / "model.json").read_text()) if (run / "model.json").is_file() else {}
         rows.append({
