@@ -8,9 +8,12 @@
 #   make test-browser                the browser test alone (Voila + Chromium; builds a small run if needed)
 #   make explore RUN=<run>           serve notebooks/explore.ipynb on a finished run with Voila (127.0.0.1)
 #   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
+#   make sweep SWEEP=params/sweeps/seeds.yaml [CLUSTER=local|slurm] [SCHEDULER=tcp://host:8786] [WORKERS=N]
+#                                    one study per point on Dask into data/sweeps/<name>/ (helpers/sweep.py)
 #
 # Overrides (empty = take the value from PARAMS or the notebook default):
 #   MODEL WEIGHTS N_STIMULI SEED DEVICE DTYPE BATCH_SIZE LAYER RUN PARAMS
+# Sweep overrides: SWEEP CLUSTER SCHEDULER WORKERS THREADS MEMORY WALLTIME PARTITION ACCOUNT
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -30,6 +33,16 @@ LAYER      ?=
 FORCE      ?=
 VERIFY     ?=
 
+SWEEP      ?=
+CLUSTER    ?= local
+SCHEDULER  ?=
+WORKERS    ?=
+THREADS    ?=
+MEMORY     ?=
+WALLTIME   ?=
+PARTITION  ?=
+ACCOUNT    ?=
+
 # Only the variables that were given become --set overrides.
 SETS := $(if $(MODEL),model=$(MODEL)) \
         $(if $(WEIGHTS),weights=$(WEIGHTS)) \
@@ -44,7 +57,7 @@ NBVAL_RUN := $(CURDIR)/data/_nbval
 PORT      ?= 8866
 CHROMIUM  := /usr/bin/chromium
 
-.PHONY: install study test test-fast test-browser explore chromium clean-nbval control-models
+.PHONY: install study test test-fast test-browser explore chromium clean-nbval control-models sweep
 .DEFAULT_GOAL := study
 
 $(STAMP): pyproject.toml
@@ -97,3 +110,10 @@ clean-nbval:
 # loss curves, model cards). Slow; never part of `make test` or CI.
 control-models: $(STAMP)
 	$(PY) -m helpers.control --variant both
+
+# A sweep of whole studies (helpers/sweep.py): every point of the sweep file is
+# checked first, then runs as a Dask task into data/sweeps/<name>/<point>/;
+# rerunning completes what is missing. Summary: data/sweeps/<name>/summary.html.
+sweep: $(STAMP)
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=params/sweeps/<name>.yaml [CLUSTER=local|slurm] [SCHEDULER=tcp://host:8786] [WORKERS=N] [THREADS=N]"; exit 2; }
+	$(PY) -m helpers.sweep $(SWEEP) --cluster $(CLUSTER) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(THREADS),--threads $(THREADS)) $(if $(MEMORY),--memory $(MEMORY)) $(if $(WALLTIME),--walltime $(WALLTIME)) $(if $(PARTITION),--queue $(PARTITION)) $(if $(ACCOUNT),--account $(ACCOUNT))
