@@ -182,8 +182,9 @@ def decoding_figure(data: RunTables, *, condition: str, layer: str) -> Figure:
 def lesion_figure(data: RunTables, *, condition: str) -> Figure:
     """The run's lesion curves for one condition: every layer lesion, and block lesions by proportion.
 
-    Left: performance ("a black circle" on circles) with each unit zeroed, the
-    unlesioned baseline dashed. Right: performance against the proportion of
+    Left: balanced performance (circles and the blank canvas; 0.5 = one answer for
+    every image) with each unit zeroed when the table has it, else the blog's
+    circle-only performance; the unlesioned baseline dashed. Right: performance against the proportion of
     neurons ablated, one line per selection rule (Random averaged over seeds).
     A panel whose table is missing says so.
     """
@@ -196,17 +197,18 @@ def lesion_figure(data: RunTables, *, condition: str) -> Figure:
         left.set_axis_off()
     else:
         d = ll[ll["weights"] == condition]
+        value = "balanced_performance" if "balanced_performance" in d.columns else "performance"
         ticks = list(dict.fromkeys(str(v).replace("resblock ", "") for v in d["label"]))  # conv1, 0, 1, ...
         for tower, marker in (("visual", "o"), ("text", "s")):  # same block of both towers at the same x
             t = d[d["tower"] == tower]
             x = [ticks.index(str(v).replace("resblock ", "")) for v in t["label"]]
-            left.plot(x, t["performance"], marker=marker, ms=3, lw=1, label=tower)
+            left.plot(x, t[value], marker=marker, ms=3, lw=1, label=tower)
         left.set_xticks(np.arange(len(ticks)))
         left.set_xticklabels(ticks, fontsize=7, rotation=90)
         if len(d):
-            left.axhline(float(d["baseline_performance"].iloc[0]), ls="--", color="0.5", lw=1, label="unlesioned")
+            left.axhline(float(d[f"baseline_{value}"].iloc[0]), ls="--", color="0.5", lw=1, label="unlesioned")
         left.set_xlabel("unit zeroed (resblock number)")
-        left.set_ylabel("performance")
+        left.set_ylabel("balanced performance (circles, blank)" if value != "performance" else "performance (circles)")
         left.set_ylim(-0.05, 1.05)
         left.legend(fontsize=7)
         left.set_title("layer lesions", fontsize=9)

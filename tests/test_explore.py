@@ -147,3 +147,13 @@ def test_top_ratemap_grid_says_why_cells_are_empty():
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     plt.close(fig)
     assert texts == ["only 1\nfinite"]  # L0's grid column only
+
+
+def test_layer_lesion_curve_shows_balanced_performance_when_the_table_has_it(tmp_path):
+    run = _run(tmp_path)
+    (run / "perturb" / "layer_lesions.csv").write_text(
+        "weights,tower,label,performance,baseline_performance,balanced_performance,baseline_balanced_performance\n"
+        "model,visual,conv1,1.0,1.0,0.5,1.0\nmodel,visual,resblock 0,0.9,1.0,0.95,1.0\n")
+    fig = explore.lesion_figure(explore.load_run(run), condition="model")
+    left = {ln.get_label(): list(np.asarray(ln.get_ydata(), float)) for ln in fig.axes[0].lines}
+    assert left["visual"] == [0.5, 0.95]  # conv1 blinds the model: chance, although circles stay at 1.0
