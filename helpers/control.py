@@ -520,12 +520,34 @@ def _native_bf16() -> bool:
         return False
 
 
+def _metrics_lines(cfg: TrainConfig, metrics: dict, status: str) -> list[str]:
+    """The card's held-out metrics table, target status and per-tower location diagnosis."""
+    h, sm = metrics["heldout"], metrics["small"]
+    return [
+        f"## Held-out metrics (stored float16 weights; `helpers.control.evaluate`, held-out seed {HELDOUT_SEED})",
+        f"| metric | {N_HELDOUT} images per task | fixed small set ({N_SMALL}; reproduced by the tests) | target |",
+        "| --- | --- | --- | --- |",
+        f"| \"a black circle\" vs \"an empty image\" accuracy (circles and empty images, balanced) | {h['circle_vs_empty']:.3f} | {sm['circle_vs_empty']:.3f} | >= 0.98 |",
+        f"| black circles assigned to \"a circle\" (shape-only set) | {h['shape_only_circle']:.3f} | {sm['shape_only_circle']:.3f} | >= 0.9 |",
+        f"| 3-way shape accuracy on black circles, squares, triangles (mean of the three; chance 0.333) | {h['shape_accuracy']:.3f} | {sm['shape_accuracy']:.3f} | (no target; exposes ties) |",
+        f"| 9-way location accuracy, \"a black circle in the <cell>\" (circles >= 10 px from cell borders; chance 0.111) | {h['location']:.3f} | {sm['location']:.3f} | "
+        f"{'>= 0.8' if cfg.variant == 'spatial' else 'near chance'} |",
+        "",
+        status,
+        "",
+        f"Location, by tower (900 held-out circles, `helpers.control.location_diagnostics`): a linear probe reads the 3x3 cell "
+        f"from the image embedding with accuracy {metrics['location_diagnostics']['probe']:.3f} (chance 0.111); the 9 location prompts "
+        f"have mean cosine {metrics['location_diagnostics']['prompt_cos']:.3f} to each other (1 = location words ignored).",
+        "",
+    ]
+
+
 def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_file: Path, plot_file: Path) -> Path:
     """The model card (markdown) of one trained variant."""
     import open_clip
 
     cfg = res.config
-    h, sm = metrics["heldout"], metrics["small"]
+    h = metrics["heldout"]
     arch = json.loads((CONFIG_DIR / f"{CONTROL_MODEL}.json").read_text())
     n_params = sum(p.numel() for p in res.model.parameters())
     n_caps = len(vocabulary(cfg.variant))
@@ -580,21 +602,7 @@ def write_card(res: TrainResult, metrics: dict, path: str | Path, *, weights_fil
         "",
         f"![loss curve]({plot_file.name})",
         "",
-        f"## Held-out metrics (stored float16 weights; `helpers.control.evaluate`, held-out seed {HELDOUT_SEED})",
-        f"| metric | {N_HELDOUT} images per task | fixed small set ({N_SMALL}; reproduced by the tests) | target |",
-        "| --- | --- | --- | --- |",
-        f"| \"a black circle\" vs \"an empty image\" accuracy (circles and empty images, balanced) | {h['circle_vs_empty']:.3f} | {sm['circle_vs_empty']:.3f} | >= 0.98 |",
-        f"| black circles assigned to \"a circle\" (shape-only set) | {h['shape_only_circle']:.3f} | {sm['shape_only_circle']:.3f} | >= 0.9 |",
-        f"| 3-way shape accuracy on black circles, squares, triangles (mean of the three; chance 0.333) | {h['shape_accuracy']:.3f} | {sm['shape_accuracy']:.3f} | (no target; exposes ties) |",
-        f"| 9-way location accuracy, \"a black circle in the <cell>\" (circles >= 10 px from cell borders; chance 0.111) | {h['location']:.3f} | {sm['location']:.3f} | "
-        f"{'>= 0.8' if cfg.variant == 'spatial' else 'near chance'} |",
-        "",
-        status,
-        "",
-        f"Location, by tower (900 held-out circles, `helpers.control.location_diagnostics`): a linear probe reads the 3x3 cell "
-        f"from the image embedding with accuracy {metrics['location_diagnostics']['probe']:.3f} (chance 0.111); the 9 location prompts "
-        f"have mean cosine {metrics['location_diagnostics']['prompt_cos']:.3f} to each other (1 = location words ignored).",
-        "",
+        *_metrics_lines(cfg, metrics, status),
         "## Retrain",
         "```",
         f"make control-models   # both variants; or: python -m helpers.control --variant {cfg.variant} --steps {cfg.steps}"

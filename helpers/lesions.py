@@ -850,8 +850,7 @@ def layer_lesion_study(
         Also lesion attention and MLP sublayers separately.
     units : sequence of str, optional
         Restrict the sweep to these unit names (from :func:`lesion_units`).
-    batch_size : int
-    progress : bool
+    batch_size, progress : int, bool
 
     Returns
     -------
@@ -871,52 +870,51 @@ def layer_lesion_study(
         raise ValueError(f"cache must hold the input of every visual block; missing {missing} (build with blocks=None)")
     base_task = zero_shot_task(lm, prompts)
     target = base_task.labels[base_task.target]
-    base_correct, base_p = base_task.decide(cache.embeddings)
-    if control_images is not None:
-        if control_label not in base_task.labels or control_label == target:
-            raise ValueError(f"control_label must be a non-target prompt label {base_task.labels}, got {control_label!r}")
-        control = [(control_images, np.arange(len(control_images)))]
-        base_ctrl = embed_images(tower, control, len(control_images))
-        base_ctrl_perf = base_task.assigned(base_ctrl, control_label).mean()
-    todo = lesion_units(lm.model, sublayers or units is not None)
-    if units is not None:
-        known = {u.name for u in todo}
-        bad = [u for u in units if u not in known]
-        if bad:
-            raise ValueError(f"units must be names from lesion_units(model, sublayers=True); unknown: {bad}")
-        todo = [u for u in todo if u.name in set(units)]
+    if control_images is not None and (control_label not in base_task.labels or control_label == target):
+        raise ValueError(f"control_label must be a non-target prompt label {base_task.labels}, got {control_label!r}")
+    control = None if control_images is None else [(control_images, np.arange(len(control_images)))]
+    base = _lesion_row(base_task, cache.embeddings, _embed_control(tower, control), control_label)
     rows = []
-    for unit in tqdm(todo, desc=f"layer lesions ({mode})", disable=not progress):
+    for unit in tqdm(_selected_units(lm.model, sublayers, units), desc=f"layer lesions ({mode})", disable=not progress):
         with lesion(lm.model, unit.name, mode):
-            if unit.tower == "text":
-                task = zero_shot_task(lm, prompts, target)
-                feats = cache.embeddings
-                ctrl = None if control_images is None else base_ctrl
+            if unit.tower == "text":  # the images are untouched: cached embeddings, new prompts
+                row = _lesion_row(zero_shot_task(lm, prompts, target), cache.embeddings, base.get("_ctrl"), control_label)
             else:
-                task = base_task
-                if unit.block is None:
-                    feats = embed_images(tower, batches(), cache.n)
-                else:
-                    feats = embed_from_cache(tower, cache, unit.block, batch_size=batch_size)
-                ctrl = None if control_images is None else embed_images(tower, control, len(control_images))
-            correct, p = task.decide(feats)
-        row = dict(
-            tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
-            performance=correct.mean(), p_target=p.mean(),
-            baseline_performance=base_correct.mean(), baseline_p_target=base_p.mean(),
-            delta=correct.mean() - base_correct.mean(), n_stimuli=cache.n,
-        )
-        if ctrl is not None:
-            ctrl_perf = task.assigned(ctrl, control_label).mean()
-            row.update(
-                control_performance=ctrl_perf, baseline_control_performance=base_ctrl_perf,
-                balanced_performance=(row["performance"] + ctrl_perf) / 2,
-                baseline_balanced_performance=(row["baseline_performance"] + base_ctrl_perf) / 2,
-            )
-        rows.append(row)
+                feats = (embed_images(tower, batches(), cache.n) if unit.block is None
+                         else embed_from_cache(tower, cache, unit.block, batch_size=batch_size))
+                row = _lesion_row(base_task, feats, _embed_control(tower, control), control_label)
+        row.pop("_ctrl", None)
+        rows.append(dict(tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
+                         **row, **{f"baseline_{k}": v for k, v in base.items() if k != "_ctrl"},
+                         delta=row["performance"] - base["performance"], n_stimuli=cache.n))
     df = pd.DataFrame(rows)
     df["block"] = df["block"].astype("Int64")
     return df
+
+
+def _selected_units(model, sublayers: bool, units: Sequence[str] | None) -> list:
+    """:func:`lesion_units`, restricted to ``units`` (names checked) when given."""
+    todo = lesion_units(model, sublayers or units is not None)
+    if units is None:
+        return todo
+    bad = [u for u in units if u not in {t.name for t in todo}]
+    if bad:
+        raise ValueError(f"units must be names from lesion_units(model, sublayers=True); unknown: {bad}")
+    return [u for u in todo if u.name in set(units)]
+
+
+def _embed_control(tower: Tower, control) -> np.ndarray | None:
+    return None if control is None else embed_images(tower, control, len(control[0][0]))
+
+
+def _lesion_row(task: "ZeroShotTask", feats: np.ndarray, ctrl: np.ndarray | None, control_label: str) -> dict:
+    """Performance and P(target) on the stimuli, and (with control images) the control's and the balanced performance."""
+    correct, p = task.decide(feats)
+    row = dict(performance=correct.mean(), p_target=p.mean())
+    if ctrl is not None:
+        c = task.assigned(ctrl, control_label).mean()
+        row.update(control_performance=c, balanced_performance=(row["performance"] + c) / 2, _ctrl=ctrl)
+    return row
 
 
 # =========================================================================== ratemaps -> neurons
