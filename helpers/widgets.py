@@ -87,20 +87,7 @@ def explorer_view(
     colours = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # unvisited bins light grey
     fig = Figure(figsize=(1.6 * top_k + 3.2, 3.0))
     grid = fig.add_gridspec(1, top_k + 1, width_ratios=[1.0] * top_k + [1.8], wspace=0.1, bottom=0.05, top=0.72)
-    for i in range(top_k):
-        ax = fig.add_subplot(grid[0, i])
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i < best.size:
-            j = best[i]
-            ax.imshow(layer_maps[j], cmap=colours, interpolation="nearest")
-            ax.set_xlabel(f"#{j}  {values[j]:.2f}", fontsize=7)
-        else:  # say why the panel is empty rather than leave a blank
-            ax.axis("off")
-            if i == best.size:
-                ax.text(0.5, 0.5, f"no neuron\nwith a finite\n{SCORE_LABELS.get(score, score)}\n"
-                        f"({best.size} of {k} finite)", ha="center", va="center", fontsize=6,
-                        transform=ax.transAxes)
+    _draw_top_panels(fig, grid, layer_maps, values, best, top_k, colours, SCORE_LABELS.get(score, score))
     ax = fig.add_subplot(grid[0, top_k])
     ax.imshow(layer_maps[neuron], cmap=colours, interpolation="nearest")
     ax.set_xticks([])
@@ -119,6 +106,23 @@ def explorer_view(
         "neuron_scores": neuron_scores,
     }
     return fig, selection
+
+
+def _draw_top_panels(fig, grid, layer_maps, values, best, top_k: int, colours, label: str) -> None:
+    """The ``top_k`` small ratemaps, best first; the first empty panel says why it is empty."""
+    for i in range(top_k):
+        ax = fig.add_subplot(grid[0, i])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < best.size:
+            j = best[i]
+            ax.imshow(layer_maps[j], cmap=colours, interpolation="nearest")
+            ax.set_xlabel(f"#{j}  {values[j]:.2f}", fontsize=7)
+        else:
+            ax.axis("off")
+            if i == best.size:
+                ax.text(0.5, 0.5, f"no neuron\nwith a finite\n{label}\n({best.size} of {len(layer_maps)} finite)",
+                        ha="center", va="center", fontsize=6, transform=ax.transAxes)
 
 
 def make_explorer(
