@@ -190,12 +190,15 @@ def lesion_figure(data: RunTables, *, condition: str) -> Figure:
     """
     fig = Figure(figsize=(10, 3.4))
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    ll = data.layer_lesions
-    if ll is None:
-        left.text(0.5, 0.5, "no perturb/layer_lesions.csv in this run\n(04_perturb has not run)", ha="center",
-                  va="center", transform=left.transAxes, fontsize=8)
-        left.set_axis_off()
-    else:
+    ll, tl = data.layer_lesions, data.targeted_lesions
+    for ax, table, name in ((left, ll, "layer_lesions"), (right, tl, "targeted_lesions")):
+        why = (f"no perturb/{name}.csv in this run\n(04_perturb has not run)" if table is None else
+               f"the {condition} condition was not lesioned in this run\n(04's perturb_random is off)"
+               if not (table["weights"] == condition).any() else None)
+        if why:
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            ax.set_axis_off()
+    if ll is not None and (ll["weights"] == condition).any():
         d = ll[ll["weights"] == condition]
         value = "balanced_performance" if "balanced_performance" in d.columns else "performance"
         ticks = list(dict.fromkeys(str(v).replace("resblock ", "") for v in d["label"]))  # conv1, 0, 1, ...
@@ -212,12 +215,7 @@ def lesion_figure(data: RunTables, *, condition: str) -> Figure:
         left.set_ylim(-0.05, 1.05)
         left.legend(fontsize=7)
         left.set_title("layer lesions", fontsize=9)
-    tl = data.targeted_lesions
-    if tl is None:
-        right.text(0.5, 0.5, "no perturb/targeted_lesions.csv in this run\n(04_perturb has not run)",
-                   ha="center", va="center", transform=right.transAxes, fontsize=8)
-        right.set_axis_off()
-    else:
+    if tl is not None and (tl["weights"] == condition).any():
         d = tl[tl["weights"] == condition]
         curves = d.groupby(["condition", "proportion"], sort=False)["performance"].mean().unstack(0)
         for rule in curves.columns:

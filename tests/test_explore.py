@@ -157,3 +157,8 @@ def test_layer_lesion_curve_shows_balanced_performance_when_the_table_has_it(tmp
     fig = explore.lesion_figure(explore.load_run(run), condition="model")
     left = {ln.get_label(): list(np.asarray(ln.get_ydata(), float)) for ln in fig.axes[0].lines}
     assert left["visual"] == [0.5, 0.95]  # conv1 blinds the model: chance, although circles stay at 1.0
+    # a condition the run did not lesion (perturb_random off) says so instead of drawing empty axes
+    rows = "weights,tower,label,performance,baseline_performance\nmodel,visual,conv1,0.2,1.0\n"
+    (run / "perturb" / "layer_lesions.csv").write_text(rows)
+    only_model = explore.lesion_figure(explore.load_run(run), condition="random")
+    assert any("not lesioned" in t.get_text() for ax in only_model.axes for t in ax.texts)
