@@ -873,19 +873,19 @@ def layer_lesion_study(
     if control_images is not None and (control_label not in base_task.labels or control_label == target):
         raise ValueError(f"control_label must be a non-target prompt label {base_task.labels}, got {control_label!r}")
     control = None if control_images is None else [(control_images, np.arange(len(control_images)))]
-    base = _lesion_row(base_task, cache.embeddings, _embed_control(tower, control), control_label)
+    base_ctrl = _embed_control(tower, control)  # the unlesioned blank, reused by text lesions
+    base = _lesion_row(base_task, cache.embeddings, base_ctrl, control_label)
     rows = []
     for unit in tqdm(_selected_units(lm.model, sublayers, units), desc=f"layer lesions ({mode})", disable=not progress):
         with lesion(lm.model, unit.name, mode):
             if unit.tower == "text":  # the images are untouched: cached embeddings, new prompts
-                row = _lesion_row(zero_shot_task(lm, prompts, target), cache.embeddings, base.get("_ctrl"), control_label)
+                row = _lesion_row(zero_shot_task(lm, prompts, target), cache.embeddings, base_ctrl, control_label)
             else:
                 feats = (embed_images(tower, batches(), cache.n) if unit.block is None
                          else embed_from_cache(tower, cache, unit.block, batch_size=batch_size))
                 row = _lesion_row(base_task, feats, _embed_control(tower, control), control_label)
-        row.pop("_ctrl", None)
         rows.append(dict(tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
-                         **row, **{f"baseline_{k}": v for k, v in base.items() if k != "_ctrl"},
+                         **row, **{f"baseline_{k}": v for k, v in base.items()},
                          delta=row["performance"] - base["performance"], n_stimuli=cache.n))
     df = pd.DataFrame(rows)
     df["block"] = df["block"].astype("Int64")
@@ -913,7 +913,7 @@ def _lesion_row(task: "ZeroShotTask", feats: np.ndarray, ctrl: np.ndarray | None
     row = dict(performance=correct.mean(), p_target=p.mean())
     if ctrl is not None:
         c = task.assigned(ctrl, control_label).mean()
-        row.update(control_performance=c, balanced_performance=(row["performance"] + c) / 2, _ctrl=ctrl)
+        row.update(control_performance=c, balanced_performance=(row["performance"] + c) / 2)
     return row
 
 
