@@ -252,15 +252,20 @@ def _mask(shape: str, cx: float, cy: float, d: float, canvas: int) -> np.ndarray
     raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
 
 
+def _background(stim: StimulusSet) -> np.ndarray:
+    """The empty canvas, (canvas, canvas, 3) uint8 in the background colour."""
+    img = np.empty((stim.canvas, stim.canvas, 3), dtype=np.uint8)
+    img[:] = COLOURS[stim.params["background"]]
+    return img
+
+
 def render(stim: StimulusSet, i: int) -> np.ndarray:
     """Render stimulus ``i`` as an RGB ``uint8`` array of shape (canvas, canvas, 3)."""
     n = len(stim)
     if not (-n <= i < n):
         raise IndexError(f"stimulus index {i} out of range for a set of {n}")
-    canvas = stim.canvas
-    img = np.empty((canvas, canvas, 3), dtype=np.uint8)
-    img[:] = COLOURS[stim.params["background"]]
-    m = _mask(str(stim.shape[i]), float(stim.x[i]), float(stim.y[i]), float(stim.diameter[i]), canvas)
+    img = _background(stim)
+    m = _mask(str(stim.shape[i]), float(stim.x[i]), float(stim.y[i]), float(stim.diameter[i]), stim.canvas)
     img[m] = COLOURS[str(stim.colour[i])]
     return img
 
@@ -278,9 +283,7 @@ def blank_input(stim: StimulusSet, preprocess):
     The control image of the zero-shot task ("an empty image")."""
     from PIL import Image
 
-    img = np.empty((stim.canvas, stim.canvas, 3), dtype=np.uint8)
-    img[:] = COLOURS[stim.params["background"]]
-    return preprocess(Image.fromarray(img, mode="RGB")).unsqueeze(0)
+    return preprocess(Image.fromarray(_background(stim), mode="RGB")).unsqueeze(0)
 
 
 def mean_image(stim: StimulusSet, *, progress: bool = False) -> np.ndarray:
