@@ -272,12 +272,13 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_step(model, tok, opt, batch: Batch, captions: Sequence[Caption], bf16: bool = False) -> float:
-    """One optimiser step on ``batch`` against the whole caption ``vocabulary``; returns the loss."""
+def train_step(model, tokens: torch.Tensor, opt, batch: Batch, captions: Sequence[Caption], bf16: bool = False) -> float:
+    """One optimiser step on ``batch`` against the caption ``vocabulary`` ``captions`` (``tokens``: their
+    tokenisation, made once per training run); returns the loss."""
     pos = torch.from_numpy(positives(batch, captions))
     with _autocast(bf16):
         img = model.encode_image(to_input(batch.images), normalize=True)
-        txt = model.encode_text(tok([caption(*u) for u in captions]), normalize=True)
+        txt = model.encode_text(tokens, normalize=True)
     logits = model.logit_scale.exp() * img.float() @ txt.float().T
     loss = contrastive_loss(logits, pos)
     opt.zero_grad(set_to_none=True)
@@ -342,9 +343,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, eval_n: int = 32) -> Train
     bar = tqdm(range(cfg.steps), desc=f"control-{cfg.variant}", disable=not progress)
     shown: dict = {}
     captions = vocabulary(cfg.variant)
+    tokens = tok([caption(*u) for u in captions])  # the vocabulary is fixed: tokenised once
     for step in bar:
         batch = sample_batch(cfg, np.random.SeedSequence([cfg.seed, step]).generate_state(2))
-        loss = train_step(model, tok, opt, batch, captions, cfg.bf16)
+        loss = train_step(model, tokens, opt, batch, captions, cfg.bf16)
         sched.step()
         rec = {"step": step + 1, "loss": loss}
         if eval_n and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
