@@ -77,7 +77,7 @@ def _spec() -> dict[str, Param]:
     from helpers.lesions import LESION_MODES, REGION_RULES, REGIONS
     from helpers.models import DTYPES
     from helpers.record import STORAGE_DTYPES
-    from helpers.scores import NULL_MODELS
+    from helpers.scores import NULL_MODELS, SIGNIFICANCE_RULES
     from helpers.stimuli import COLOURS, SHAPES
 
     seed = Param(_int(0), "an integer >= 0")
@@ -112,6 +112,8 @@ def _spec() -> dict[str, Param]:
         "n_shuffles": Param(_int(0), "an integer >= 0 (0: no significance test)"),
         "percentile": Param(_float(0, 100, open_lo=True, open_hi=True), "a number in (0, 100)"),
         "null_model": Param(_one_of(*NULL_MODELS), f"one of {list(NULL_MODELS)}"),
+        "significance_rule": Param(_one_of(*SIGNIFICANCE_RULES), f"one of {list(SIGNIFICANCE_RULES)}: 'floor' also "
+                                   "needs grid and border scores > 0, 'null_only' is the blog's threshold-only rule"),
         "top_k": Param(_int(1), "an integer >= 1"),
         "decoding_folds": Param(_int(2), "an integer in 2..n_stimuli"),
         "decoding_seed": seed,

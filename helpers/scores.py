@@ -77,6 +77,8 @@ __all__ = [
     "monte_carlo_p",
     "min_shuffles",
     "NULL_MODELS",
+    "SIGNIFICANCE_RULES",
+    "TUNING_FLOORS",
     "Significance",
     "top_neurons",
 ]
@@ -1058,15 +1060,30 @@ def shuffle_scores(
 #: shuffles (the blog's literal procedure).
 NULL_MODELS: tuple[str, ...] = ("neuron", "pooled")
 
+#: How a score that beats its null becomes a "significant" call (see :func:`score_layers`):
+#: ``"floor"`` (default) also needs the score above its tuning floor (:data:`TUNING_FLOORS`);
+#: ``"null_only"`` is the blog's literal rule, beating the null is enough.
+SIGNIFICANCE_RULES: tuple[str, ...] = ("floor", "null_only")
+
+#: The value each score must exceed to describe tuning of its kind at all. Grid score <= 0: the
+#: autocorrelogram is no more similar at 60/120 deg than at 30/90/150 deg (not grid-like by
+#: definition, Sargolini et al. 2006). Border score <= 0: the field is no nearer the wall than its
+#: coverage of it, CM <= DM (Solstad et al. 2008). Spatial information is >= 0 by construction and
+#: 0 only for a map constant after the transform, which never beats its shuffles: its floor changes
+#: no decision and is there so that one rule covers every score.
+TUNING_FLOORS: dict[str, float] = {"si": 0.0, "grid": 0.0, "border": 0.0}
+
 
 class Significance(NamedTuple):
     """Output of :func:`significance` for one layer and score (``k`` neurons)."""
 
-    significant: np.ndarray  #: bool (k,): the decision of the chosen null model
+    significant: np.ndarray  #: bool (k,): the decision of the chosen null model (and floor, if any)
     p_values: np.ndarray  #: float (k,): per-neuron Monte-Carlo p-values (NaN for a NaN score)
     threshold: float  #: the percentile of the layer's pooled null (NaN if all NaN)
-    significant_neuron: np.ndarray  #: bool (k,): ``p_values <= alpha``
-    significant_pooled: np.ndarray  #: bool (k,): ``observed > threshold``
+    significant_neuron: np.ndarray  #: bool (k,): ``p_values <= alpha`` (and ``above_floor``)
+    significant_pooled: np.ndarray  #: bool (k,): ``observed > threshold`` (and ``above_floor``)
+    above_floor: np.ndarray  #: bool (k,): ``observed > floor`` (every finite score if no floor)
+    significant_null_only: np.ndarray  #: bool (k,): the chosen null model's decision without the floor
 
 
 def _alpha(percentile: float) -> float:
@@ -1098,6 +1115,12 @@ def _check_null_model(null_model: str) -> str:
     if null_model not in NULL_MODELS:
         raise ValueError(f"null_model must be one of {NULL_MODELS}, got {null_model!r}")
     return null_model
+
+
+def _check_significance_rule(significance_rule: str) -> str:
+    if significance_rule not in SIGNIFICANCE_RULES:
+        raise ValueError(f"significance_rule must be one of {SIGNIFICANCE_RULES}, got {significance_rule!r}")
+    return significance_rule
 
 
 def _check_enough_shuffles(n_shuffles: int, percentile: float, null_model: str) -> None:
@@ -1157,8 +1180,9 @@ def significance(
     percentile: float = 95.0,
     *,
     null_model: str = "neuron",
+    floor: float | None = None,
 ) -> Significance:
-    """Which neurons' scores beat the shuffle null, under both null models.
+    """Which neurons' scores beat the shuffle null, under both null models, and their tuning floor.
 
     - ``"neuron"`` (default): neuron ``j`` is significant when its Monte-Carlo
       p-value against its own shuffles (:func:`monte_carlo_p`) is
@@ -1170,7 +1194,12 @@ def significance(
       heavy-tailed) then set the threshold for all the others.
 
     Both decisions come from the same shuffles and are always returned; the
-    chosen one is ``significant``.
+    chosen one is ``significant``. With a ``floor`` a neuron must also score
+    above it (``observed > floor``; :data:`TUNING_FLOORS`): a shuffle null
+    only asks whether the score depends on position, so without the floor a
+    spatially structured map that is *less anti-grid* than its shuffles
+    (grid score <= 0) counts as a grid cell. The floor can only remove calls,
+    so the per-neuron test stays valid (``P(call) <= alpha`` under the null).
 
     Parameters
     ----------
@@ -1180,12 +1209,16 @@ def significance(
         Their shuffled scores (:func:`shuffle_scores`), NaN ignored.
     percentile : float in (0, 100), default 95
     null_model : {"neuron", "pooled"}
+    floor : float or None, default None
+        The score's tuning floor; None: no floor (the threshold-only rule).
 
     Returns
     -------
     Significance
         ``significant`` (bool (k,)), ``p_values`` (k,), ``threshold`` (float,
-        the pooled percentile), ``significant_neuron``, ``significant_pooled``.
+        the pooled percentile), ``significant_neuron``, ``significant_pooled``
+        (each null model's decision, with the floor), ``above_floor`` and
+        ``significant_null_only`` (the chosen null model without the floor).
         NaN scores are never significant.
 
     Raises
@@ -1196,6 +1229,8 @@ def significance(
     """
     alpha = _alpha(percentile)
     _check_null_model(null_model)
+    if floor is not None and (isinstance(floor, bool) or not np.isfinite(floor)):
+        raise ValueError(f"floor must be a finite number or None, got {floor!r}")
     obs, shuf = _check_observed_shuffled(observed, shuffled)
     _check_enough_shuffles(shuf.shape[0], percentile, null_model)
     p = monte_carlo_p(obs, shuf)
@@ -1204,7 +1239,11 @@ def significance(
     with np.errstate(invalid="ignore"):
         by_neuron = p <= alpha
         pooled = obs > threshold
-    return Significance(by_neuron if null_model == "neuron" else pooled, p, threshold, by_neuron, pooled)
+        above = np.isfinite(obs) if floor is None else obs > floor
+    null_only = by_neuron if null_model == "neuron" else pooled
+    by_neuron, pooled = by_neuron & above, pooled & above
+    return Significance(by_neuron if null_model == "neuron" else pooled, p, threshold, by_neuron, pooled,
+                        above, null_only)
 
 
 def top_neurons(values: np.ndarray, top_k: int = 5) -> np.ndarray:
@@ -1241,6 +1280,7 @@ def score_layers(
     n_shuffles: int = 100,
     percentile: float = 95.0,
     null_model: str = "neuron",
+    significance_rule: str = "floor",
     seed: int = 0,
     scores: Sequence[str] = SCORE_NAMES,
     transform: Transform = "subtract_min",
@@ -1251,14 +1291,19 @@ def score_layers(
     ``positions`` (n, 2) pixels; ``activations_by_layer``: layer -> (n, k), read one
     layer at a time. Each neuron is tested against its own ``n_shuffles`` shuffles
     (``null_model="neuron"``, Monte-Carlo p <= 1 - percentile/100) or the layer's
-    pooled shuffles (``"pooled"``); both decisions are kept. ``n_shuffles=0`` skips
-    significance. Memory is bounded by one layer (about 185 MB for 768 neurons,
-    3000 stimuli, 20 bins, whatever the number of shuffles).
+    pooled shuffles (``"pooled"``); both decisions are kept. With
+    ``significance_rule="floor"`` (default) a significant neuron must also score above
+    the score's tuning floor (:data:`TUNING_FLOORS`: grid and border score > 0);
+    ``"null_only"`` (the blog's literal rule) skips that, and its decision is kept as
+    ``significant_null_only`` either way. ``n_shuffles=0`` skips significance.
+    Memory is bounded by one layer (about 185 MB for 768 neurons, 3000 stimuli,
+    20 bins, whatever the number of shuffles).
 
     Returns a dict: ``maps`` layer -> (k, bins, bins); ``occupancy`` (bins, bins);
     ``scores``, ``significant``, ``significant_neuron``, ``significant_pooled``,
-    ``p_values``: layer -> score -> (k,); ``thresholds``: layer -> score -> float;
-    and the settings ``null_model, n_shuffles, percentile, extent, bins, sigma``.
+    ``significant_null_only``, ``p_values``: layer -> score -> (k,); ``thresholds``:
+    layer -> score -> float; and the settings ``null_model, significance_rule,
+    n_shuffles, percentile, extent, bins, sigma``.
     """
     from tqdm.auto import tqdm
 
@@ -1267,12 +1312,15 @@ def score_layers(
     check_int("n_shuffles", n_shuffles, 0)
     _alpha(percentile)
     _check_null_model(null_model)
+    _check_significance_rule(significance_rule)
     if n_shuffles:
         _check_enough_shuffles(int(n_shuffles), percentile, null_model)
     names = _check_score_names(scores)
+    floors = {s: TUNING_FLOORS[s] if significance_rule == "floor" else None for s in names}
     ext = resolve_extent(np.asarray(positions, dtype=float), extent)
     out: dict = {"maps": {}, "scores": {}, "significant": {}, "significant_neuron": {}, "significant_pooled": {},
-                 "p_values": {}, "thresholds": {}, "null_model": null_model, "n_shuffles": int(n_shuffles),
+                 "significant_null_only": {}, "p_values": {}, "thresholds": {}, "null_model": null_model,
+                 "significance_rule": significance_rule, "n_shuffles": int(n_shuffles),
                  "percentile": float(percentile), "extent": ext, "bins": bins, "sigma": sigma, "occupancy": None}
     for layer, acts in tqdm(list(activations_by_layer.items()), desc="layers", disable=not progress):
         a = np.asarray(acts, dtype=np.float64)
@@ -1286,15 +1334,17 @@ def score_layers(
         if n_shuffles:
             null = shuffle_scores(positions, a, bins=bins, extent=ext, sigma=sigma, n_shuffles=n_shuffles,
                                   seed=seed, scores=names, transform=transform, progress=False)
-            sig = {s: significance(obs[s], null[s], percentile, null_model=null_model) for s in names}
+            sig = {s: significance(obs[s], null[s], percentile, null_model=null_model, floor=floors[s])
+                   for s in names}
             del null
         else:
             k = a.shape[1]
-            sig = {s: Significance(np.zeros(k, bool), np.full(k, np.nan), float("nan"), np.zeros(k, bool),
-                                   np.zeros(k, bool)) for s in names}
+            none = np.zeros(k, bool)
+            sig = {s: Significance(none, np.full(k, np.nan), float("nan"), none, none, none, none) for s in names}
         out["significant"][layer] = {s: r.significant for s, r in sig.items()}
         out["significant_neuron"][layer] = {s: r.significant_neuron for s, r in sig.items()}
         out["significant_pooled"][layer] = {s: r.significant_pooled for s, r in sig.items()}
+        out["significant_null_only"][layer] = {s: r.significant_null_only for s, r in sig.items()}
         out["p_values"][layer] = {s: r.p_values for s, r in sig.items()}
         out["thresholds"][layer] = {s: r.threshold for s, r in sig.items()}
     return out
@@ -1310,8 +1360,10 @@ def scores_table(results_by_condition: "Mapping[str, dict]"):
     Returns
     -------
     pandas.DataFrame with columns ``condition, layer, neuron`` and, per score,
-    ``<score>``, ``<score>_sig`` (under the run's null model), ``<score>_p``
-    (per-neuron Monte-Carlo p-value), ``<score>_sig_neuron`` and ``<score>_sig_pooled``.
+    ``<score>``, ``<score>_sig`` (under the run's null model and rule), ``<score>_p``
+    (per-neuron Monte-Carlo p-value), ``<score>_sig_neuron`` and ``<score>_sig_pooled``
+    (each null model, the run's rule) and ``<score>_sig_null_only`` (the run's null
+    model without the tuning floor: the blog's literal rule).
     """
     import pandas as pd
 
@@ -1326,21 +1378,27 @@ def scores_table(results_by_condition: "Mapping[str, dict]"):
                 cols[f"{s}_p"] = res["p_values"][layer][s]
                 cols[f"{s}_sig_neuron"] = res["significant_neuron"][layer][s]
                 cols[f"{s}_sig_pooled"] = res["significant_pooled"][layer][s]
+                cols[f"{s}_sig_null_only"] = res["significant_null_only"][layer][s]
             frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)
 
 
 def significance_table(results_by_condition: "Mapping[str, dict]"):
-    """Per condition, layer and score: the fraction of significant neurons under both null models.
+    """Per condition, layer and score: the fraction of significant neurons under both null models and both rules.
 
     Returns
     -------
     pandas.DataFrame with columns ``condition, layer, score, null_model,
-    n_shuffles, fraction_significant`` (under ``null_model``),
-    ``fraction_significant_neuron``, ``fraction_significant_pooled``,
+    significance_rule, n_shuffles, n_neurons, fraction_significant`` (under
+    ``null_model`` and ``significance_rule``), ``fraction_significant_neuron``,
+    ``fraction_significant_pooled`` (each null model, the run's rule),
     ``fraction_calls_differ`` (neurons significant under one null model only),
+    ``fraction_significant_floor`` and ``fraction_significant_null_only`` (the
+    run's null model under each rule), ``n_null_only_at_or_below_floor`` (neurons
+    the null-only rule calls significant whose score is <= its ``tuning_floor``,
+    e.g. grid-significant with a grid score <= 0), ``tuning_floor``,
     ``pooled_threshold`` (the pooled null's percentile) and ``note``. With
-    ``n_shuffles=0`` the fractions are NaN and ``note`` says "not computed".
+    ``n_shuffles=0`` the fractions and counts are NaN and ``note`` says "not computed".
     """
     import pandas as pd
 
@@ -1352,18 +1410,27 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
             return float(np.mean(mask)) if tested else float("nan")
 
         for layer in res["scores"]:
-            for s in res["scores"][layer]:
+            for s, values in res["scores"][layer].items():
+                null_only = res["significant_null_only"][layer][s]
+                with np.errstate(invalid="ignore"):
+                    above = values > TUNING_FLOORS[s]
                 rows.append({
                     "condition": cond,
                     "layer": layer,
                     "score": s,
                     "null_model": res["null_model"],
+                    "significance_rule": res["significance_rule"],
                     "n_shuffles": res["n_shuffles"],
+                    "n_neurons": len(values),
                     "fraction_significant": frac(res["significant"][layer][s]),
                     "fraction_significant_neuron": frac(res["significant_neuron"][layer][s]),
                     "fraction_significant_pooled": frac(res["significant_pooled"][layer][s]),
                     "fraction_calls_differ": frac(
                         res["significant_neuron"][layer][s] != res["significant_pooled"][layer][s]),
+                    "fraction_significant_floor": frac(null_only & above),
+                    "fraction_significant_null_only": frac(null_only),
+                    "n_null_only_at_or_below_floor": int(np.sum(null_only & ~above)) if tested else float("nan"),
+                    "tuning_floor": TUNING_FLOORS[s],
                     "pooled_threshold": res["thresholds"][layer][s],
                     "note": "" if tested else "not computed: n_shuffles=0",
                 })
