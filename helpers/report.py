@@ -169,10 +169,31 @@ def finding_significance(run: Path, weights: str) -> str | None:
             per.append(f"{html.escape(score)} {s['fraction_significant'].min():.2f}–{peak['fraction_significant']:.2f} "
                        f"({where})")
         null = d["null_model"].iloc[0]
-        out.append(f"{_weights_mark(cond, weights)}: " + ", ".join(per) + f" [{html.escape(str(null))} null, "
-                   f"{int(d['n_shuffles'].iloc[0])} shuffles]")
+        rule = f", {html.escape(str(d['significance_rule'].iloc[0]))} rule" if "significance_rule" in d else ""
+        out.append(f"{_weights_mark(cond, weights)}: " + ", ".join(per) + f" [{html.escape(str(null))} null{rule}, "
+                   f"{int(d['n_shuffles'].iloc[0])} shuffles]" + _rule_difference(d))
     return (f"<b>Analyse.</b> Fraction of neurons significant, lowest–highest over {t['layer'].nunique()} layers "
             f"(chance {alpha:.2f}; the blog gives no fraction): " + "; ".join(out) + ".")
+
+
+def _rule_difference(d: pd.DataFrame) -> str:
+    """Where the threshold-only rule (the blog's) calls neurons significant whose score is at or below its tuning
+    floor (e.g. grid score <= 0): how many, and its fraction beside the floor rule's; "" where the rules agree."""
+    cols = ("fraction_significant_floor", "fraction_significant_null_only", "n_null_only_at_or_below_floor",
+            "tuning_floor")
+    if not set(cols) <= set(d.columns):
+        return ""
+    per = []
+    for score, s in d.groupby("score", sort=False):
+        n = s["n_null_only_at_or_below_floor"].sum()
+        if n > 0:
+            per.append(f"{html.escape(score)}: {int(n)} neurons with score ≤ {s['tuning_floor'].iloc[0]:g} "
+                       f"(mean fraction {s['fraction_significant_null_only'].mean():.2f} instead of "
+                       f"{s['fraction_significant_floor'].mean():.2f})")
+    if not per:
+        return ""
+    return (" — the blog's threshold-only rule would also call significant " + "; ".join(per)
+            + ", which are not tuned by the score's definition")
 
 
 def finding_decoding(run: Path, weights: str) -> str | None:

@@ -262,3 +262,23 @@ def test_layer_lesion_finding_uses_balanced_performance_when_the_table_has_it(tm
     assert "resblock 3 (" not in found
     # only the model condition was lesioned: the report says why the random control is missing from Perturb
     assert "not lesioned" in found
+
+
+def test_significance_finding_says_what_the_threshold_only_rule_would_add(tmp_path):
+    """Where the blog's threshold-only rule calls neurons significant with a score at or below its tuning floor,
+    the finding gives their number and both fractions; where the two rules agree it says nothing more."""
+    run = _planted_run(tmp_path)
+    head = ("condition,layer,score,null_model,significance_rule,n_shuffles,fraction_significant,"
+            "fraction_significant_floor,fraction_significant_null_only,n_null_only_at_or_below_floor,tuning_floor")
+    rows = [head]
+    for cond, n_below in (("model", (30, 12)), ("random", (0, 0))):
+        for layer, n in zip(("visual.transformer.resblocks.0.attn", "visual.transformer.resblocks.1.attn"), n_below):
+            rows += [f"{cond},{layer},grid,neuron,floor,19,0.05,0.05,{0.05 + n / 100},{n},0.0",
+                     f"{cond},{layer},si,neuron,floor,19,0.07,0.07,0.07,0,0.0"]
+    (run / "analysis" / "significance.csv").write_text("\n".join(rows) + "\n")
+    build_report(run)
+    _, found = _findings_text(run)
+    model, random_ = found.split("random weights (the blog's control)")[:2]
+    assert "neuron null, floor rule" in found
+    assert "grid: 42 neurons with score ≤ 0 (mean fraction 0.26 instead of 0.05)" in model
+    assert "threshold-only" not in random_ and "si:" not in model.split("threshold-only")[1]
