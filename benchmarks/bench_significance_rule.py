@@ -58,10 +58,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--neurons", type=int, default=600, help="neurons per shape")
     ap.add_argument("--seed", type=int, default=0)
-    k = ap.parse_args().neurons
-    print(f"{'size':8s} {'shape':14s} " + " ".join(f"{s + ' null_only/floor (n<=0)':>28s}" for s in ("si", "grid", "border")))
+    args = ap.parse_args()
+    k = args.neurons
+    heads = " ".join(f"{s + ' null_only/floor (n<=0)':>28s}" for s in ("si", "grid", "border"))
+    print(f"{'size':8s} {'shape':14s} {heads}")
     for n_stim, bins in ((96, 8), (300, 10)):
-        rng = np.random.default_rng(ap.parse_args().seed + n_stim)
+        rng = np.random.default_rng(args.seed + n_stim)
         pos = rng.uniform(0, SIDE, size=(n_stim, 2))
         for name, acts in shapes(rng, pos, k).items():
             res = score_layers(pos, {"L": acts}, bins=bins, extent=(0.0, SIDE, 0.0, SIDE), sigma=1.0, n_shuffles=19,
