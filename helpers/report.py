@@ -187,13 +187,13 @@ def _rule_difference(d: pd.DataFrame) -> str:
     for score, s in d.groupby("score", sort=False):
         n = s["n_null_only_at_or_below_floor"].sum()
         if n > 0:
-            per.append(f"{html.escape(score)}: {int(n)} neurons with score ≤ {s['tuning_floor'].iloc[0]:g} "
-                       f"(mean fraction {s['fraction_significant_null_only'].mean():.2f} instead of "
-                       f"{s['fraction_significant_floor'].mean():.2f})")
+            per.append(f"{int(n)} neurons with a {html.escape(score)} score ≤ {s['tuning_floor'].iloc[0]:g} "
+                       f"({html.escape(score)} {s['fraction_significant_null_only'].mean():.2f} instead of "
+                       f"{s['fraction_significant_floor'].mean():.2f}, mean over layers)")
     if not per:
         return ""
-    return (" — the blog's threshold-only rule would also call significant " + "; ".join(per)
-            + ", which are not tuned by the score's definition")
+    return (" — the threshold-only rule (the blog's) would also call significant " + "; ".join(per)
+            + ", untuned by the score's own definition")
 
 
 def finding_decoding(run: Path, weights: str) -> str | None:

@@ -280,5 +280,5 @@ def test_significance_finding_says_what_the_threshold_only_rule_would_add(tmp_pa
     _, found = _findings_text(run)
     model, random_ = found.split("random weights (the blog's control)")[:2]
     assert "neuron null, floor rule" in found
-    assert "grid: 42 neurons with score ≤ 0 (mean fraction 0.26 instead of 0.05)" in model
-    assert "threshold-only" not in random_ and "si:" not in model.split("threshold-only")[1]
+    assert "42 neurons with a grid score ≤ 0 (grid 0.26 instead of 0.05, mean over layers)" in model
+    assert "threshold-only" not in random_ and "si score" not in model
