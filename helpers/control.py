@@ -101,13 +101,16 @@ class TrainConfig:
     warm-up over ``warmup`` steps then cosine decay to 0, gradient norm
     clipped at 1; ``threads`` is torch's CPU thread count (1 is faster per
     core on a shared machine). A fraction ``p_empty`` of images is empty.
+    ``pos_scale`` multiplies open_clip's initial visual positional embedding
+    (std width^-0.5); ``loc_weight`` weighs :func:`location_loss` (spatial
+    variant only: the nonspatial vocabulary names no location).
     """
 
     variant: str
     seed: int = 0
     steps: int = 1500
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 0.05
     warmup: int = 100
     p_empty: float = 0.15
@@ -115,6 +118,8 @@ class TrainConfig:
     bf16: bool = True
     threads: int = 1
     eval_every: int = 50
+    pos_scale: float = 30.0
+    loc_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -125,6 +130,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not 0.0 <= self.p_empty < 1.0:
             raise ValueError(f"p_empty must be in [0, 1), got {self.p_empty!r}")
+        if not (self.pos_scale > 0 and self.loc_weight >= 0):
+            raise ValueError(f"pos_scale must be > 0 and loc_weight >= 0, got {self.pos_scale!r}, {self.loc_weight!r}")
 
 
 @dataclass
@@ -245,11 +252,29 @@ def contrastive_loss(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return (li + lt) / 2
 
 
+def location_loss(logits: torch.Tensor, batch: Batch, captions: Sequence[Caption]) -> torch.Tensor:
+    """9-way cross-entropy of each shape image over "a <its shape> in the <cell>", k = 0..8.
+
+    ``logits``: (n_images, n_captions) as in :func:`contrastive_loss`. The nine
+    captions share the shape word, so only location separates them: the
+    location hard negatives of NegCLIP, weighted on their own. 0 when the
+    vocabulary names no cell (nonspatial) or the batch has no shape.
+    """
+    index = {u: j for j, u in enumerate(captions)}
+    rows = np.flatnonzero(batch.cell >= 0)
+    if (SHAPES[0], "", 0) not in index or rows.size == 0:
+        return logits.new_zeros(())
+    cols = np.array([[index[(batch.shape[i], "", k)] for k in range(9)] for i in rows])
+    picked = logits[torch.from_numpy(rows)[:, None], torch.from_numpy(cols)]
+    return torch.nn.functional.cross_entropy(picked, torch.from_numpy(batch.cell[rows]))
+
+
 # --------------------------------------------------------------------------- model
 
 
-def build_model(seed: int) -> torch.nn.Module:
-    """The control architecture with open_clip's initialisation after ``torch.manual_seed(seed)``."""
+def build_model(seed: int, pos_scale: float = 1.0) -> torch.nn.Module:
+    """The control architecture with open_clip's initialisation after ``torch.manual_seed(seed)``,
+    the visual positional embedding multiplied by ``pos_scale``."""
     import open_clip
 
     from helpers.models import _quiet_root_logger
@@ -257,7 +282,10 @@ def build_model(seed: int) -> torch.nn.Module:
     register_model_config()
     torch.manual_seed(int(seed))
     with _quiet_root_logger():
-        return open_clip.create_model(CONTROL_MODEL, pretrained=None)
+        model = open_clip.create_model(CONTROL_MODEL, pretrained=None)
+    with torch.no_grad():
+        model.visual.positional_embedding.mul_(pos_scale)
+    return model
 
 
 def tokenizer():
@@ -272,15 +300,20 @@ def _autocast(enabled: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
-def train_step(model, tokens: torch.Tensor, opt, batch: Batch, captions: Sequence[Caption], bf16: bool = False) -> float:
+def train_step(
+    model, tokens: torch.Tensor, opt, batch: Batch, captions: Sequence[Caption], bf16: bool = False, loc_weight: float = 0.0
+) -> float:
     """One optimiser step on ``batch`` against the caption ``vocabulary`` ``captions`` (``tokens``: their
-    tokenisation, made once per training run); returns the loss."""
+    tokenisation, made once per training run) of :func:`contrastive_loss` + ``loc_weight`` x
+    :func:`location_loss`; returns the loss."""
     pos = torch.from_numpy(positives(batch, captions))
     with _autocast(bf16):
         img = model.encode_image(to_input(batch.images), normalize=True)
         txt = model.encode_text(tokens, normalize=True)
     logits = model.logit_scale.exp() * img.float() @ txt.float().T
     loss = contrastive_loss(logits, pos)
+    if loc_weight:
+        loss = loss + loc_weight * location_loss(logits, batch, captions)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -335,7 +368,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, eval_n: int = 32) -> Train
     from tqdm.auto import tqdm
 
     torch.set_num_threads(cfg.threads)
-    model = build_model(cfg.seed).train()
+    model = build_model(cfg.seed, cfg.pos_scale).train()
     tok = tokenizer()
     opt, sched = make_optimizer(model, cfg)
     res = TrainResult(model, cfg)
@@ -346,7 +379,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, eval_n: int = 32) -> Train
     tokens = tok([caption(*u) for u in captions])  # the vocabulary is fixed: tokenised once
     for step in bar:
         batch = sample_batch(cfg, np.random.SeedSequence([cfg.seed, step]).generate_state(2))
-        loss = train_step(model, tokens, opt, batch, captions, cfg.bf16)
+        loss = train_step(model, tokens, opt, batch, captions, cfg.bf16, cfg.loc_weight)
         sched.step()
         rec = {"step": step + 1, "loss": loss}
         if eval_n and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):

@@ -114,6 +114,38 @@ def test_contrastive_loss_matches_a_direct_computation_and_duplicates_are_not_ne
     assert float(C.contrastive_loss(big, dup)) == pytest.approx(np.log(2) / 4, abs=1e-6)
 
 
+def test_location_loss_separates_only_the_nine_cells_of_the_image_shape():
+    vocab = C.vocabulary("spatial")
+    batch = C.Batch(
+        images=np.zeros((3, 1, 1, 3), np.uint8),
+        shape=np.array(["square", "circle", ""]),
+        colour=np.array(["red", "black", ""]),
+        cell=np.array([2, 7, -1]),
+        x=np.zeros(3), y=np.zeros(3),
+    )
+    flat = torch.zeros(3, len(vocab))
+    assert float(C.location_loss(flat, batch, vocab)) == pytest.approx(np.log(9), rel=1e-6)
+    # a large logit on the true "a <shape> in the <cell>" caption drives it to 0 ...
+    sure = flat.clone()
+    sure[0, vocab.index(("square", "", 2))] = 50.0
+    sure[1, vocab.index(("circle", "", 7))] = 50.0
+    assert float(C.location_loss(sure, batch, vocab)) < 1e-6
+    # ... and logits of other shapes, colours or the empty image do not enter it
+    other = flat.clone()
+    other[0, vocab.index(("circle", "", 2))] = other[0, vocab.index(("square", "red", 2))] = 50.0
+    other[:, vocab.index(("", "", -1))] = 50.0
+    assert float(C.location_loss(other, batch, vocab)) == pytest.approx(np.log(9), rel=1e-6)
+    # the nonspatial vocabulary names no cell: no location term
+    assert float(C.location_loss(torch.zeros(3, 16), batch, C.vocabulary("nonspatial"))) == 0.0
+
+
+def test_pos_scale_multiplies_only_the_visual_positional_embedding():
+    a, b = C.build_model(5).state_dict(), C.build_model(5, pos_scale=30.0).state_dict()
+    k = "visual.positional_embedding"
+    assert torch.allclose(b[k], 30.0 * a[k])
+    assert all(torch.equal(a[n], b[n]) for n in a if n != k)
+
+
 @pytest.mark.parametrize("weights", sorted(C.WEIGHTS))
 def test_committed_weights_load_through_load_model_and_reproduce_the_card(weights):
     path = C.WEIGHTS[weights]
