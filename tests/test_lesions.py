@@ -24,7 +24,7 @@ N_STIM = 6
 @pytest.fixture(scope="module")
 def lm():
     """Seeded random-init ViT-B/32, fp32, CPU (own copy: these tests edit weights in place)."""
-    return models.load_model("ViT-B-32", "random", device="cpu", seed=0)
+    return models.load_model("ViT-B-32", "random", device="cpu", dtype="float32", seed=0)
 
 
 @pytest.fixture(scope="module")
