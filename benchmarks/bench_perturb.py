@@ -28,12 +28,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
 import torch
 
+from _machine import GFLOP_PER_IMAGE, describe, share
 from helpers import lesions as L
 from helpers import models, stimuli
 from helpers.ratemaps import bin_indices, ratemaps
@@ -137,6 +137,15 @@ def compare(eff, nai) -> float:
     return float(max(d))
 
 
+#: Full image forwards per stimulus of the naive way: baseline, 25 layer lesions, 8 x 8 targeted, 1 regional.
+NAIVE_FORWARDS = 1 + 25 + (3 + N_SEEDS) * len(PROPORTIONS) + 1
+
+
+def _rate(n: int, seconds: float) -> float:
+    """GFLOP/s of the naive way's work (NAIVE_FORWARDS x 8.8 GFLOP per stimulus) done in ``seconds``."""
+    return NAIVE_FORWARDS * n * GFLOP_PER_IMAGE / seconds
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=128, help="stimuli (default 128)")
@@ -144,8 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args(argv)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, n={args.n}, batch_size={args.batch_size}")
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes on the 2 cores inflate wall times)")
+    print(describe())
+    print(f"n={args.n}, batch_size={args.batch_size} (other processes on the cores inflate wall times)")
     print("default study: 25 layer lesions (mode all) + 8 x 8 targeted lesions at block 9 + 1 regional lesion")
     for dtype in args.dtypes:
         lm, stim, pos, extent, batches, fm, rc, hv = _prepare(dtype, args.n, args.batch_size)
@@ -154,6 +163,8 @@ def main(argv=None) -> int:
         t_eff, c_eff = time.perf_counter() - t0, time.process_time() - c0
         print(f"[{dtype}] efficient: wall {t_eff:7.1f} s (cpu {c_eff:7.1f} s) at n={args.n}"
               f" -> {t_eff * 3000 / args.n / 60:6.1f} min wall at n=3000 (linear extrapolation)", flush=True)
+        print(f"[{dtype}] efficient: {_rate(args.n, t_eff):.0f} naive-equivalent GFLOP/s"
+              f" = {100 * share(_rate(args.n, t_eff), dtype):.0f}% of this machine's {dtype} matmul peak", flush=True)
         if not args.skip_naive:
             t0, c0 = time.perf_counter(), time.process_time()
             nai = naive(lm, pos, batches, fm, rc, hv)
@@ -161,6 +172,8 @@ def main(argv=None) -> int:
             diff = compare(eff, nai)
             print(f"[{dtype}] naive:     wall {t_nai:7.1f} s (cpu {c_nai:7.1f} s) at n={args.n}"
                   f" -> {t_nai * 3000 / args.n / 60:6.1f} min wall at n=3000", flush=True)
+            print(f"[{dtype}] naive:     {_rate(args.n, t_nai):.0f} GFLOP/s"
+                  f" = {100 * share(_rate(args.n, t_nai), dtype):.0f}% of this machine's {dtype} matmul peak", flush=True)
             print(f"[{dtype}] speed-up {t_nai / t_eff:4.1f}x wall, {c_nai / c_eff:4.1f}x cpu;"
                   f" max |diff| between the two ways' table values {diff:.2e}", flush=True)
     return 0

@@ -6,8 +6,8 @@
 What it measures, for the default recording (CLS token of the 12 attention
 sublayers of ViT-B-32, random weights):
 
-1. the machine's matmul rate (large square ``torch.matmul``), fp32 and bf16:
-   the practical peak the model forward is compared against;
+1. the machine (benchmarks/_machine.py): CPU capability, native bf16, and its
+   fp32 and bf16 matmul peaks, which the model forward is compared against;
 2. rendering + preprocessing alone (images/s), as :func:`helpers.stimuli.iter_batches` does it;
 3. on the same pre-rendered, preprocessed batches: a plain ``encode_image`` loop
    and :func:`helpers.record.record` (hooks, token selection, memmap writes,
@@ -23,7 +23,6 @@ loops so that load from other processes on the machine hits both alike.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import tempfile
 import time
@@ -31,24 +30,10 @@ from pathlib import Path
 
 import torch
 
+from _machine import GFLOP_PER_IMAGE, describe, peaks
 from helpers import record as R
 from helpers.models import load_model, weights_hash
 from helpers.stimuli import iter_batches, make_stimuli
-
-GFLOP_PER_IMAGE = 8.8  # ViT-B/32 image tower, 224 px (NOTES.md; FlopCounterMode undercounts fused attention)
-
-
-def matmul_gflops(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
-    """Best-of-``reps`` rate of an ``n x n`` matmul, in GFLOP/s."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def render_all(stim, preprocess, batch_size: int) -> tuple[torch.Tensor, float]:
@@ -98,11 +83,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     n, bs = args.n, args.batch_size
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    peak32 = matmul_gflops(torch.float32)
-    peak16 = matmul_gflops(torch.bfloat16)
-    print(f"matmul 4096^2: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s")
+    print(f"python {platform.python_version()} (other processes share these cores)")
+    print(describe())
+    peak32, peak16 = peaks()["float32"], peaks()["bfloat16"]
 
     stim = make_stimuli(n, seed=0)
     lm32 = load_model(args.model, "random", device=args.device, dtype="float32", seed=0)

@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers.ratemaps import flat_bin_indices, ratemaps, ratemaps_from_bins  # noqa: E402
+from _machine import describe  # noqa: E402
 from helpers.scores import (  # noqa: E402
     border_score,
     compute_scores,
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--opexebo-neurons", type=int, default=48)
     args = parser.parse_args()
+    print(describe())
 
     pos, act = make_layer(args.stimuli, args.neurons)
     maps, occ = ratemaps(pos, act, bins=args.bins, extent=EXTENT, sigma=args.sigma)

@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _machine import describe  # noqa: E402
 from helpers.scores import score_layers  # noqa: E402
 
 SETTINGS = dict(bins=20, extent=(0.0, 224.0, 0.0, 224.0), sigma=1.0, percentile=95.0, progress=False)
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="independent draws (default 5)")
     ap.add_argument("--grid", action="store_true", help="also the grid score (slow)")
     args = ap.parse_args()
+    print(describe())
     scores = ("si", "border", "grid") if args.grid else ("si", "border")
     t0 = time.perf_counter()
     runs = [one_seed(seed, scores) for seed in range(args.seeds)]

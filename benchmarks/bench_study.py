@@ -15,13 +15,13 @@ amount of compute is the same for any weights of the architecture.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params/quick.yaml")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
     args = ap.parse_args()
@@ -38,7 +38,7 @@ def main() -> int:
         sys.executable, "-m", "helpers.study", "--params", args.params, "--run", str(run), "--force",
         "--set", "weights=random", f"dtype={args.dtype}", f"device={args.device}", *args.set,
     ]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(describe())
     print("command:", " ".join(cmd))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

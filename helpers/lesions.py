@@ -82,6 +82,11 @@ Nothing here changes the numbers, only where the computation starts:
   (see ``shared/reference/NOTES.md``); the tests bound the difference by 1e-5.
 - Text-tower lesions re-encode only the prompts and reuse the cached image
   embeddings. ``visual.conv1`` lesions need a full forward.
+- Only the class token of the last block reaches the embedding, so the last block
+  runs its queries, attention output and MLP for token 0 alone (:func:`block_cls`;
+  keys and values for all tokens). Equal up to summation order (<= 1e-5 in fp32).
+- A whole block lesioned in mode ``"all"`` is an identity (above), so the layer
+  lesion does not run it and starts at the next block from the same cached input.
 - No ``torch.compile``: it silently ignores hooks registered after compiling.
 
 References: the blog's "Perturb" section
@@ -120,6 +125,7 @@ __all__ = [
     "Tower",
     "visual_tower",
     "forward_from_block",
+    "block_cls",
     "embed",
     "ResidualCache",
     "build_residual_cache",
@@ -427,6 +433,10 @@ class Tower:
     head : callable
         output of the last block -> unnormalised embedding.
     dtype, device : the tower's parameter dtype and device.
+    cls_head : bool
+        The head reads the class token (token 0) only, and the blocks are open_clip
+        ``ResidualAttentionBlock``\ s: :func:`forward_from_block` then runs the last
+        block for the class token alone (:func:`block_cls`).
     """
 
     blocks: Sequence[torch.nn.Module]
@@ -434,6 +444,7 @@ class Tower:
     head: Callable[[torch.Tensor], torch.Tensor]
     dtype: torch.dtype
     device: torch.device
+    cls_head: bool = False
 
     @property
     def n_blocks(self) -> int:
@@ -468,7 +479,29 @@ def visual_tower(model: torch.nn.Module) -> Tower:
         return pooled @ visual.proj if visual.proj is not None else pooled
 
     p = next(visual.parameters())
-    return Tower(list(tr.resblocks), forward, head, p.dtype, p.device)
+    cls_head = (getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", None) == "tok"
+                and all(_is_residual_attention_block(b) for b in tr.resblocks))
+    return Tower(list(tr.resblocks), forward, head, p.dtype, p.device, cls_head)
+
+
+def _is_residual_attention_block(blk: torch.nn.Module) -> bool:
+    """An open_clip self-attention ``ResidualAttentionBlock`` (what :func:`block_cls` reimplements for one token)."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    return type(blk) is ResidualAttentionBlock and not hasattr(blk, "ln_1_kv")
+
+
+def block_cls(blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class-token row of an open_clip ``ResidualAttentionBlock``'s output, (B, 1, C).
+
+    Keys and values are computed for all T tokens of ``x`` (B, T, C), queries, the
+    attention output (``blk.attn``, so neuron-lesion hooks still apply) and the MLP
+    for token 0 only: about a sixth of the block's work. Equal to ``blk(x)[:, :1]``
+    up to float summation order (tests: <= 1e-5 in fp32).
+    """
+    h = blk.ln_1(x)
+    y = x[:, :1] + blk.ls_1(blk.attention(q_x=h[:, :1], k_x=h, v_x=h))
+    return y + blk.ls_2(blk.mlp(blk.ln_2(y)))
 
 
 def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
@@ -488,11 +521,15 @@ def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tenso
     Returns
     -------
     tensor (B, E), unnormalised embedding in the tower's dtype.
+
+    With ``tower.cls_head`` the last block runs for the class token only
+    (:func:`block_cls`): nothing else of it reaches the embedding.
     """
     _check_block(tower, start, "start")
-    for blk in tower.blocks[start:]:
+    last = tower.n_blocks - 1
+    for blk in tower.blocks[start:last]:
         x = blk(x)
-    return tower.head(x)
+    return tower.head(block_cls(tower.blocks[last], x) if tower.cls_head else tower.blocks[last](x))
 
 
 def embed(features: torch.Tensor) -> torch.Tensor:
@@ -882,7 +919,7 @@ def layer_lesion_study(
                 row = _lesion_row(zero_shot_task(lm, prompts, target), cache.embeddings, base_ctrl, control_label)
             else:
                 feats = (embed_images(tower, batches(), cache.n) if unit.block is None
-                         else embed_from_cache(tower, cache, unit.block, batch_size=batch_size))
+                         else _embed_block_lesion(tower, cache, unit, mode, batch_size))
                 row = _lesion_row(base_task, feats, _embed_control(tower, control), control_label)
         rows.append(dict(tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
                          **row, **{f"baseline_{k}": v for k, v in base.items()},
@@ -890,6 +927,24 @@ def layer_lesion_study(
     df = pd.DataFrame(rows)
     df["block"] = df["block"].astype("Int64")
     return df
+
+
+@torch.no_grad()
+def _embed_block_lesion(tower: Tower, cache: ResidualCache, unit: LesionUnit, mode: str, batch_size: int) -> np.ndarray:
+    """Embeddings under the lesion of visual block-level ``unit`` (already applied), from the cache.
+
+    A whole open_clip block lesioned in mode ``"all"`` is an exact identity (module
+    docstring), so it is not run: the forward starts at the next block from the
+    lesioned block's own cached input (the head alone after the last block).
+    """
+    k = unit.block
+    if not (mode == "all" and unit.part == "block" and _is_residual_attention_block(tower.blocks[k])):
+        return embed_from_cache(tower, cache, k, batch_size=batch_size)
+    out = np.empty((cache.n, cache.embeddings.shape[1]), dtype=np.float32)
+    for sl in _chunks(cache.n, check_batch_size(batch_size)):
+        x = cache.block_input(k, sl, tower.device)
+        out[sl] = embed(forward_from_block(tower, x, k + 1) if k + 1 < tower.n_blocks else tower.head(x)).cpu().numpy()
+    return out
 
 
 def _selected_units(model, sublayers: bool, units: Sequence[str] | None) -> list:

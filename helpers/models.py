@@ -30,11 +30,14 @@ prompts.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
+import platform
 import socket
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -73,6 +76,12 @@ PROMPT_SETS: dict[str, dict[str, str]] = {
 CIRCLE_VS_EMPTY: dict[str, str] = {"circle": "a black circle", "empty": "an empty image"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: ``dtype`` value meaning "bfloat16 where the device runs it natively, else float32" (:func:`choose_dtype`).
+AUTO = "auto"
+
+#: Every ``dtype`` value :func:`load_model` accepts.
+DTYPE_CHOICES = (AUTO, *DTYPES)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -161,13 +170,110 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """Map ``"float32" | "bfloat16" | "float16"`` (or a torch dtype) to a torch dtype."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
+    """Map ``"auto" | "float32" | "bfloat16" | "float16"`` (or a torch dtype) to a torch dtype on ``device``.
+
+    ``"auto"`` is :func:`choose_dtype`'s pick. An explicit ``"bfloat16"`` on a
+    device without native bf16 warns (RuntimeWarning) with the measured slowdown.
+    """
+    return choose_dtype(dtype, device)[0]
+
+
+def choose_dtype(dtype: str | torch.dtype, device: str | torch.device = "cpu") -> tuple[torch.dtype, str]:
+    """The compute dtype for ``dtype`` on ``device``, and the reason in words (recorded in model.json).
+
+    ``"auto"`` picks bfloat16 only where :func:`native_bf16` says the device runs it
+    natively, float32 otherwise. bf16 changes the numbers (features agree with fp32
+    to a cosine >= 0.9999; see notebook 02's agreement table), so the dtype actually
+    used is what model.json and the recording manifests record. An explicit
+    bfloat16 without native support is run as asked, with a RuntimeWarning giving
+    the slowdown measured by :func:`matmul_peaks` (emulated bf16: about 10x slower).
+    """
     if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    return DTYPES[dtype]
+        return dtype, "given as a torch dtype"
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {list(DTYPE_CHOICES)}, got {dtype!r}")
+    dev = torch.device(device)
+    native, why = native_bf16(dev)
+    if dtype == AUTO:
+        return (torch.bfloat16 if native else torch.float32), f"auto: {why}"
+    if dtype == "bfloat16" and not native:
+        msg = f"dtype='bfloat16' on a device without native bf16 ({why})"
+        if dev.type == "cpu":
+            p = matmul_peaks()
+            msg += (f": bf16 matmuls measured {p['float32'] / p['bfloat16']:.1f}x slower than float32 here "
+                    f"({p['bfloat16']:.0f} vs {p['float32']:.0f} GFLOP/s)")
+        warnings.warn(msg + "; dtype='auto' or 'float32' is faster", RuntimeWarning, stacklevel=3)
+        return torch.bfloat16, f"asked for; {why}"
+    return DTYPES[dtype], "asked for"
+
+
+def _cpu_flags() -> set[str]:
+    """CPU feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM); empty where unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def native_bf16(device: str | torch.device = "cpu") -> tuple[bool, str]:
+    """Whether ``device`` runs bfloat16 natively, and the evidence in words.
+
+    The rule (no timing, so it is the same on every call):
+
+    - CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and later).
+    - CPU, x86: ATen's vector capability (``torch.backends.cpu.get_cpu_capability()``)
+      is ``AVX512`` *and* the CPU flags include ``avx512_bf16`` or ``amx_bf16``.
+      AVX2-only CPUs (e.g. AMD Zen 3) and AVX-512 CPUs without bf16 (Skylake)
+      emulate bf16, about 10x slower than fp32 (``shared/reference/NOTES.md``).
+    - CPU, ARM: the ``bf16`` feature flag (Armv8.6 BF16 instructions).
+    - Anything else (MPS, unreadable flags): not native.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        ok = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return ok, f"CUDA {'with' if ok else 'without'} bf16 support"
+    if dev.type != "cpu":
+        return False, f"{dev.type} is not checked for native bf16"
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    have = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    if have and cap.startswith("AVX512"):
+        return True, f"CPU capability {cap} with {'+'.join(have)}"
+    if platform.machine().lower() in ("aarch64", "arm64") and "bf16" in flags:
+        return True, f"CPU capability {cap}, ARM bf16 feature"
+    return False, f"CPU capability {cap} without avx512_bf16/amx_bf16 (bf16 emulated)"
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_peaks(size: int = 512, seconds: float = 0.25) -> dict[str, float]:
+    """Measured matmul throughput of this CPU, GFLOP/s per dtype (``float32``, ``bfloat16``).
+
+    ``size`` x ``size`` matmuls are repeated for about ``seconds`` per dtype (at
+    least 3, after one warm-up; torch's current thread count); the fastest one
+    counts, so load from other processes lowers the figure less. Cached per
+    process. The benchmarks' "share of peak" is taken against it (``size=1024``).
+    """
+    import time
+
+    out = {}
+    for name in ("float32", "bfloat16"):
+        a = torch.randn(size, size).to(DTYPES[name])
+        b = torch.randn(size, size).to(DTYPES[name])
+        a @ b
+        best, n, t0 = float("inf"), 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 3:
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+            n += 1
+        out[name] = 2.0 * size**3 / best / 1e9
+    return out
 
 
 # --------------------------------------------------------------------------- weights
@@ -392,7 +498,7 @@ def load_model(
     weights: str = "openai",
     *,
     device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype = AUTO,
     seed: int = 0,
     quick_gelu: bool | None = None,
     cache_dir: str | None = None,
@@ -403,7 +509,9 @@ def load_model(
     path, ``"random"`` (open_clip's init, seeded by ``seed``) or
     ``"control-spatial"``/``"control-nonspatial"`` (``name="ViT-B-32-control"``).
     ``device``: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
-    ``dtype``: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (parameters are cast).
+    ``dtype``: ``"auto"`` (bfloat16 where the device runs it natively, else float32;
+    :func:`choose_dtype`), ``"float32"``, ``"bfloat16"`` or ``"float16"`` (parameters are cast);
+    the choice and its reason are kept in ``extra`` and recorded by :func:`model_identity`.
     ``quick_gelu``: default what the weights were trained with (QuickGELU for
     OpenAI CLIP). Raises ValueError (unknown name, tag or path) or
     :class:`WeightsUnavailableError` (offline, not cached); never falls back to random.
@@ -417,10 +525,12 @@ def load_model(
         raise ValueError(f"weights must be a pretrained tag, a checkpoint path or 'random', got {weights!r}")
     check_int("seed", seed)
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype)
+    dt, dtype_reason = choose_dtype(dtype, dev)
     qg = _default_quick_gelu(name, weights) if quick_gelu is None else bool(quick_gelu)
 
     model, extra = _create(open_clip, name, weights, int(seed), qg, cache_dir)
+    extra.update(dtype_requested=dtype if isinstance(dtype, str) else str(dtype).replace("torch.", ""),
+                 dtype_reason=dtype_reason)
     model = model.to(device=dev, dtype=dt).eval()
     preprocess = open_clip.image_transform(
         model.visual.image_size,
@@ -546,7 +656,11 @@ def weights_hash(model: torch.nn.Module, n_hex: int = 16) -> str:
 
 
 def model_identity(lm: LoadedModel) -> dict:
-    """What exactly was run: name, weights, seed, activation, dtype, weights hash, versions."""
+    """What exactly was run: name, weights, seed, activation, dtype, weights hash, versions.
+
+    ``dtype`` is the compute dtype actually used; ``dtype_requested`` what was asked
+    (e.g. ``"auto"``) and ``dtype_reason`` why that dtype (:func:`choose_dtype`).
+    """
     import open_clip
 
     return {
@@ -555,6 +669,7 @@ def model_identity(lm: LoadedModel) -> dict:
         "seed": lm.seed,
         "quick_gelu": lm.quick_gelu,
         "dtype": str(lm.dtype).replace("torch.", ""),
+        **{k: lm.extra[k] for k in ("dtype_requested", "dtype_reason") if k in lm.extra},
         "device": str(lm.device),
         "weights_hash": weights_hash(lm.model),
         "open_clip": open_clip.__version__,

@@ -75,7 +75,7 @@ class Param:
 
 def _spec() -> dict[str, Param]:
     from helpers.lesions import LESION_MODES, REGION_RULES, REGIONS
-    from helpers.models import DTYPES
+    from helpers.models import DTYPE_CHOICES
     from helpers.record import STORAGE_DTYPES
     from helpers.scores import NULL_MODELS, SIGNIFICANCE_RULES
     from helpers.stimuli import COLOURS, SHAPES
@@ -95,7 +95,7 @@ def _spec() -> dict[str, Param]:
         "inside": Param(_bool, "true or false"),
         "grid": Param(_int(1, 20), "an integer in 1..20"),
         "device": Param(_text, "'auto', 'cpu', 'cuda[:N]' or 'mps'"),
-        "dtype": Param(_one_of(*DTYPES), f"one of {sorted(DTYPES)}"),
+        "dtype": Param(_one_of(*DTYPE_CHOICES), f"one of {list(DTYPE_CHOICES)} ('auto': bfloat16 where the device runs it natively)"),
         "storage_dtype": Param(_one_of(*STORAGE_DTYPES), f"one of {sorted(STORAGE_DTYPES)}"),
         "batch_size": Param(_int(1), "an integer >= 1"),
         "layers": Param(_layers, "a module name or glob, or a non-empty list of them"),

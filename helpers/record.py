@@ -1186,7 +1186,7 @@ def record_conditions(
     *,
     layers: str | Sequence[str] = DEFAULT_LAYERS,
     tokens: str = "cls",
-    dtype: str = "float32",
+    dtype: str = "auto",
     storage_dtype: str = "float32",
     batch_size: int = 64,
     include_random: bool = True,

@@ -14,7 +14,7 @@ def vit_random():
     """Seeded random-init ViT-B/32 (QuickGELU, as the openai architecture), fp32, CPU."""
     from helpers.models import load_model
 
-    return load_model("ViT-B-32", "random", device="cpu", seed=0)
+    return load_model("ViT-B-32", "random", device="cpu", dtype="float32", seed=0)
 
 
 #: Files a finished small run must hold for the report and explorer tests (03 and 04 both done).

@@ -150,7 +150,7 @@ def test_pos_scale_multiplies_only_the_visual_positional_embedding():
 def test_committed_weights_load_through_load_model_and_reproduce_the_card(weights):
     path = C.WEIGHTS[weights]
     assert path.stat().st_size <= 40e6
-    lm = models.load_model(C.CONTROL_MODEL, weights, device="cpu")
+    lm = models.load_model(C.CONTROL_MODEL, weights, device="cpu", dtype="float32")
     assert lm.name == C.CONTROL_MODEL and not lm.quick_gelu
     doc = json.loads(path.with_suffix(".json").read_text())
     got = C.evaluate(lm.model, lm.tokenizer, n=C.N_SMALL)
@@ -179,7 +179,7 @@ def test_control_weights_imply_their_model_and_refuse_another():
     assert with_implied_model({"weights": "control-spatial", "model": "ViT-B-32"})["model"] == "ViT-B-32"
     assert "model" not in with_implied_model({"weights": "random"})
     # the random control of a control study is the control architecture, seeded
-    r = models.load_model(C.CONTROL_MODEL, "random", seed=1, device="cpu")
+    r = models.load_model(C.CONTROL_MODEL, "random", seed=1, device="cpu", dtype="float32")
     assert r.model.visual.conv1.weight.shape == C.build_model(0).visual.conv1.weight.shape
     assert C.CONTROL_MODEL in models.available_models()
 
@@ -188,7 +188,7 @@ def test_a_study_stage_on_a_control_model_sees_the_circle_and_conv1_lesion_remov
     """Layer-lesion stage (helpers.lesions) on the committed spatial control: only what training guarantees."""
     from helpers import lesions as L
 
-    lm = models.load_model(C.CONTROL_MODEL, "control-spatial", device="cpu")
+    lm = models.load_model(C.CONTROL_MODEL, "control-spatial", device="cpu", dtype="float32")
     stim = stimuli.make_stimuli(32, seed=11)  # the study's design: black circles, 20-80 px, anywhere
 
     def batches():

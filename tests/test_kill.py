@@ -92,7 +92,7 @@ CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from helpers import models, record, stimuli
-lm = models.load_model("ViT-B-32", "random", device="cpu", seed=0)
+lm = models.load_model("ViT-B-32", "random", device="cpu", dtype="float32", seed=0)
 def slow(info):
     print("batch", info["n_done"], flush=True)
     time.sleep(30)  # killed here, after the first batch was flushed

@@ -24,7 +24,7 @@ N_STIM = 6
 @pytest.fixture(scope="module")
 def lm():
     """Seeded random-init ViT-B/32, fp32, CPU (own copy: these tests edit weights in place)."""
-    return models.load_model("ViT-B-32", "random", device="cpu", seed=0)
+    return models.load_model("ViT-B-32", "random", device="cpu", dtype="float32", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,62 @@ def test_disk_cache_equals_ram_cache(lm, stim, cache, tmp_path):
         disk.block_input(3, slice(0, 1))
     disk.delete()
     assert not (tmp_path / "c").exists()
+
+
+def test_last_block_runs_for_the_class_token_only_and_equals_the_full_block(lm):
+    tower = L.visual_tower(lm.model)
+    assert tower.cls_head  # ViT-B/32: token pooling, no attentional pooler
+    blk = tower.blocks[-1]
+    x = torch.randn(3, 50, 768, generator=torch.Generator().manual_seed(1))
+    mask = np.zeros((3, 768), bool)
+    mask[:, ::3] = True
+    with torch.no_grad():
+        assert L.block_cls(blk, x).shape == (3, 1, 768)
+        assert (L.block_cls(blk, x) - blk(x)[:, :1]).abs().max() <= TOL
+        with L.ablate_channels(blk.attn, mask):  # neuron lesions still reach the shortened block
+            lesioned = L.block_cls(blk, x)
+            assert (lesioned - blk(x)[:, :1]).abs().max() <= TOL
+        assert (lesioned - blk(x)[:, :1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("block", [4, 11])
+def test_layer_lesion_in_mode_all_skips_the_identity_block(lm, images, cache, block):
+    tower = L.visual_tower(lm.model)
+    unit = next(u for u in L.lesion_units(lm.model) if u.name == f"visual.transformer.resblocks.{block}")
+    calls = []
+    hook = tower.blocks[block].ln_1.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with L.lesion(lm.model, unit.name, "all"):
+            full = _full(lm, images)
+            calls.clear()
+            short = L._embed_block_lesion(tower, cache, unit, "all", 4)
+            assert not calls  # the lesioned block was not run
+            ran = L._embed_block_lesion(tower, cache, unit, "weights", 4)  # other modes run the (zeroed) block
+            assert calls
+    finally:
+        hook.remove()
+    assert np.abs(short - full).max() <= TOL
+    assert np.abs(full - cache.embeddings).max() > 1e-4
+    task = L.ZeroShotTask(torch.as_tensor(cache.embeddings[:2]), 100.0, ("circle", "empty"))
+    assert np.array_equal(task.decide(short)[0], task.decide(full)[0])
+    assert np.abs(ran - short).max() <= TOL
+
+
+def test_bfloat16_shortcuts_keep_the_decisions():
+    """bf16: truncated forwards with the class-token-only last block decide like the full forward (>= 99.9 %)."""
+    lm16 = models.load_model("ViT-B-32", "random", device="cpu", dtype="bfloat16", seed=0)
+    stim = stimuli.make_stimuli(N_STIM, seed=3)
+    tower = L.visual_tower(lm16.model)
+    c16 = L.build_residual_cache(tower, stimuli.iter_batches(stim, lm16.preprocess, N_STIM), N_STIM, progress=False)
+    images = torch.cat([x for x, _ in stimuli.iter_batches(stim, lm16.preprocess, N_STIM)])
+    task = L.zero_shot_task(lm16)
+    mask = np.random.default_rng(0).random((N_STIM, 768)) < 0.3
+    with L.ablate_channels(tower.blocks[9].attn, mask), torch.no_grad():
+        full = L.embed(tower.forward(images.to(torch.bfloat16))).numpy()
+    short = L.embed_from_cache(tower, c16, 9, mask=mask, layer=9)
+    assert (task.margin(short) > 0).mean() == (task.margin(full) > 0).mean()
+    assert (task.decide(short)[0] == task.decide(full)[0]).mean() >= 0.999
+    assert np.abs(short - full).max() <= 2e-2
 
 
 # --------------------------------------------------------------------------- neuron lesions

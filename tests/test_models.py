@@ -16,8 +16,8 @@ def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_random_weights_are_seeded(vit_random):
-    again = models.load_model("ViT-B-32", "random", device="cpu", seed=0)
-    other = models.load_model("ViT-B-32", "random", device="cpu", seed=1)
+    again = models.load_model("ViT-B-32", "random", device="cpu", dtype="float32", seed=0)
+    other = models.load_model("ViT-B-32", "random", device="cpu", dtype="float32", seed=1)
     assert _state_equal(vit_random.model, again.model)
     assert not _state_equal(vit_random.model, other.model)
     assert models.weights_hash(vit_random.model) == models.weights_hash(again.model)
@@ -30,7 +30,7 @@ def test_openai_architecture_uses_quickgelu(vit_random):
     act = vit_random.model.visual.transformer.resblocks[0].mlp.gelu
     x = torch.linspace(-3, 3, 7)
     assert torch.allclose(act(x), x * torch.sigmoid(1.702 * x))
-    plain = models.load_model("ViT-B-32", "random", device="cpu", seed=0, quick_gelu=False)
+    plain = models.load_model("ViT-B-32", "random", device="cpu", seed=0, dtype="float32", quick_gelu=False)
     assert not torch.allclose(plain.model.visual.transformer.resblocks[0].mlp.gelu(x), act(x))
 
 
@@ -44,7 +44,7 @@ def test_local_checkpoint_roundtrip(vit_random, tmp_path, suffix):
         save_file(sd, str(path))
     else:
         torch.save(sd, path)
-    loaded = models.load_model("ViT-B-32", str(path), device="cpu")
+    loaded = models.load_model("ViT-B-32", str(path), device="cpu", dtype="float32")
     assert loaded.quick_gelu == vit_random.quick_gelu
     assert _state_equal(vit_random.model, loaded.model)
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
@@ -188,7 +188,7 @@ def test_a_file_that_is_no_safe_checkpoint_is_refused_by_name_and_never_executed
         path = tmp_path / name
         path.write_bytes(data)
         with pytest.raises(ValueError) as err:
-            models.load_model("ViT-B-32", str(path), device="cpu")
+            models.load_model("ViT-B-32", str(path), device="cpu", dtype="float32")
         assert str(path) in str(err.value) and "weights_only=False" not in str(err.value)
     assert not marker.exists()
     wrong = tmp_path / "b32.safetensors"  # a real checkpoint of another architecture
@@ -197,3 +197,80 @@ def test_a_file_that_is_no_safe_checkpoint_is_refused_by_name_and_never_executed
     save_file({k: v.contiguous() for k, v in vit_random.model.state_dict().items()}, str(wrong))
     with pytest.raises(ValueError, match="ViT-B-16"):
         models.load_model("ViT-B-16", str(wrong), device="cpu")
+
+
+# --------------------------------------------------------------------------- dtype "auto"
+
+
+def _fake_cpu(monkeypatch, capability: str, flags: set, machine: str = "x86_64") -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(models, "_cpu_flags", lambda: set(flags))
+    monkeypatch.setattr(models.platform, "machine", lambda: machine)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("capability, flags, machine, native", [
+    ("AVX512", {"avx2", "avx512f", "avx512_bf16"}, "x86_64", True),   # AMD Zen 4/5
+    ("AVX512", {"avx2", "avx512f", "amx_bf16"}, "x86_64", True),      # Intel with AMX
+    ("AVX512", {"avx2", "avx512f"}, "x86_64", False),                 # AVX-512 without bf16 (Skylake)
+    ("AVX2", {"avx2"}, "x86_64", False),                              # AMD Zen 3: bf16 emulated
+    ("AVX2", {"avx2", "avx512_bf16"}, "x86_64", False),               # ATen capped at AVX2
+    ("DEFAULT", {"asimd", "bf16"}, "aarch64", True),                  # Armv8.6 BF16
+    ("DEFAULT", {"asimd"}, "aarch64", False),
+])
+def test_auto_dtype_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, capability, flags, machine, native):
+    _fake_cpu(monkeypatch, capability, flags, machine)
+    assert models.native_bf16("cpu")[0] is native
+    dt, why = models.choose_dtype("auto", "cpu")
+    assert dt == (torch.bfloat16 if native else torch.float32)
+    assert why.startswith("auto") and capability in why
+    assert models.resolve_dtype("float32", "cpu") == torch.float32   # explicit dtypes are kept
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_dtype_on_cuda_follows_its_bf16_support(monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    assert models.choose_dtype("auto", "cuda")[0] == (torch.bfloat16 if supported else torch.float32)
+
+
+@pytest.mark.fast
+def test_explicit_bf16_on_an_emulating_cpu_warns_with_the_measured_slowdown(monkeypatch):
+    import warnings
+
+    _fake_cpu(monkeypatch, "AVX2", {"avx2"})
+    monkeypatch.setattr(models, "matmul_peaks", lambda: {"float32": 57.0, "bfloat16": 5.0})
+    with pytest.warns(RuntimeWarning, match=r"11\.4"):   # 57 / 5 GFLOP/s, from the probe
+        assert models.choose_dtype("bfloat16", "cpu")[0] == torch.bfloat16
+    _fake_cpu(monkeypatch, "AVX512", {"avx512f", "avx512_bf16"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert models.choose_dtype("bfloat16", "cpu")[0] == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        models.choose_dtype("bf16", "cpu")
+
+
+@pytest.mark.fast
+def test_matmul_peaks_measures_both_dtypes():
+    peaks = models.matmul_peaks.__wrapped__(64, 0.02)
+    assert set(peaks) == {"float32", "bfloat16"} and all(v > 0 and np.isfinite(v) for v in peaks.values())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_model_identity_records_the_dtype_auto_chose(monkeypatch, native):
+    _fake_cpu(monkeypatch, "AVX512" if native else "AVX2", {"avx2", "avx512_bf16"} if native else {"avx2"})
+    lm = models.load_model("ViT-B-32", "random", device="cpu", seed=0)   # dtype defaults to "auto"
+    ident = models.model_identity(lm)
+    want = "bfloat16" if native else "float32"
+    assert next(lm.model.parameters()).dtype == lm.dtype == getattr(torch, want)
+    assert ident["dtype"] == want and ident["dtype_requested"] == "auto" and ident["dtype_reason"].startswith("auto")
+
+
+@pytest.mark.fast
+def test_params_accept_dtype_auto():
+    from helpers.params import validate
+
+    validate({"dtype": "auto"})
+    with pytest.raises(ValueError, match="dtype"):
+        validate({"dtype": "bf16"})
