@@ -1098,7 +1098,7 @@ def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, 
     Activations: stage 02's recording when it holds that quantity
     (:func:`recorded_attention_cls`), else recomputed from the cache
     (:func:`attention_cls`). Field maps: stage 03's ratemaps of the layer
-    (``analysis/ratemaps_<condition>.npz``, the maps 03 scored), else mapped
+    (``Run.ratemaps(condition)``, the maps 03 scored), else mapped
     from the recording of every stimulus, else from the lesioned stimuli's
     activations, with :func:`helpers.ratemaps.ratemaps`.
     """
@@ -1106,14 +1106,14 @@ def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, 
     from helpers.stimuli import positions_in_input
 
     name = f"visual.transformer.resblocks.{int(layer)}.attn"
-    rec_dir = paths.recordings_dir(run_dir, condition)
-    rec = record.load_recording(rec_dir) if (rec_dir / record.MANIFEST).exists() else None  # refuses incomplete
+    run = paths.Run(run_dir, create=False)
+    rec = record.load_recording(run.recordings(condition)) if run.recorded(condition) else None  # refuses incomplete
     acts, why = recorded_attention_cls(rec, lm, stim.hash, layer, indices)
     recorded = acts is not None
     if not recorded:
         acts = attention_cls(tower, cache, layer, batch_size=batch_size)
         why += "; recomputed from the residual cache"
-    npz = paths.analysis_dir(run_dir) / f"ratemaps_{condition}.npz"
+    npz = run.ratemaps(condition)
     rm = ratemaps.load_ratemaps(npz) if npz.exists() else None
     if rm is not None and name in rm["maps"]:  # stage 03 (helpers.ratemaps.save_ratemaps format)
         if not np.allclose(rm["extent"], extent):

@@ -87,7 +87,11 @@ import torch
 from torch import nn
 
 from helpers import hooks
+from helpers import paths
 from helpers.models import weights_hash as models_weights_hash
+from helpers.paths import RECORDING_EMBEDDINGS as EMBEDDINGS
+from helpers.paths import RECORDING_MANIFEST as MANIFEST
+from helpers.paths import recording_array
 from helpers.stimuli import check_batch_size
 
 log = logging.getLogger(__name__)
@@ -101,11 +105,8 @@ TOKEN_SELECTIONS = ("cls", "patches", "all", "mean", "eot")
 #: Storage dtypes (numpy) by name.
 STORAGE_DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16}
 
-#: Manifest file name and format tag.
-MANIFEST = "manifest.json"
 #: ``mmap_mode`` values of :func:`load_recording`: none of them can change a file.
 READ_MODES = ("r", "c", None)
-EMBEDDINGS = "embeddings.npy"
 FORMAT = "helpers.record/1"
 
 #: Manifest fields that must agree before a recording is resumed or reused.
@@ -800,7 +801,7 @@ def _geometry(model: nn.Module, input_size: int) -> dict:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """Read ``manifest.json`` from a recording folder (or the file itself)."""
+    """Read the manifest of a recording folder (or the file itself)."""
     p = Path(path)
     p = p / MANIFEST if p.is_dir() or not p.suffix else p
     if not p.is_file():
@@ -835,14 +836,10 @@ def _identity_diff(stored: Mapping, wanted: Mapping) -> list[str]:
     return out
 
 
-def _file_name(layer: str) -> str:
-    return f"{layer}.npy"
-
-
 def _clear_folder(folder: Path) -> None:
     """Delete a previous recording's files (manifest, embeddings, layer arrays); reads nothing."""
     files = {MANIFEST, MANIFEST + ".tmp", EMBEDDINGS}
-    files.update(p.name for p in folder.glob("*.npy"))
+    files.update(p.name for p in folder.glob(recording_array("*")))
     for f in files:
         (folder / f).unlink(missing_ok=True)
 
@@ -930,7 +927,7 @@ def _matching_recording(folder: Path, identity: dict, overwrite: bool) -> dict |
     if overwrite:  # never parse what is about to be deleted: a corrupt manifest must not block a rebuild
         _clear_folder(folder)
     old = read_manifest(folder) if (folder / MANIFEST).is_file() else None
-    if old is None and any(folder.glob("*.npy")):
+    if old is None and any(folder.glob(recording_array("*"))):
         raise RecordingMismatchError(
             f"{folder} holds .npy files but no {MANIFEST}; refusing to mix. Pass overwrite=True to start fresh"
         )
@@ -1029,9 +1026,9 @@ def _allocate(folder: Path, manifest: dict, host: Mapping[str, np.ndarray], emb:
     arrays = {}
     for nm, arr in host.items():
         shape = (n, *arr.shape[1:])
-        arrays[nm] = open_memmap(folder / _file_name(nm), mode="w+", dtype=store_np, shape=shape)
+        arrays[nm] = open_memmap(folder / recording_array(nm), mode="w+", dtype=store_np, shape=shape)
         manifest["arrays"][nm] = {
-            "file": _file_name(nm),
+            "file": recording_array(nm),
             "shape": list(shape),
             "dtype": np.dtype(store_np).name,
             "hook": hook_name(nm),
@@ -1093,7 +1090,7 @@ def load_recording(path: str | Path, *, allow_incomplete: bool = False, mmap_mod
     Parameters
     ----------
     path : str or Path
-        Folder holding ``manifest.json`` (e.g. ``paths.recordings_dir(run, "model")``).
+        A recording folder (e.g. ``paths.Run(run).recordings("model")``).
     allow_incomplete : bool
         Also open an unfinished recording; arrays are then cut to the
         ``progress.n_done`` stimuli recorded so far.
@@ -1199,7 +1196,7 @@ def record_conditions(
 ) -> dict[str, dict]:
     """Record the chosen weights and (by default) the random-weights control.
 
-    Each condition goes to ``paths.recordings_dir(run_dir, condition)``; models
+    Each condition goes to ``paths.Run(run_dir).recordings(condition)``; models
     are loaded one at a time (see :func:`condition_specs` for seeds). Other
     parameters as in :func:`record` and :func:`helpers.models.load_model`.
 
@@ -1209,7 +1206,6 @@ def record_conditions(
     """
     import gc
 
-    from helpers import paths
     from helpers.models import load_model
 
     out = {}
@@ -1218,7 +1214,7 @@ def record_conditions(
         out[cond] = record(
             lm,
             stim,
-            paths.recordings_dir(run_dir, cond),
+            paths.Run(run_dir).recordings(cond),
             layers=layers,
             tokens=tokens,
             storage_dtype=storage_dtype,
@@ -1242,12 +1238,11 @@ def recording_summary(run_dir: str | Path, conditions: Sequence[str] | None = No
     """
     import pandas as pd
 
-    from helpers import paths
-
+    run = paths.Run(run_dir, create=False)
     rows = []
     for cond in conditions or paths.CONDITIONS:
-        folder = paths.recordings_dir(run_dir, cond)
-        if not (folder / MANIFEST).is_file():
+        folder = run.recordings(cond)
+        if not run.recorded(cond):
             continue
         man = read_manifest(folder)
         specs = list(man.get("arrays", {}).items())

@@ -48,7 +48,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from helpers.paths import DATA_DIR, REPO_ROOT
+from helpers.paths import DATA_DIR, REPO_ROOT, Sweep
 
 #: Where sweeps live by default: ``data/sweeps/<name>/``.
 SWEEPS_DIR = DATA_DIR / "sweeps"
@@ -388,12 +388,12 @@ def run_sweep(
     for note in sweep.notes:
         print(f"note: {note}", flush=True)
     folder = Path(root or SWEEPS_DIR) / sweep.name
-    records = folder / "points"
-    records.mkdir(parents=True, exist_ok=True)
+    sw = Sweep(folder)
+    sw.points_dir.mkdir(parents=True, exist_ok=True)
     for name, p in params.items():
-        (records / f"{name}.yaml").write_text(yaml.safe_dump(p, sort_keys=True))
-        (records / f"{name}.json").unlink(missing_ok=True)  # "not finished" until this sweep says otherwise
-    (folder / "sweep.json").write_text(json.dumps(
+        sw.point_file(name, "yaml").write_text(yaml.safe_dump(p, sort_keys=True))
+        sw.point_file(name, "json").unlink(missing_ok=True)  # "not finished" until this sweep says otherwise
+    sw.meta.write_text(json.dumps(
         {"name": sweep.name, "base": sweep.base, "params": sweep.params, "axes": sweep.axes,
          "points": {n: params[n] for n in params}, "stages": sweep.stages, "threads": threads}, indent=1,
         default=str))
@@ -403,12 +403,12 @@ def run_sweep(
     try:
         with Client(scheduler or dask_cluster) as client:
             futures = {
-                client.submit(run_point, name, str(folder / name), str(records / f"{name}.yaml"),
-                              str(records / f"{name}.log"), threads, sweep.stages, key=f"point-{sweep.name}-{name}",
+                client.submit(run_point, name, str(sw.run_dir(name)), str(sw.point_file(name, "yaml")),
+                              str(sw.point_file(name, "log")), threads, sweep.stages, key=f"point-{sweep.name}-{name}",
                               pure=False, **submit_kw): name
                 for name in params
             }
-            results = _collect(futures, as_completed, records, progress)
+            results = _collect(futures, as_completed, sw, progress)
     finally:
         if dask_cluster is not None:
             dask_cluster.close()
@@ -440,7 +440,7 @@ def _cluster(kind, scheduler, folder, sweep, n_points, workers, threads, res):
     raise ValueError(f"cluster={kind!r} must be 'local' or 'slurm' (or give a scheduler address)")
 
 
-def _collect(futures, as_completed, records: Path, progress: bool) -> list[dict[str, Any]]:
+def _collect(futures, as_completed, sw: Sweep, progress: bool) -> list[dict[str, Any]]:
     """Wait for the points, reporting each as it ends (a failure with its log) under a progress bar."""
     from tqdm.auto import tqdm
 
@@ -452,8 +452,8 @@ def _collect(futures, as_completed, records: Path, progress: bool) -> list[dict[
                 r = fut.result()
             except Exception as e:  # the task itself died (worker lost, ...): the point failed
                 r = {"point": name, "status": "failed", "returncode": None, "wall_s": None, "stages_run": [],
-                     "log": str(records / f"{name}.log"), "error": f"{type(e).__name__}: {e}"}
-            (records / f"{name}.json").write_text(json.dumps(r, indent=1))
+                     "log": str(sw.point_file(name, "log")), "error": f"{type(e).__name__}: {e}"}
+            sw.point_file(name, "json").write_text(json.dumps(r, indent=1))
             results.append(r)
             bar.write(_outcome_line(r))
             bar.update()
