@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from helpers.checks import check_int
+from helpers.ratemaps import flat_bin_indices
 
 #: Weights value meaning "seeded random initialisation".
 RANDOM = "random"
@@ -671,28 +672,6 @@ def classify(
     return zero_shot_probs(feats, text, logit_scale(lm)).cpu().numpy()
 
 
-def location_cells(positions: np.ndarray, grid: int, extent: tuple[float, float, float, float]) -> np.ndarray:
-    """Flat index of the coarse ``grid x grid`` location cell of each stimulus.
-
-    Parameters
-    ----------
-    positions : (n, 2) array of (x, y) pixel centres.
-    grid : int, cells per side (>= 1).
-    extent : (xmin, xmax, ymin, ymax) in pixels.
-
-    Returns
-    -------
-    (n,) int array in ``[0, grid**2)``; row-major (row = y cell).
-    """
-    if int(grid) < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
-    xmin, xmax, ymin, ymax = extent
-    pos = np.asarray(positions, dtype=float)
-    cx = np.clip(((pos[:, 0] - xmin) / (xmax - xmin) * grid).astype(int), 0, grid - 1)
-    cy = np.clip(((pos[:, 1] - ymin) / (ymax - ymin) * grid).astype(int), 0, grid - 1)
-    return cy * grid + cx
-
-
 def assignment_table(
     probs: np.ndarray,
     labels: Sequence[str],
@@ -716,7 +695,9 @@ def assignment_table(
     if probs.ndim != 2 or probs.shape[1] != len(labels):
         raise ValueError(f"probs must be (n, {len(labels)}), got {probs.shape}")
     choice = probs.argmax(axis=1)
-    cells = location_cells(positions, grid, extent)
+    cells = np.zeros(len(probs), int) if int(grid) == 1 else flat_bin_indices(positions, grid, extent)  # row-major
+    if (cells < 0).any():
+        raise ValueError(f"{int((cells < 0).sum())} positions lie outside extent={extent}")
     counts = np.zeros((grid * grid, len(labels)))
     np.add.at(counts, (cells, choice), 1.0)
     n_cell = counts.sum(axis=1)
