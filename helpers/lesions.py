@@ -103,6 +103,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import hooks
+from helpers.names import block_module, unit_label
 from helpers.checks import check_int
 from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
@@ -345,13 +346,12 @@ def lesion_units(model: torch.nn.Module, sublayers: bool = False) -> list[Lesion
     -------
     list of LesionUnit
     """
-    units = [LesionUnit("visual.conv1", "visual", "conv1", None, "conv1")]
-    for tower, prefix in (("visual", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+    units = [LesionUnit("visual.conv1", "visual", unit_label(None, "conv1"), None, "conv1")]
+    for tower in ("visual", "text"):
         for i in range(len(_resblocks(model, tower))):
-            units.append(LesionUnit(f"{prefix}.{i}", tower, f"resblock {i}", i, "block"))
-            if sublayers:
-                for part in ("attn", "mlp"):
-                    units.append(LesionUnit(f"{prefix}.{i}.{part}", tower, f"resblock {i} {part}", i, part))
+            parts = ("block", "attn", "mlp") if sublayers else ("block",)
+            units += [LesionUnit(block_module(i, None if part == "block" else part, tower), tower, unit_label(i, part),
+                                 i, part) for part in parts]
     return units
 
 
@@ -975,7 +975,7 @@ def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices
     """
     from helpers.models import weights_hash
 
-    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    name = block_module(layer, "attn")
     if recording is None:
         return None, "no complete recording"
     man = recording.manifest
@@ -1082,7 +1082,7 @@ def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, 
     from helpers import paths, ratemaps, record
     from helpers.stimuli import positions_in_input
 
-    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    name = block_module(layer, "attn")
     run = paths.Run(run_dir, create=False)
     rec = record.load_recording(run.recordings(condition)) if run.recorded(condition) else None  # refuses incomplete
     acts, why = recorded_attention_cls(rec, lm, stim.hash, layer, indices)

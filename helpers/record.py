@@ -62,7 +62,7 @@ a dot and ``**`` spans any number of components. So
 stream after each block) and not their sub-modules, and
 ``"visual.transformer.resblocks.*.attn"`` the 12 attention sublayers. Each
 recorded module also gets a self-explaining TransformerLens-style hook name
-(:func:`hook_name`), e.g. ``image.blocks.3.hook_attn_out``.
+(:func:`helpers.names.hook_name`), e.g. ``image.blocks.3.hook_attn_out``.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ import torch
 from torch import nn
 
 from helpers import hooks
+from helpers.names import describe, hook_name, label, tower_of
 from helpers import paths
 from helpers.models import weights_hash as models_weights_hash
 from helpers.paths import RECORDING_EMBEDDINGS as EMBEDDINGS
@@ -277,70 +278,6 @@ def _unmatched_message(pattern: str, names: Sequence[str]) -> str:
         "(use '**' to span several), e.g. 'visual.transformer.resblocks.*.attn'."
     )
     return msg
-
-
-_BLOCK_RE = re.compile(r"^(?P<visual>visual\.)?(?P<text>text\.)?transformer\.resblocks\.(?P<i>\d+)(?:\.(?P<sub>.+))?$")
-
-_BLOCK_SUFFIX = {
-    None: ("hook_resid_post", "residual stream after block {i} (block output)"),
-    "ln_1": ("ln1.hook_normalized", "block {i} pre-attention LayerNorm output"),
-    "attn": ("hook_attn_out", "block {i} attention output (before the residual add)"),
-    "ls_1": ("hook_attn_out_scaled", "block {i} attention output after LayerScale"),
-    "ln_2": ("ln2.hook_normalized", "block {i} pre-MLP LayerNorm output"),
-    "mlp": ("hook_mlp_out", "block {i} MLP output (before the residual add)"),
-    "mlp.c_fc": ("mlp.hook_pre", "block {i} MLP hidden units before the nonlinearity"),
-    "mlp.gelu": ("mlp.hook_post", "block {i} MLP hidden units after the nonlinearity"),
-    "mlp.c_proj": ("mlp.hook_out", "block {i} MLP output projection"),
-    "ls_2": ("hook_mlp_out_scaled", "block {i} MLP output after LayerScale"),
-}
-
-_OTHER_NAMES = {
-    "visual": ("image.hook_pooled", "image embedding (pooled and projected)"),
-    "visual.conv1": ("image.hook_patch_embed", "patch embedding (conv1), before the class token is prepended"),
-    "visual.ln_pre": ("image.hook_ln_pre", "token embeddings after ln_pre (input to block 0)"),
-    "visual.transformer": ("image.hook_resid_final", "residual stream after the last block"),
-    "visual.ln_post": ("image.hook_ln_post", "final LayerNorm output"),
-    "token_embedding": ("text.hook_embed", "token embeddings"),
-    "transformer": ("text.hook_resid_final", "text residual stream after the last block"),
-    "ln_final": ("text.hook_ln_final", "text final LayerNorm output"),
-}
-
-
-def tower_of(name: str) -> str:
-    """``"image"`` for modules under ``visual``, ``"text"`` otherwise."""
-    return "image" if name == "visual" or name.startswith("visual.") else "text"
-
-
-def hook_name(name: str) -> str:
-    """TransformerLens-style label for a module, e.g. ``image.blocks.3.hook_attn_out``.
-
-    Unknown modules fall back to ``<tower>.<module name>``.
-    """
-    m = _BLOCK_RE.match(name)
-    if m and m.group("sub") in _BLOCK_SUFFIX:
-        return f"{tower_of(name)}.blocks.{m.group('i')}.{_BLOCK_SUFFIX[m.group('sub')][0]}"
-    if name in _OTHER_NAMES:
-        return _OTHER_NAMES[name][0]
-    return f"{tower_of(name)}.{name}"
-
-
-def describe_layer(name: str) -> str:
-    """One-line plain-language description of a module's output."""
-    m = _BLOCK_RE.match(name)
-    if m and m.group("sub") in _BLOCK_SUFFIX:
-        return f"{tower_of(name)} tower: " + _BLOCK_SUFFIX[m.group("sub")][1].format(i=m.group("i"))
-    if name in _OTHER_NAMES:
-        return f"{tower_of(name)} tower: {_OTHER_NAMES[name][1]}"
-    return f"{tower_of(name)} tower: output of {name}"
-
-
-def layer_label(name: str) -> str:
-    """Short axis label, e.g. ``L3 attn`` or ``L3 resid``."""
-    m = _BLOCK_RE.match(name)
-    if m:
-        sub = m.group("sub") or "resid"
-        return f"{'T' if tower_of(name) == 'text' else 'L'}{m.group('i')} {sub}"
-    return name.replace("visual.", "")
 
 
 # =========================================================================== token layout
@@ -1032,7 +969,7 @@ def _allocate(folder: Path, manifest: dict, host: Mapping[str, np.ndarray], emb:
             "shape": list(shape),
             "dtype": np.dtype(store_np).name,
             "hook": hook_name(nm),
-            "description": describe_layer(nm),
+            "description": describe(nm),
             "axes": _axes(manifest["tokens"], len(shape)),
         }
     emb_mm = open_memmap(folder / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(n, emb.shape[1]))
@@ -1408,7 +1345,7 @@ def activation_stats(
         for name, arr in arrays.items():
             v = np.asarray(arr[subset_indices(arr.shape[0], max_stimuli)], dtype=np.float64).ravel()
             qs = np.quantile(v, quantiles)
-            row = {"condition": cond, "layer": name, "label": layer_label(name), "n_values": v.size,
+            row = {"condition": cond, "layer": name, "label": label(name), "n_values": v.size,
                    "mean": float(v.mean()), "sd": float(v.std())}
             row.update({f"q{100 * q:g}": float(x) for q, x in zip(quantiles, qs)})
             rows.append(row)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from helpers.names import block_label
 from helpers.paths import Run
 
 STAGES = (
@@ -130,12 +131,6 @@ def _weights_mark(condition: str, weights: str) -> str:
     return f"model weights (<code>{html.escape(weights)}</code>, as the blog)"
 
 
-def _short(layer: str) -> str:
-    """``visual.transformer.resblocks.9.attn`` -> ``block 9``; other names unchanged."""
-    parts = layer.split(".")
-    return f"block {parts[3]}" if len(parts) > 3 and parts[2] == "resblocks" else layer
-
-
 def finding_prompts(run: Run, weights: str) -> str | None:
     """The prompt table (zeroshot.csv) beside the blog's."""
     t = _read(run.zeroshot, ("circle_mean",))
@@ -165,7 +160,7 @@ def finding_significance(run: Run, weights: str) -> str | None:
         per = []
         for score, s in d.groupby("score", sort=False):
             peak = s.loc[s["fraction_significant"].idxmax()]
-            where = f"peak {_short(peak['layer'])}" if peak["fraction_significant"] > 0 else "none in any layer"
+            where = f"peak {block_label(peak['layer'])}" if peak["fraction_significant"] > 0 else "none in any layer"
             per.append(f"{html.escape(score)} {s['fraction_significant'].min():.2f}–{peak['fraction_significant']:.2f} "
                        f"({where})")
         null = d["null_model"].iloc[0]
@@ -286,7 +281,7 @@ def empty_panels_note(run: Run) -> str:
             if len(short):
                 notes.append(f"{html.escape(cond)} weights, {score}: {len(short)} of {len(finite)} layers have fewer "
                              f"than {k} neurons with a finite score (" + ", ".join(
-                                 f"{_short(lay)}: {n}" for lay, n in short.items()) + ")")
+                                 f"{block_label(lay)}: {n}" for lay, n in short.items()) + ")")
     if not notes:
         return ""
     return ('<p class="note"><b>Empty cells in the top-ratemap grids</b> are layers where fewer than '
