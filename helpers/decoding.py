@@ -111,14 +111,12 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas: Sequence[float] = LAMBDAS) 
     The thin SVD of the standardised fold (:func:`_left_singular`) gives the
     fit, the hat diagonal and so the LOO error for every penalty at once.
 
-    Parameters
-    ----------
+    Parameters:
     X : (n, k) training activations (standardised here with their own mean and SD).
     Y : (n, d) training targets (centred here; the intercept is not penalised).
     lambdas : penalties per training stimulus, ``α = n · λ`` (see the module docstring).
 
-    Returns
-    -------
+    Returns:
     RidgeFit, with ``loo_mse[j]`` the LOO ``Σ_outputs mean_i (y_i - ŷ_(-i))²`` at ``lambdas[j]``
     (sorted ascending); ``inf`` where the fit interpolates a stimulus (``h_ii = 1``).
     """
@@ -174,15 +172,13 @@ def decode_position(
 ) -> dict:
     """Cross-validated ridge decoding of stimulus position from a population.
 
-    Parameters
-    ----------
+    Parameters:
     activations : (n, k) activations of k neurons to n stimuli (k >= 1).
     positions : (n, 2) stimulus centres ``(x, y)`` in pixels.
     n_folds : int in [2, n]; seed : seeds the fold permutation.
     lambdas : ridge penalties per training stimulus (see the module docstring).
 
-    Returns
-    -------
+    Returns:
     dict with ``r2`` (pooled over x and y, out-of-fold), ``median_error_px``,
     ``chance_median_error_px``, ``predictions`` (n, 2) out-of-fold,
     ``lambdas`` (n_folds,) chosen per fold, ``lambda_at_edge`` (folds whose
@@ -238,18 +234,15 @@ def decoding_table(
 ):
     """Decoding of position per condition and layer, from all neurons and without the significant ones.
 
-    Parameters
-    ----------
+    Parameters:
     positions : (n, 2) stimulus centres in pixels.
     activations_by_condition : condition -> layer -> (n, k) array (memmaps are read one layer at a time).
-    significant_by_condition : condition -> layer -> score -> bool (k,), as
-        ``results[c]["significant"]`` of :func:`helpers.scores.score_layers`;
-        a neuron is removed when it is significant for any score. None: only
-        the ``all`` rows.
+    significant_by_condition : condition -> layer -> score -> bool (k,), as — ``results[c]["significant"]`` of
+        :func:`helpers.scores.score_layers`; a neuron is removed when it is significant for any score. None: only the
+        ``all`` rows.
     n_folds, seed, lambdas : see :func:`decode_position` (the same folds everywhere).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame, one row per condition, layer and neuron set (``all``,
     ``non-significant``), columns ``condition, layer, neurons, n_neurons,
     n_removed, r2, median_error_px, chance_median_error_px, lambdas,

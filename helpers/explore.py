@@ -67,11 +67,9 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 def load_run(run_dir: str | Path) -> RunTables:
     """Read a finished run folder (``data/<run>`` or an absolute path).
 
-    Raises
-    ------
-    FileNotFoundError
-        Naming ``run_dir`` and the files 03 should have written, when the run
-        has not finished its Analyse stage.
+    Raises:
+    FileNotFoundError — Naming ``run_dir`` and the files 03 should have written, when the run has not finished its
+        Analyse stage.
     """
     run = Run(run_dir, create=False)
     needed = [run.scores] + [run.ratemaps(c) for c in CONDITIONS[:1]]
@@ -259,10 +257,8 @@ def make_run_explorer(data: RunTables):
     ``explore-<control>``, ``explore-label``, ``explore-view`` and
     ``explore-lesions`` name the parts for browser tests.
 
-    Returns
-    -------
-    ipywidgets.VBox
-        ``box.state`` is a dict with the last ``selection`` and ``label``.
+    Returns:
+    ipywidgets.VBox — ``box.state`` is a dict with the last ``selection`` and ``label``.
     """
     import ipywidgets as w
     from IPython.display import Image, display

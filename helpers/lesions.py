@@ -221,15 +221,12 @@ def _is_bias(param_name: str) -> bool:
 def lesion_parameters(module: torch.nn.Module, mode: str = "all") -> list[tuple[str, torch.nn.Parameter]]:
     """Parameters that a lesion in ``mode`` sets to zero.
 
-    Parameters
-    ----------
+    Parameters:
     module : torch.nn.Module
-    mode : {"weights", "all"}
-        ``"weights"``: everything but biases (LayerNorm: the scale ``weight``
-        only); ``"all"``: every parameter. See the module docstring.
+    mode : {"weights", "all"} — ``"weights"``: everything but biases (LayerNorm: the scale ``weight`` only);
+        ``"all"``: every parameter. See the module docstring.
 
-    Returns
-    -------
+    Returns:
     list of (name relative to ``module``, parameter)
     """
     _check_mode(mode)
@@ -264,22 +261,16 @@ def lesion(model: torch.nn.Module, units: str | Sequence[str], mode: str = "all"
     ``finally`` clause: on normal exit, on an exception and on
     ``KeyboardInterrupt``. Lesions nest (inner ones restore first).
 
-    Parameters
-    ----------
+    Parameters:
     model : torch.nn.Module
-    units : str or sequence of str
-        Qualified module names, e.g. ``"visual.transformer.resblocks.9"``,
+    units : str or sequence of str — Qualified module names, e.g. ``"visual.transformer.resblocks.9"``,
         ``"transformer.resblocks.3.mlp"``, ``"visual.conv1"``.
-    mode : {"weights", "all"}
-        What to zero; see the module docstring.
+    mode : {"weights", "all"} — What to zero; see the module docstring.
 
-    Yields
-    ------
-    list of str
-        Qualified names of the zeroed parameters.
+    Yields:
+    list of str — Qualified names of the zeroed parameters.
 
-    Examples
-    --------
+    Examples:
     >>> with lesion(lm.model, "visual.transformer.resblocks.9"):  # doctest: +SKIP
     ...     feats = lm.model.encode_image(x)
     """
@@ -304,16 +295,11 @@ def lesion(model: torch.nn.Module, units: str | Sequence[str], mode: str = "all"
 class LesionUnit:
     """One lesionable unit.
 
-    Attributes
-    ----------
-    name : str
-        Qualified module name (what :func:`lesion` takes).
+    Attributes:
+    name : str — Qualified module name (what :func:`lesion` takes).
     tower : {"visual", "text"}
-    label : str
-        Short label for tables and figures, e.g. ``"conv1"``, ``"resblock 9"``,
-        ``"resblock 9 attn"``.
-    block : int or None
-        Residual block index; ``None`` for ``visual.conv1`` (before block 0).
+    label : str — Short label for tables and figures, e.g. ``"conv1"``, ``"resblock 9"``, ``"resblock 9 attn"``.
+    block : int or None — Residual block index; ``None`` for ``visual.conv1`` (before block 0).
     part : {"conv1", "block", "attn", "mlp"}
     """
 
@@ -336,14 +322,11 @@ def lesion_units(model: torch.nn.Module, sublayers: bool = False) -> list[Lesion
     Order: ``visual.conv1``, visual resblocks 0..N-1, text resblocks 0..M-1.
     With ``sublayers=True`` each block is followed by its ``attn`` and ``mlp``.
 
-    Parameters
-    ----------
+    Parameters:
     model : open_clip CLIP
-    sublayers : bool
-        Also list the attention and MLP sublayers of every block separately.
+    sublayers : bool — Also list the attention and MLP sublayers of every block separately.
 
-    Returns
-    -------
+    Returns:
     list of LesionUnit
     """
     units = [LesionUnit("visual.conv1", "visual", unit_label(None, "conv1"), None, "conv1")]
@@ -374,16 +357,12 @@ def ablate_channels(
     through its first element) sets the masked channels to 0. The hook is
     removed on exit, also on error.
 
-    Parameters
-    ----------
-    module : torch.nn.Module
-        E.g. ``model.visual.transformer.resblocks[9].attn``. Batch-first output
-        ``(B, T, C)`` (open_clip >= 2.24 ViTs are batch-first) or ``(B, C)``.
-    mask : bool array, shape (B, C) or (C,)
-        ``True`` = ablate that channel for that sample; ``(C,)`` applies to every
-        sample. ``B`` must equal the batch size of every forward run inside.
-    tokens : {"all", "cls"}
-        ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
+    Parameters:
+    module : torch.nn.Module — E.g. ``model.visual.transformer.resblocks[9].attn``. Batch-first output ``(B, T, C)``
+        (open_clip >= 2.24 ViTs are batch-first) or ``(B, C)``.
+    mask : bool array, shape (B, C) or (C,) — ``True`` = ablate that channel for that sample; ``(C,)`` applies to
+        every sample. ``B`` must equal the batch size of every forward run inside.
+    tokens : {"all", "cls"} — ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
     """
     _check_tokens(tokens)
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
@@ -417,15 +396,11 @@ def ablate_channels(
 class Tower:
     """A residual image tower cut into pieces for truncated forwards.
 
-    Attributes
-    ----------
-    blocks : list of nn.Module
-        Residual blocks in order; ``blocks[k](x)`` maps the input of block k to
-        the input of block k+1. Neuron lesions hook ``blocks[k].attn``.
-    forward : callable
-        images -> unnormalised embedding; the reference full forward.
-    head : callable
-        output of the last block -> unnormalised embedding.
+    Attributes:
+    blocks : list of nn.Module — Residual blocks in order; ``blocks[k](x)`` maps the input of block k to the input of
+        block k+1. Neuron lesions hook ``blocks[k].attn``.
+    forward : callable — images -> unnormalised embedding; the reference full forward.
+    head : callable — output of the last block -> unnormalised embedding.
     dtype, device : the tower's parameter dtype and device.
     """
 
@@ -446,11 +421,9 @@ def visual_tower(model: torch.nn.Module) -> Tower:
     ``forward`` is ``model.visual`` (``encode_image`` without normalising);
     ``head`` is ``visual._pool`` (``ln_post`` + class token) then ``@ proj``.
 
-    Raises
-    ------
-    ValueError
-        Not an open_clip ViT, or a sequence-first transformer (old open_clip):
-        the cached layout would then not be (batch, tokens, channels).
+    Raises:
+    ValueError — Not an open_clip ViT, or a sequence-first transformer (old open_clip): the cached layout would then
+        not be (batch, tokens, channels).
     """
     visual = getattr(model, "visual", None)
     tr = getattr(visual, "transformer", None)
@@ -478,15 +451,11 @@ def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
 def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tensor:
     """Run blocks ``start..N-1`` and the head on the input of block ``start``.
 
-    Parameters
-    ----------
-    x : tensor (B, T, C)
-        The residual stream entering block ``start`` (e.g. from a cache).
-    start : int
-        0..N-1.
+    Parameters:
+    x : tensor (B, T, C) — The residual stream entering block ``start`` (e.g. from a cache).
+    start : int — 0..N-1.
 
-    Returns
-    -------
+    Returns:
     tensor (B, E), unnormalised embedding in the tower's dtype.
     """
     _check_block(tower, start, "start")
@@ -514,18 +483,12 @@ def _np_storage_dtype(dtype: torch.dtype) -> np.dtype:
 class ResidualCache:
     """Inputs of chosen residual blocks for a set of stimuli, from one unlesioned pass.
 
-    Attributes
-    ----------
-    indices : (n,) int array
-        Stimulus ids, in cache order (row ``i`` is stimulus ``indices[i]``).
-    embeddings : (n, E) float32 array
-        Baseline (unlesioned) L2-normalised image embeddings.
-    blocks : tuple of int
-        Blocks whose input is stored.
-    dtype : torch.dtype
-        Compute dtype; stored bit for bit (bfloat16 as int16 bits).
-    directory : Path or None
-        Where the ``block_XX.npy`` memmaps live (``None``: in RAM).
+    Attributes:
+    indices : (n,) int array — Stimulus ids, in cache order (row ``i`` is stimulus ``indices[i]``).
+    embeddings : (n, E) float32 array — Baseline (unlesioned) L2-normalised image embeddings.
+    blocks : tuple of int — Blocks whose input is stored.
+    dtype : torch.dtype — Compute dtype; stored bit for bit (bfloat16 as int16 bits).
+    directory : Path or None — Where the ``block_XX.npy`` memmaps live (``None``: in RAM).
     """
 
     indices: np.ndarray
@@ -630,8 +593,7 @@ def lesion_indices(n_stimuli: int, n_lesion_stimuli: int | None = None) -> np.nd
     ``"None"``/``"null"`` strings count as ``None`` (a parameter default that
     went through YAML as text).
 
-    Returns
-    -------
+    Returns:
     (m,) int64, ``m = min(n_lesion_stimuli, n_stimuli)``.
     """
     if n_lesion_stimuli is None or (isinstance(n_lesion_stimuli, str) and n_lesion_stimuli.strip() in ("None", "null", "")):
@@ -657,21 +619,15 @@ def embed_from_cache(
 ) -> np.ndarray:
     """Embeddings of every cached stimulus, running only blocks ``start..N-1``.
 
-    Parameters
-    ----------
-    start : int
-        First block to run; its input must be cached.
-    batch_size : int
-        Stimuli per forward.
-    mask : bool array (n, C) or (C,), optional
-        Channels of ``blocks[layer].attn`` to ablate per stimulus (see
+    Parameters:
+    start : int — First block to run; its input must be cached.
+    batch_size : int — Stimuli per forward.
+    mask : bool array (n, C) or (C,), optional — Channels of ``blocks[layer].attn`` to ablate per stimulus (see
         :func:`ablate_channels`); requires ``layer >= start``.
-    layer : int, optional
-        Block whose attention output ``mask`` applies to.
+    layer : int, optional — Block whose attention output ``mask`` applies to.
     tokens : {"all", "cls"}
 
-    Returns
-    -------
+    Returns:
     (n, E) float32 array of L2-normalised embeddings, in cache order.
     """
     batch_size = check_batch_size(batch_size)
@@ -716,15 +672,11 @@ def embed_images(tower: Tower, batches: Iterable[tuple[torch.Tensor, np.ndarray]
 class ZeroShotTask:
     """A fixed zero-shot decision: "is the target prompt the most probable one?".
 
-    Attributes
-    ----------
+    Attributes:
     text_features : (P, E) float32 tensor, L2-normalised prompt embeddings
-    scale : float
-        ``exp(logit_scale)``.
-    labels : tuple of str
-        Prompt labels, in the order of ``text_features``.
-    target : int
-        Index of the correct label (``"circle"``).
+    scale : float — ``exp(logit_scale)``.
+    labels : tuple of str — Prompt labels, in the order of ``text_features``.
+    target : int — Index of the correct label (``"circle"``).
     """
 
     text_features: torch.Tensor
@@ -763,16 +715,12 @@ class ZeroShotTask:
     def decide(self, image_features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-stimulus decisions.
 
-        Parameters
-        ----------
+        Parameters:
         image_features : (n, E) L2-normalised embeddings.
 
-        Returns
-        -------
-        correct : (n,) bool
-            Target probability strictly larger than every other (ties fail).
-        p_target : (n,) float64
-            Softmax probability of the target prompt.
+        Returns:
+        correct : (n,) bool — Target probability strictly larger than every other (ties fail).
+        p_target : (n,) float64 — Softmax probability of the target prompt.
         """
         from helpers.models import zero_shot_probs
 
@@ -787,14 +735,11 @@ class ZeroShotTask:
 def zero_shot_task(lm, prompts: Mapping[str, str] | None = None, target: str = "circle") -> ZeroShotTask:
     """Encode the prompts with the model **as it is now** (lesioned or not).
 
-    Parameters
-    ----------
+    Parameters:
     lm : helpers.models.LoadedModel
-    prompts : mapping label -> text
-        Default :data:`helpers.models.CIRCLE_VS_EMPTY`
-        (``{"circle": "a black circle", "empty": "an empty image"}``).
-    target : str
-        Label counted as correct.
+    prompts : mapping label -> text — Default :data:`helpers.models.CIRCLE_VS_EMPTY` (``{"circle": "a black circle",
+        "empty": "an empty image"}``).
+    target : str — Label counted as correct.
     """
     from helpers.models import CIRCLE_VS_EMPTY, encode_prompts, logit_scale
 
@@ -830,35 +775,25 @@ def layer_lesion_study(
     re-encode only the prompts; ``visual.conv1`` runs a full forward over
     ``batches()``.
 
-    Parameters
-    ----------
+    Parameters:
     lm : helpers.models.LoadedModel
-    cache : ResidualCache
-        Must hold the inputs of every visual block (build with ``blocks=None``).
-    batches : callable returning an iterable of (images, ids)
-        The cached stimuli in cache order, for the full-forward conv1 lesion.
-    prompts : mapping, optional
-        Default ``CIRCLE_VS_EMPTY``; the first label is the target.
-    control_images : (m, 3, H, W) tensor, optional
-        Preprocessed images that should get ``control_label``, e.g. the blank
-        canvas (:func:`helpers.stimuli.blank_input`). Adds ``control_performance``
-        (fraction assigned ``control_label``) and ``balanced_performance`` (mean of
-        the two): a lesion that removes the image gives every image the same answer,
-        which scores 0.5 here but can keep ``performance`` (the blog's, targets only) at 1.
+    cache : ResidualCache — Must hold the inputs of every visual block (build with ``blocks=None``).
+    batches : callable returning an iterable of (images, ids) — The cached stimuli in cache order, for the
+        full-forward conv1 lesion.
+    prompts : mapping, optional — Default ``CIRCLE_VS_EMPTY``; the first label is the target.
+    control_images : (m, 3, H, W) tensor, optional — Preprocessed images that should get ``control_label``, e.g. the
+        blank canvas (:func:`helpers.stimuli.blank_input`). Adds ``control_performance`` (fraction assigned
+        ``control_label``) and ``balanced_performance`` (mean of the two): a lesion that removes the image gives every
+        image the same answer, which scores 0.5 here but can keep ``performance`` (the blog's, targets only) at 1.
     mode : {"weights", "all"}
-    sublayers : bool
-        Also lesion attention and MLP sublayers separately.
-    units : sequence of str, optional
-        Restrict the sweep to these unit names (from :func:`lesion_units`).
+    sublayers : bool — Also lesion attention and MLP sublayers separately.
+    units : sequence of str, optional — Restrict the sweep to these unit names (from :func:`lesion_units`).
     batch_size, progress : int, bool
 
-    Returns
-    -------
-    pandas.DataFrame
-        One row per unit: ``tower, unit, label, block, part, mode, performance,
-        p_target, baseline_performance, baseline_p_target, delta, n_stimuli``
-        (``delta`` = performance - baseline), plus ``control_performance``,
-        ``balanced_performance`` and their baselines with ``control_images``.
+    Returns:
+    pandas.DataFrame — One row per unit: ``tower, unit, label, block, part, mode, performance, p_target,
+        baseline_performance, baseline_p_target, delta, n_stimuli`` (``delta`` = performance - baseline), plus
+        ``control_performance``, ``balanced_performance`` and their baselines with ``control_images``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -928,8 +863,7 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     recomputed from the cached block input by running that one block. The
     fallback when no matching recording is on disk (:func:`recorded_attention_cls`).
 
-    Returns
-    -------
+    Returns:
     (n, C) float32 array.
     """
     batch_size = check_batch_size(batch_size)
@@ -946,32 +880,22 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
 def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices: np.ndarray):
     """Stage 02's recording of what :func:`attention_cls` computes, when it is the same quantity.
 
-    Parameters
-    ----------
-    recording : helpers.record.Recording or None
-        From :func:`helpers.record.load_recording` (complete recordings only).
-    lm : helpers.models.LoadedModel
-        The model being lesioned; its weights hash (which covers the dtype)
-        must equal the recording's.
-    stimuli_hash : str
-        Hash of the stimulus set; a recording of other stimuli is an error.
-    layer : int
-        Block whose ``attn`` class token is wanted.
-    indices : (n,) int
-        Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
+    Parameters:
+    recording : helpers.record.Recording or None — From :func:`helpers.record.load_recording` (complete recordings
+        only).
+    lm : helpers.models.LoadedModel — The model being lesioned; its weights hash (which covers the dtype) must equal
+        the recording's.
+    stimuli_hash : str — Hash of the stimulus set; a recording of other stimuli is an error.
+    layer : int — Block whose ``attn`` class token is wanted.
+    indices : (n,) int — Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
 
-    Returns
-    -------
-    acts : (n, C) float32 array, or None when the recording is absent, lacks
-        the layer, holds other tokens than the class token, or was made with
-        other weights or another dtype (then recompute with :func:`attention_cls`).
-    reason : str
-        Where ``acts`` came from, or why there are none.
+    Returns:
+    acts : (n, C) float32 array, or None when the recording is absent, lacks — the layer, holds other tokens than the
+        class token, or was made with other weights or another dtype (then recompute with :func:`attention_cls`).
+    reason : str — Where ``acts`` came from, or why there are none.
 
-    Raises
-    ------
-    ValueError
-        The recording was made from other stimuli.
+    Raises:
+    ValueError — The recording was made from other stimuli.
     """
     from helpers.models import weights_hash
 
@@ -994,10 +918,8 @@ def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices
 class FieldMaps:
     """Validated ratemaps of ``C`` neurons on a ``bins x bins`` grid.
 
-    Attributes
-    ----------
-    maps : (C, bins, bins) float64, NaN in unvisited bins.
-        Row = y bin (top of the image first), column = x bin.
+    Attributes:
+    maps : (C, bins, bins) float64, NaN in unvisited bins. — Row = y bin (top of the image first), column = x bin.
     occupancy : (bins, bins) float64, stimuli per bin (float: smoothed occupancies are kept as given).
     """
 
@@ -1031,22 +953,16 @@ class FieldMaps:
 def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
     """Check and wrap ratemaps, e.g. read from 03's ``analysis/ratemaps_<condition>.npz``.
 
-    Parameters
-    ----------
-    maps : array (C, bins, bins)
-        One layer's ratemaps (as returned by ``helpers.ratemaps.ratemaps``),
-        NaN in unvisited bins. Row = y bin, column = x bin.
-    occupancy : array (bins, bins)
-        Stimuli per bin.
+    Parameters:
+    maps : array (C, bins, bins) — One layer's ratemaps (as returned by ``helpers.ratemaps.ratemaps``), NaN in
+        unvisited bins. Row = y bin, column = x bin.
+    occupancy : array (bins, bins) — Stimuli per bin.
 
-    Returns
-    -------
+    Returns:
     FieldMaps
 
-    Raises
-    ------
-    ValueError
-        Wrong shapes, non-square maps, or no visited bin.
+    Raises:
+    ValueError — Wrong shapes, non-square maps, or no visited bin.
     """
     m = np.asarray(maps, dtype=np.float64)
     occ = np.asarray(occupancy)
@@ -1114,15 +1030,11 @@ class HeldOutValues:
     Row ``i`` comes from the leave-one-out ratemaps of stimulus ``i``
     (:func:`held_out_values`): every map built from all stimuli but ``i``.
 
-    Attributes
-    ----------
-    value : (n, C) float64
-        Each neuron's held-out map value at stimulus ``i``'s bin.
-    mean : (n, C) float64
-        Mean of that neuron's held-out map over its visited bins (unweighted,
-        as :attr:`FieldMaps.mean`).
-    sd : (n, C) float64
-        Spatial SD of that map over the same bins (ddof 0, as :attr:`FieldMaps.sd`).
+    Attributes:
+    value : (n, C) float64 — Each neuron's held-out map value at stimulus ``i``'s bin.
+    mean : (n, C) float64 — Mean of that neuron's held-out map over its visited bins (unweighted, as
+        :attr:`FieldMaps.mean`).
+    sd : (n, C) float64 — Spatial SD of that map over the same bins (ddof 0, as :attr:`FieldMaps.sd`).
     """
 
     value: np.ndarray
@@ -1227,23 +1139,16 @@ def neuron_ranks(values: HeldOutValues, rule: str, seed: int | None = None) -> n
     ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
     the sets are nested across proportions.
 
-    Parameters
-    ----------
-    values : HeldOutValues
-        Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
-    rule : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"} (:data:`RULES`)
-        ``Targeted``: largest spatial deviation ``z = (value - mean) / sd``
-        first (the neuron fires more here than elsewhere, in units of its own
-        spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low).
-        ``Targeted_raw``: the blog's literal rule, highest map value first
-        (dominated by the neurons' mean levels). ``Random``: an independent
-        uniformly random order for every stimulus, from
-        ``numpy.random.default_rng(seed)``.
-    seed : int
-        Required for ``Random``.
+    Parameters:
+    values : HeldOutValues — Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
+    rule : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"} (:data:`RULES`) — ``Targeted``: largest spatial
+        deviation ``z = (value - mean) / sd`` first (the neuron fires more here than elsewhere, in units of its own
+        spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low). ``Targeted_raw``: the blog's literal rule,
+        highest map value first (dominated by the neurons' mean levels). ``Random``: an independent uniformly random
+        order for every stimulus, from ``numpy.random.default_rng(seed)``.
+    seed : int — Required for ``Random``.
 
-    Returns
-    -------
+    Returns:
     (n, C) int64
     """
     if rule == "Random":
@@ -1274,8 +1179,7 @@ def _check_proportions(proportions: Sequence[float]) -> np.ndarray:
 def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(i, j)``, ``i != j``, of stimuli: all of them when there are at most ``n_pairs``, else a seeded sample.
 
-    Returns
-    -------
+    Returns:
     i, j : (m,) int64
     """
     check_int("n_pairs", n_pairs, 1)
@@ -1292,14 +1196,12 @@ def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarr
 def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """How stimulus-specific the ``k`` neurons lesioned per stimulus are.
 
-    Parameters
-    ----------
+    Parameters:
     ranks : (n, C) int, from :func:`neuron_ranks`; stimulus ``i`` loses ``ranks[i] < k``.
     k : int, neurons lesioned per stimulus.
     pairs : (i, j) from :func:`stimulus_pairs`.
 
-    Returns
-    -------
+    Returns:
     dict with ``jaccard``: mean over the pairs of ``|S_i & S_j| / |S_i | S_j|``
     (1 = every stimulus loses the same neurons; a random choice gives about
     ``k / (2C - k)``; NaN for ``k = 0``), and ``n_common``: neurons lesioned
@@ -1414,8 +1316,7 @@ def summarise_targeted(df, value: str = "performance"):
     ``value`` is any numeric column of :func:`targeted_lesion_study`'s table,
     e.g. ``"performance"``, ``"p_target"`` or ``"jaccard"``.
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame with columns ``condition, proportion, mean, sd, n_runs``.
     """
     g = df.groupby(["condition", "proportion"], sort=False)[value]
@@ -1430,17 +1331,13 @@ def summarise_targeted(df, value: str = "performance"):
 def region_mask(region: str | np.ndarray, bins: int) -> np.ndarray:
     """Boolean (bins, bins) map of a region of the visual field.
 
-    Parameters
-    ----------
-    region : str or bool array (bins, bins)
-        One of :data:`REGIONS` (image convention: row 0 is the top, so
-        ``"lower-left"`` = bins whose centre lies below and left of the image
-        centre; with odd ``bins`` the middle row/column belongs to neither
-        half), or an explicit mask.
+    Parameters:
+    region : str or bool array (bins, bins) — One of :data:`REGIONS` (image convention: row 0 is the top, so
+        ``"lower-left"`` = bins whose centre lies below and left of the image centre; with odd ``bins`` the middle
+        row/column belongs to neither half), or an explicit mask.
     bins : int
 
-    Returns
-    -------
+    Returns:
     (bins, bins) bool
     """
     check_int("bins", bins, 2)
@@ -1503,22 +1400,16 @@ def region_neurons(
 ) -> np.ndarray:
     """Neurons whose fields lie in a region of the visual field.
 
-    Parameters
-    ----------
+    Parameters:
     fm : FieldMaps
     mask : (bins, bins) bool, the region (:func:`region_mask`).
-    rule : {"contrast", "peak", "com"}
-        ``"contrast"`` (default): the top ``round(proportion * C)`` neurons by
-        :func:`region_contrast` (the blog's "cells that have a high activity
-        in the lower left part of the image").
-        ``"peak"``: every neuron whose map maximum lies in the region.
-        ``"com"``: every neuron whose centre of mass of ``map - min(map)``
-        falls in a region bin.
-    proportion : float in (0, 1]
-        Used by ``"contrast"`` only.
+    rule : {"contrast", "peak", "com"} — ``"contrast"`` (default): the top ``round(proportion * C)`` neurons by
+        :func:`region_contrast` (the blog's "cells that have a high activity in the lower left part of the image").
+        ``"peak"``: every neuron whose map maximum lies in the region. ``"com"``: every neuron whose centre of mass of
+        ``map - min(map)`` falls in a region bin.
+    proportion : float in (0, 1] — Used by ``"contrast"`` only.
 
-    Returns
-    -------
+    Returns:
     (m,) int64 neuron indices, best first for ``"contrast"``, ascending otherwise.
     """
     m = np.asarray(mask, dtype=bool)
@@ -1552,12 +1443,10 @@ def region_neurons(
 class NeuronSet:
     """Neurons lesioned together, the same for every stimulus.
 
-    Attributes
-    ----------
-    kind : {"region", "opposite", "random"}
-        :data:`LESION_KINDS`: the region's neurons, the opposite region's, or random ones.
-    seed : int or None
-        ``random``: the seed of ``numpy.random.default_rng`` that drew them; else None.
+    Attributes:
+    kind : {"region", "opposite", "random"} — :data:`LESION_KINDS`: the region's neurons, the opposite region's, or
+        random ones.
+    seed : int or None — ``random``: the seed of ``numpy.random.default_rng`` that drew them; else None.
     neurons : (k,) int64 channel indices.
     """
 
@@ -1587,8 +1476,7 @@ def matched_lesions(
     neurons and nothing is trimmed. The region and opposite sets may overlap
     (a neuron with fields in both).
 
-    Returns
-    -------
+    Returns:
     list of NeuronSet: region, opposite, then the random seeds in order.
     """
     n_control_seeds = check_int("n_control_seeds", n_control_seeds, 0)
@@ -1718,13 +1606,11 @@ def performance_maps(
     Uses ``helpers.ratemaps.ratemaps`` (NaN in empty bins; optional Gaussian
     smoothing ``sigma`` in bins).
 
-    Parameters
-    ----------
+    Parameters:
     positions : (n, 2) pixels
     values : (n,) or (n, k), e.g. ``np.c_[correct_before, correct_after]``
 
-    Returns
-    -------
+    Returns:
     maps : (k, bins, bins) float64
     occupancy : (bins, bins) int64
     """
@@ -1863,14 +1749,12 @@ def localisation_did(
       inside and outside groups, each carrying its pair (d_i, c_i).
     - One ``numpy.random.default_rng(seed)`` drives both; vectorised in chunks.
 
-    Parameters
-    ----------
+    Parameters:
     before, after : (n,) the measure without and with the region lesion.
     control_after : (n,) or (n, s), the measure under ``s`` control lesions.
     inside : (n,) bool, stimulus in the region.
 
-    Returns
-    -------
+    Returns:
     dict with ``deficit_inside, deficit_outside`` (region lesion),
     ``control_deficit_inside, control_deficit_outside``, ``did, ci_low,
     ci_high, p_value``, ``localised`` (``did > 0`` and ``p_value < alpha``),
@@ -1907,8 +1791,7 @@ def localisation_did(
 def lesion_values(df, column: str, *, mean_over_seeds: bool = False) -> dict[str, np.ndarray]:
     """Per-stimulus values of one column of :func:`spatial_lesion_study`'s table, by lesion kind.
 
-    Returns
-    -------
+    Returns:
     dict kind -> array, rows in the region lesion's stimulus order:
     ``(n,)`` for ``region`` and ``opposite``, ``(n, s)`` for ``random``
     (one column per seed, ascending; ``(n,)``, the mean over seeds, with
@@ -1933,14 +1816,12 @@ def lesion_maps(df, bins: int, extent: Sequence[float], sigma: float | None = No
                 stems: Sequence[str] = ("margin", "p", "correct")) -> dict[str, np.ndarray]:
     """Maps over the visual field of per-stimulus measures before and after each lesion kind.
 
-    Parameters
-    ----------
+    Parameters:
     df : :func:`spatial_lesion_study` output (one model); positions from its ``x, y``.
     bins, extent, sigma : as :func:`performance_maps`.
     stems : column stems, e.g. ``"margin"`` for ``margin_before`` / ``margin_after``.
 
-    Returns
-    -------
+    Returns:
     dict ``"before"`` and each lesion kind present -> (len(stems), bins, bins)
     float64; ``random`` is the per-stimulus mean over seeds.
     """
@@ -1977,12 +1858,10 @@ def localisation_table(
     :func:`localisation_test` of the region lesion alone on the same stimuli
     (``literal_*`` columns).
 
-    Parameters
-    ----------
+    Parameters:
     df : :func:`spatial_lesion_study` output for one model (with control lesions).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame with columns ``metric, control, reference, n_controls,
     deficit_inside, deficit_outside, control_deficit_inside,
     control_deficit_outside, did, ci_low, ci_high, p_value, localised,
@@ -2040,8 +1919,7 @@ def dissociation_table(
     reference="opposite region"``). CI: percentile bootstrap of the mean over
     stimuli (``numpy.random.default_rng(seed)``).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame with columns ``metric, lesion, stimuli, mean_deficit,
     ci_low, ci_high, n_stimuli``.
     """
@@ -2075,8 +1953,7 @@ def double_dissociation(table):
     reference="opposite region"`` (stimuli in A = the region, in B = the
     opposite region).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame, one row per metric: ``a_on_a, a_on_b, b_on_a, b_on_b``
     (mean deficit of lesion A/B on stimuli in A/B), ``interaction`` =
     ``(a_on_a - a_on_b) - (b_on_a - b_on_b)`` (the DiD) with ``ci_low,

@@ -84,27 +84,17 @@ class WeightsUnavailableError(RuntimeError):
 class LoadedModel:
     """A model together with everything needed to feed it.
 
-    Attributes
-    ----------
-    model : torch.nn.Module
-        The open_clip CLIP model, in eval mode, on ``device`` in ``dtype``.
-    preprocess : callable
-        open_clip's evaluation transform: PIL image -> float tensor (3, S, S).
-    tokenizer : callable
-        open_clip's tokenizer for this model: list[str] -> LongTensor.
-    name : str
-        open_clip model name as built (e.g. ``"ViT-B-32"``).
-    weights : str
-        What was asked for: a tag, a file path, or ``"random"``.
-    seed : int or None
-        Seed of the random initialisation (``weights="random"`` only).
+    Attributes:
+    model : torch.nn.Module — The open_clip CLIP model, in eval mode, on ``device`` in ``dtype``.
+    preprocess : callable — open_clip's evaluation transform: PIL image -> float tensor (3, S, S).
+    tokenizer : callable — open_clip's tokenizer for this model: list[str] -> LongTensor.
+    name : str — open_clip model name as built (e.g. ``"ViT-B-32"``).
+    weights : str — What was asked for: a tag, a file path, or ``"random"``.
+    seed : int or None — Seed of the random initialisation (``weights="random"`` only).
     device : torch.device
-    dtype : torch.dtype
-        Parameter and activation dtype.
-    input_size : int
-        Side of the square model input in pixels (224 for ViT-B/32).
-    quick_gelu : bool
-        Whether the MLPs use QuickGELU (``x * sigmoid(1.702 x)``).
+    dtype : torch.dtype — Parameter and activation dtype.
+    input_size : int — Side of the square model input in pixels (224 for ViT-B/32).
+    quick_gelu : bool — Whether the MLPs use QuickGELU (``x * sigmoid(1.702 x)``).
     """
 
     model: torch.nn.Module
@@ -132,14 +122,11 @@ class LoadedModel:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Pick a torch device.
 
-    Parameters
-    ----------
-    device : str or torch.device
-        ``"auto"`` picks CUDA, then Apple MPS, then CPU. Anything else is passed
-        to :class:`torch.device` and must be available.
+    Parameters:
+    device : str or torch.device — ``"auto"`` picks CUDA, then Apple MPS, then CPU. Anything else is passed to
+        :class:`torch.device` and must be available.
 
-    Returns
-    -------
+    Returns:
     torch.device
     """
     if isinstance(device, torch.device):
@@ -277,12 +264,9 @@ def set_hub_offline() -> None:
 def _cached_weight_files(cfg: Mapping, cache_dir: str | None) -> tuple[list[Path], list[str]]:
     """Find already-downloaded files for a pretrained config.
 
-    Returns
-    -------
-    found : list of Path
-        Cached files that open_clip would load offline.
-    tried : list of str
-        Human-readable descriptions of every place that was looked at.
+    Returns:
+    found : list of Path — Cached files that open_clip would load offline.
+    tried : list of str — Human-readable descriptions of every place that was looked at.
     """
     import huggingface_hub
     from huggingface_hub import constants as hf_constants
@@ -354,19 +338,13 @@ def check_weights_available(
     is unreachable but a cached copy exists, offline mode is switched on too, so
     the later load reads the cache without network retries.
 
-    Returns
-    -------
-    found : list of Path
-        Cached files (empty for ``random``, a local file, or a downloadable tag).
-    tried : list of str
-        Where we looked.
+    Returns:
+    found : list of Path — Cached files (empty for ``random``, a local file, or a downloadable tag).
+    tried : list of str — Where we looked.
 
-    Raises
-    ------
-    ValueError
-        Unknown model or tag, or a missing checkpoint file.
-    WeightsUnavailableError
-        Offline and not cached.
+    Raises:
+    ValueError — Unknown model or tag, or a missing checkpoint file.
+    WeightsUnavailableError — Offline and not cached.
     """
     _check_model_name(name)
     if weights == RANDOM:
@@ -608,15 +586,12 @@ def logit_scale(lm: LoadedModel) -> float:
 def zero_shot_probs(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax over prompts of ``scale * cos(image, text)``.
 
-    Parameters
-    ----------
+    Parameters:
     image_features : (n, d) tensor, L2-normalised
     text_features : (p, d) tensor, L2-normalised
-    scale : float
-        ``exp(logit_scale)``.
+    scale : float — ``exp(logit_scale)``.
 
-    Returns
-    -------
+    Returns:
     (n, p) tensor of probabilities; rows sum to 1.
     """
     if image_features.shape[-1] != text_features.shape[-1]:
@@ -630,13 +605,10 @@ def zero_shot_probs(image_features: torch.Tensor, text_features: torch.Tensor, s
 def embed_stimuli(lm: LoadedModel, batches: Iterable, *, progress: bool = True, total: int | None = None) -> np.ndarray:
     """Image embeddings for every stimulus, in stimulus order.
 
-    Parameters
-    ----------
-    batches : iterable of (images, indices)
-        As yielded by :func:`helpers.stimuli.iter_batches`.
+    Parameters:
+    batches : iterable of (images, indices) — As yielded by :func:`helpers.stimuli.iter_batches`.
 
-    Returns
-    -------
+    Returns:
     (n, embed_dim) float32 array, L2-normalised rows.
     """
     from tqdm.auto import tqdm
@@ -658,13 +630,11 @@ def classify(
 ) -> np.ndarray:
     """Zero-shot probabilities for one prompt set.
 
-    Parameters
-    ----------
+    Parameters:
     image_features : (n, d) L2-normalised image embeddings.
     prompt_set : mapping label -> prompt text (e.g. ``PROMPT_SETS["+ colour"]``).
 
-    Returns
-    -------
+    Returns:
     (n, len(prompt_set)) float array of probabilities, columns in the mapping's order.
     """
     text = encode_prompts(lm, list(prompt_set.values()))
@@ -687,8 +657,7 @@ def assignment_table(
     prompt is each label is computed; the table reports the mean and the SD
     (``ddof=0``) of those per-cell fractions. Means sum to 1 over labels.
 
-    Returns
-    -------
+    Returns:
     dict label -> (mean, sd)
     """
     probs = np.asarray(probs)
@@ -716,11 +685,9 @@ def zero_shot_table(
 ):
     """The blog's classification table: one row per prompt set.
 
-    Returns
-    -------
-    pandas.DataFrame
-        Index: prompt set. Columns: ``<label>_mean`` and ``<label>_sd`` for every
-        label of any set (NaN where a set lacks the label).
+    Returns:
+    pandas.DataFrame — Index: prompt set. Columns: ``<label>_mean`` and ``<label>_sd`` for every label of any set (NaN
+        where a set lacks the label).
     """
     import pandas as pd
 

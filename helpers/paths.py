@@ -220,10 +220,8 @@ DISK_MARGIN_BYTES = 64 * 2**20
 def require_free_space(folder: str | Path, nbytes: int, what: str) -> None:
     """Refuse to allocate ``nbytes`` under ``folder`` unless that much (plus a margin) is free.
 
-    Raises
-    ------
-    DiskSpaceError
-        Naming the folder, the bytes needed and the bytes free.
+    Raises:
+    DiskSpaceError — Naming the folder, the bytes needed and the bytes free.
     """
     free = shutil.disk_usage(folder).free
     if nbytes + DISK_MARGIN_BYTES > free:

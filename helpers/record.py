@@ -219,27 +219,18 @@ _EXAMPLE_LAYERS = (
 def resolve_layers(model: Any, layers: str | Sequence[str] = DEFAULT_LAYERS) -> list[str]:
     """Resolve exact module names and glob patterns to a sorted list of names.
 
-    Parameters
-    ----------
-    model : nn.Module or LoadedModel
-        An open_clip model (names are relative to it, e.g. ``visual.conv1``).
-    layers : str or sequence of str
-        Exact names from ``model.named_modules()`` or per-component glob
-        patterns (see :func:`match_layer`). Default: :data:`DEFAULT_LAYERS`.
+    Parameters:
+    model : nn.Module or LoadedModel — An open_clip model (names are relative to it, e.g. ``visual.conv1``).
+    layers : str or sequence of str — Exact names from ``model.named_modules()`` or per-component glob patterns (see
+        :func:`match_layer`). Default: :data:`DEFAULT_LAYERS`.
 
-    Returns
-    -------
-    list of str
-        Unique names in natural order (``resblocks.2`` before ``resblocks.10``).
-        Globs skip modules whose hooks never fire (containers such as
-        ``ModuleList``, the sub-layers of ``nn.MultiheadAttention``).
+    Returns:
+    list of str — Unique names in natural order (``resblocks.2`` before ``resblocks.10``). Globs skip modules whose
+        hooks never fire (containers such as ``ModuleList``, the sub-layers of ``nn.MultiheadAttention``).
 
-    Raises
-    ------
-    ValueError
-        Empty ``layers``, a pattern that matches nothing (the message lists
-        close matches and valid examples), or an exact name whose hook would
-        never fire.
+    Raises:
+    ValueError — Empty ``layers``, a pattern that matches nothing (the message lists close matches and valid
+        examples), or an exact name whose hook would never fire.
     """
     m = _as_module(model)
     if isinstance(layers, str):
@@ -338,27 +329,18 @@ class TowerInput:
 def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: TowerInput) -> torch.Tensor:
     """Normalise one module output to batch-first, assert its shape, select tokens.
 
-    Parameters
-    ----------
-    x : tensor
-        The module output: ``(B, T, D)``, ``(B, C, H, W)`` or ``(B, D)``.
+    Parameters:
+    x : tensor — The module output: ``(B, T, D)``, ``(B, C, H, W)`` or ``(B, D)``.
     layout : ModuleLayout
-    tokens : str
-        See the module docstring.
-    inp : TowerInput
-        Batch size, expected token count and prefix tokens, from the tower input.
+    tokens : str — See the module docstring.
+    inp : TowerInput — Batch size, expected token count and prefix tokens, from the tower input.
 
-    Returns
-    -------
-    tensor
-        ``(B, D)``, ``(B, P, D)`` or ``(B, T, D)``; a view or a new tensor.
+    Returns:
+    tensor — ``(B, D)``, ``(B, P, D)`` or ``(B, T, D)``; a view or a new tensor.
 
-    Raises
-    ------
-    LayoutError
-        The shape contradicts the declared layout (batch or token count).
-    ValueError
-        The selection is undefined for this kind of output.
+    Raises:
+    LayoutError — The shape contradicts the declared layout (batch or token count).
+    ValueError — The selection is undefined for this kind of output.
     """
     name = layout.name
     if x.ndim == 3:
@@ -419,24 +401,17 @@ def _eot_index(inp: TowerInput) -> torch.Tensor:
 def patch_table(source: Any = None, *, grid: Sequence[int] | None = None, patch_size: Sequence[int] | None = None):
     """Where each patch token looks: row, column and pixel box in the input frame.
 
-    Parameters
-    ----------
-    source : LoadedModel, open_clip CLIP / VisionTransformer, or a recording manifest (dict), optional
-        Where to read ``grid`` and ``patch_size`` from.
-    grid : (rows, cols), optional
-        Patch grid, e.g. ``(7, 7)`` for ViT-B/32 at 224 px.
-    patch_size : (height, width) in pixels, optional
-        E.g. ``(32, 32)``.
+    Parameters:
+    source : LoadedModel, open_clip CLIP / VisionTransformer, or a recording manifest (dict), optional — Where to read
+        ``grid`` and ``patch_size`` from.
+    grid : (rows, cols), optional — Patch grid, e.g. ``(7, 7)`` for ViT-B/32 at 224 px.
+    patch_size : (height, width) in pixels, optional — E.g. ``(32, 32)``.
 
-    Returns
-    -------
-    pandas.DataFrame
-        One row per patch, in token order: ``patch`` (0..P-1, the index along
-        the ``patches`` axis), ``token`` (its index in the full sequence,
-        ``patch + 1`` behind the class token), ``row``, ``col`` (row-major),
-        and the half-open pixel box ``x0 <= x < x1``, ``y0 <= y < y1`` with its
-        centre ``cx, cy`` in the model's input frame (x right, y down; see
-        :func:`helpers.stimuli.positions_in_input` for stimulus positions in
+    Returns:
+    pandas.DataFrame — One row per patch, in token order: ``patch`` (0..P-1, the index along the ``patches`` axis),
+        ``token`` (its index in the full sequence, ``patch + 1`` behind the class token), ``row``, ``col``
+        (row-major), and the half-open pixel box ``x0 <= x < x1``, ``y0 <= y < y1`` with its centre ``cx, cy`` in the
+        model's input frame (x right, y down; see :func:`helpers.stimuli.positions_in_input` for stimulus positions in
         the same frame).
     """
     import pandas as pd
@@ -490,28 +465,19 @@ def _tower_input(model: nn.Module, tower: str, x: torch.Tensor, entry: nn.Module
 class Capture:
     """Context manager that records named modules during any forward pass.
 
-    Parameters
-    ----------
-    model : nn.Module or LoadedModel
-        An open_clip model.
-    layers : str or sequence of str
-        Names or globs, see :func:`resolve_layers`.
-    tokens : str
-        Token selection applied inside the hook (so only the selection is kept),
-        see the module docstring. Default ``"all"``.
+    Parameters:
+    model : nn.Module or LoadedModel — An open_clip model.
+    layers : str or sequence of str — Names or globs, see :func:`resolve_layers`.
+    tokens : str — Token selection applied inside the hook (so only the selection is kept), see the module docstring.
+        Default ``"all"``.
 
-    Attributes
-    ----------
-    names : list of str
-        Resolved module names.
-    outputs : dict name -> tensor
-        Selected, batch-first, detached outputs of the most recent call of each
-        module, on the model's device and in its dtype (``"mean"`` is float32).
-    calls : Counter
-        How often each module ran since the last :meth:`clear`.
+    Attributes:
+    names : list of str — Resolved module names.
+    outputs : dict name -> tensor — Selected, batch-first, detached outputs of the most recent call of each module, on
+        the model's device and in its dtype (``"mean"`` is float32).
+    calls : Counter — How often each module ran since the last :meth:`clear`.
 
-    Examples
-    --------
+    Examples:
     >>> with Capture(lm, "transformer.resblocks.*", tokens="eot") as cap:   # doctest: +SKIP
     ...     lm.model.encode_text(lm.tokenizer(["a black circle"]))
     >>> cap.outputs["transformer.resblocks.11"].shape                       # doctest: +SKIP
@@ -656,8 +622,7 @@ def record_arrays(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Record a *small* subset in memory (for checks; everything is held in RAM).
 
-    Returns
-    -------
+    Returns:
     acts : dict name -> float32 array (n_sel, [tokens,] neurons)
     embeddings : (n_sel, embed_dim) float32, L2-normalised
     """
@@ -680,8 +645,7 @@ def record_text(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Record text-tower modules while encoding prompts.
 
-    Returns
-    -------
+    Returns:
     acts : dict name -> float32 array (n_prompts, [77,] width)
     embeddings : (n_prompts, embed_dim) float32, L2-normalised
     """
@@ -1024,32 +988,22 @@ class Recording(NamedTuple):
 def load_recording(path: str | Path, *, allow_incomplete: bool = False, mmap_mode: str | None = "r") -> Recording:
     """Open a recording folder.
 
-    Parameters
-    ----------
-    path : str or Path
-        A recording folder (e.g. ``paths.Run(run).recordings("model")``).
-    allow_incomplete : bool
-        Also open an unfinished recording; arrays are then cut to the
-        ``progress.n_done`` stimuli recorded so far.
-    mmap_mode : {"r", "c", None}
-        Passed to :func:`numpy.load`; ``"r"`` (default) maps read-only without
-        reading the data into RAM, ``"c"`` is copy-on-write (the file never
-        changes), ``None`` loads into memory. Writable modes are refused.
+    Parameters:
+    path : str or Path — A recording folder (e.g. ``paths.Run(run).recordings("model")``).
+    allow_incomplete : bool — Also open an unfinished recording; arrays are then cut to the ``progress.n_done``
+        stimuli recorded so far.
+    mmap_mode : {"r", "c", None} — Passed to :func:`numpy.load`; ``"r"`` (default) maps read-only without reading the
+        data into RAM, ``"c"`` is copy-on-write (the file never changes), ``None`` loads into memory. Writable modes
+        are refused.
 
-    Returns
-    -------
-    Recording
-        ``(manifest, {layer: (n, [tokens,] neurons) array}, (n, embed_dim) embeddings)``;
-        layers in recorded (natural) order.
+    Returns:
+    Recording — ``(manifest, {layer: (n, [tokens,] neurons) array}, (n, embed_dim) embeddings)``; layers in recorded
+        (natural) order.
 
-    Raises
-    ------
-    FileNotFoundError
-        No manifest.
-    IncompleteRecordingError
-        The recording has not finished and ``allow_incomplete`` is False.
-    RecordingMismatchError
-        A file is missing or its shape/dtype differs from the manifest.
+    Raises:
+    FileNotFoundError — No manifest.
+    IncompleteRecordingError — The recording has not finished and ``allow_incomplete`` is False.
+    RecordingMismatchError — A file is missing or its shape/dtype differs from the manifest.
     """
     if mmap_mode not in READ_MODES:
         raise ValueError(f"mmap_mode must be one of {READ_MODES} (load_recording only reads), got {mmap_mode!r}")
@@ -1089,15 +1043,11 @@ def condition_specs(weights: str, *, include_random: bool = True, seed: int = 0,
     "model" itself is random, the two conditions are two different random
     draws: a pipeline check, not a scientific comparison.
 
-    Returns
-    -------
+    Returns:
     dict condition -> {"weights": str, "seed": int}
 
-    Raises
-    ------
-    ValueError
-        ``weights="random"`` with ``seed == random_seed`` (the control would be
-        identical to the model).
+    Raises:
+    ValueError — ``weights="random"`` with ``seed == random_seed`` (the control would be identical to the model).
     """
     from helpers.models import RANDOM
 
@@ -1137,8 +1087,7 @@ def record_conditions(
     are loaded one at a time (see :func:`condition_specs` for seeds). Other
     parameters as in :func:`record` and :func:`helpers.models.load_model`.
 
-    Returns
-    -------
+    Returns:
     dict condition -> manifest
     """
     import gc
@@ -1169,8 +1118,7 @@ def record_conditions(
 def recording_summary(run_dir: str | Path, conditions: Sequence[str] | None = None):
     """One row per recorded array: condition, layer, hook, shape, dtype, MB, complete.
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame
     """
     import pandas as pd
@@ -1217,21 +1165,16 @@ def agreement(
 ):
     """How closely a test recording reproduces a reference one, per layer.
 
-    Parameters
-    ----------
-    reference, test : dict name -> (n, ...) arrays
-        Same stimuli, same layers.
-    ref_embeddings, test_embeddings : (n, d) arrays, optional
-        L2-normalised embeddings; adds an ``embedding`` row with cosines.
+    Parameters:
+    reference, test : dict name -> (n, ...) arrays — Same stimuli, same layers.
+    ref_embeddings, test_embeddings : (n, d) arrays, optional — L2-normalised embeddings; adds an ``embedding`` row
+        with cosines.
 
-    Returns
-    -------
-    pandas.DataFrame
-        Per layer: ``pearson_r`` over all (stimulus, unit) values;
-        ``neuron_r_median`` / ``neuron_r_min``, the per-unit correlation across
-        stimuli (what tuning maps depend on); ``max_abs_diff``; ``rel_rmse``
-        (RMS difference over the reference's SD). The ``embedding`` row adds
-        ``cosine_mean`` and ``cosine_min`` over stimuli.
+    Returns:
+    pandas.DataFrame — Per layer: ``pearson_r`` over all (stimulus, unit) values; ``neuron_r_median`` /
+        ``neuron_r_min``, the per-unit correlation across stimuli (what tuning maps depend on); ``max_abs_diff``;
+        ``rel_rmse`` (RMS difference over the reference's SD). The ``embedding`` row adds ``cosine_mean`` and
+        ``cosine_min`` over stimuli.
     """
     import pandas as pd
 
@@ -1292,10 +1235,8 @@ def dtype_agreement(
     ``n`` evenly spaced stimuli in memory with both and compares them with
     :func:`agreement` (per-layer correlations, embedding cosine).
 
-    Returns
-    -------
-    pandas.DataFrame
-        See :func:`agreement`; ``n`` and ``test_dtype`` columns added.
+    Returns:
+    pandas.DataFrame — See :func:`agreement`; ``n`` and ``test_dtype`` columns added.
     """
     import gc
 
@@ -1323,19 +1264,15 @@ def activation_stats(
 ):
     """Distribution of activation values per layer and condition.
 
-    Parameters
-    ----------
+    Parameters:
     recordings : dict condition -> Recording (or dict layer -> array)
     quantiles : sequence of float in [0, 1]
-    max_stimuli : int
-        At most this many evenly spaced stimuli are read per layer (bounds RAM
-        for token-resolved recordings).
+    max_stimuli : int — At most this many evenly spaced stimuli are read per layer (bounds RAM for token-resolved
+        recordings).
 
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``condition, layer, label, n_values, mean, sd`` and one
-        ``q<percent>`` column per quantile (e.g. ``q1``, ``q50``, ``q99``).
+    Returns:
+    pandas.DataFrame — Columns ``condition, layer, label, n_values, mean, sd`` and one ``q<percent>`` column per
+        quantile (e.g. ``q1``, ``q50``, ``q99``).
     """
     import pandas as pd
 

@@ -320,12 +320,9 @@ def _parameters(params: dict, identity: dict, run: Run) -> str:
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the run's report page (:attr:`helpers.paths.Run.report`) and return its path.
 
-    Parameters
-    ----------
-    run_dir : str or Path
-        The run folder (``data/<run-name>``).
-    out : path, optional
-        Where to write; default :attr:`helpers.paths.Run.report`.
+    Parameters:
+    run_dir : str or Path — The run folder (``data/<run-name>``).
+    out : path, optional — Where to write; default :attr:`helpers.paths.Run.report`.
     """
     run = Run(run_dir, create=False)
     run.root.mkdir(parents=True, exist_ok=True)

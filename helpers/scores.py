@@ -152,28 +152,19 @@ def spatial_information(
     "bits per unit activation" (the value is dimensionless and invariant to
     the scale of ``r``).
 
-    Parameters
-    ----------
-    maps : ndarray, shape (k, n, m) or (n, m)
-        Ratemaps; NaN marks unvisited bins.
-    occupancy : ndarray, shape (n, m), optional
-        Stimuli (or time) per bin; ``p_i = occupancy_i / sum(occupancy)`` over
-        the bins visited in that map. ``None`` = uniform over visited bins.
-    transform : {"subtract_min", "none"}
-        How signed activations are made non-negative rates ``r``.
-        ``"subtract_min"`` (default): subtract each map's minimum over visited
-        bins, so the score is invariant under ``a*map + b`` (``a > 0``).
-        ``"none"``: use the maps as they are (must be >= 0; invariant under
-        ``a*map``). Use the same transform for observed and shuffled maps.
+    Parameters:
+    maps : ndarray, shape (k, n, m) or (n, m) — Ratemaps; NaN marks unvisited bins.
+    occupancy : ndarray, shape (n, m), optional — Stimuli (or time) per bin; ``p_i = occupancy_i / sum(occupancy)``
+        over the bins visited in that map. ``None`` = uniform over visited bins.
+    transform : {"subtract_min", "none"} — How signed activations are made non-negative rates ``r``.
+        ``"subtract_min"`` (default): subtract each map's minimum over visited bins, so the score is invariant under
+        ``a*map + b`` (``a > 0``). ``"none"``: use the maps as they are (must be >= 0; invariant under ``a*map``). Use
+        the same transform for observed and shuffled maps.
 
-    Returns
-    -------
-    ndarray, shape (k,), or float
-        Bits per unit activation (>= 0). A constant map gives 0; an all-NaN
-        map gives NaN.
+    Returns:
+    ndarray, shape (k,), or float — Bits per unit activation (>= 0). A constant map gives 0; an all-NaN map gives NaN.
 
-    Notes
-    -----
+    Notes:
     This is the textbook formula. opexebo's ``rate_map_stats`` clips the log
     argument at 1 (``log2(max(r/r̄, 1))``), dropping the negative terms of
     below-mean bins, so its values are larger (e.g. 2.64 vs 2.55 bits on a
@@ -220,23 +211,16 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     pair sums are cross-correlations computed with FFTs batched over neurons
     (cumulative sums over the rectangular windows of maps without NaN).
 
-    Parameters
-    ----------
-    maps : ndarray, shape (k, n, m) or (n, m)
-        Ratemaps; NaN = unvisited. Any real values (no transform needed).
-    min_overlap : int, default 20
-        Lags where fewer than this many bin pairs overlap are NaN.
+    Parameters:
+    maps : ndarray, shape (k, n, m) or (n, m) — Ratemaps; NaN = unvisited. Any real values (no transform needed).
+    min_overlap : int, default 20 — Lags where fewer than this many bin pairs overlap are NaN.
 
-    Returns
-    -------
-    ndarray, shape (k, 2n-1, 2m-1) or (2n-1, 2m-1)
-        Zero lag at index ``(n-1, m-1)``; row offset = y lag, column offset =
-        x lag. Values in [-1, 1]; NaN where the overlap is too small or one
-        side is constant (its variance below 1e-9 of the map's); the whole
-        array is NaN for a constant or empty map.
+    Returns:
+    ndarray, shape (k, 2n-1, 2m-1) or (2n-1, 2m-1) — Zero lag at index ``(n-1, m-1)``; row offset = y lag, column
+        offset = x lag. Values in [-1, 1]; NaN where the overlap is too small or one side is constant (its variance
+        below 1e-9 of the map's); the whole array is NaN for a constant or empty map.
 
-    Notes
-    -----
+    Notes:
     opexebo (``autocorrelation``) replaces NaN bins by 0 before correlating
     and crops the result to about 1.8 times the map size; here NaN bins are
     left out of every sum and the full ``(2n-1)²`` array is returned.
@@ -825,22 +809,16 @@ def border_fields(
     ``scipy.ndimage.label`` call on the ``(k, n, m)`` stack with a structure
     that never connects along the neuron axis.
 
-    Parameters
-    ----------
+    Parameters:
     maps : ndarray, shape (k, n, m) or (n, m)
     field_threshold : float in (0, 1], default 0.3
-    min_field_bins : int, optional
-        Default ``ceil(0.02 * n * m)`` (Solstad's 200 cm² in a 1 m² box = 2%
-        of the arena): 8 bins for 20x20 maps, 21 for 32x32.
-    transform : {"subtract_min", "none"}
-        See :func:`border_score`.
+    min_field_bins : int, optional — Default ``ceil(0.02 * n * m)`` (Solstad's 200 cm² in a 1 m² box = 2% of the
+        arena): 8 bins for 20x20 maps, 21 for 32x32.
+    transform : {"subtract_min", "none"} — See :func:`border_score`.
 
-    Returns
-    -------
-    labels : ndarray of int, shape (k, n, m) (or (n, m))
-        0 outside fields, field ids unique over the whole stack.
-    rates : ndarray of float64, same shape
-        The transformed (non-negative) maps, NaN where unvisited.
+    Returns:
+    labels : ndarray of int, shape (k, n, m) (or (n, m)) — 0 outside fields, field ids unique over the whole stack.
+    rates : ndarray of float64, same shape — The transformed (non-negative) maps, NaN where unvisited.
     """
     arr, single = _as_stack(maps)
     labels, rates, _ = _border_fields(arr, field_threshold, min_field_bins, transform)
@@ -949,20 +927,14 @@ def compute_scores(
 ) -> dict[str, np.ndarray]:
     """All requested scores of a stack of maps.
 
-    Parameters
-    ----------
+    Parameters:
     maps : ndarray, shape (k, n, m)
-    occupancy : ndarray, shape (n, m), optional
-        Passed to :func:`spatial_information`.
+    occupancy : ndarray, shape (n, m), optional — Passed to :func:`spatial_information`.
     scores : sequence of {"si", "grid", "border"}
-    transform : {"subtract_min", "none"}
-        Non-negativity transform for SI and border score (grid score needs
-        none).
+    transform : {"subtract_min", "none"} — Non-negativity transform for SI and border score (grid score needs none).
 
-    Returns
-    -------
-    dict
-        name -> ndarray (k,)
+    Returns:
+    dict — name -> ndarray (k,)
     """
     names = _check_score_names(scores)
     arr, _ = _as_stack(maps)

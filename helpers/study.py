@@ -157,37 +157,26 @@ def run_study(
 ) -> Path:
     """Execute (or only prepare) the study notebooks into the run folder.
 
-    Parameters
-    ----------
-    params : mapping
-        Parameters for the notebooks; every key must be declared by at least one
-        notebook.
-    run : str, optional
-        Run name or absolute folder; default :func:`default_run_name`.
-    stages : iterable of str, optional
-        Notebook prefixes to run, e.g. ``["01", "02"]``; default all.
-    prepare_only : bool
-        Inject parameters without executing (papermill ``--prepare-only``); used
-        to build the copies nbval re-executes.
-    force : bool
-        Rerun every selected stage even when its inputs are unchanged, replacing
-        its artefacts. The record of stages not selected is kept.
-    verify : bool
-        Re-hash every artefact; by default files over :data:`ALWAYS_HASH_BYTES`
-        are trusted while their size and mtime are unchanged.
+    Parameters:
+    params : mapping — Parameters for the notebooks; every key must be declared by at least one notebook.
+    run : str, optional — Run name or absolute folder; default :func:`default_run_name`.
+    stages : iterable of str, optional — Notebook prefixes to run, e.g. ``["01", "02"]``; default all.
+    prepare_only : bool — Inject parameters without executing (papermill ``--prepare-only``); used to build the copies
+        nbval re-executes.
+    force : bool — Rerun every selected stage even when its inputs are unchanged, replacing its artefacts. The record
+        of stages not selected is kept.
+    verify : bool — Re-hash every artefact; by default files over :data:`ALWAYS_HASH_BYTES` are trusted while their
+        size and mtime are unchanged.
 
-    Notes
-    -----
+    Notes:
     A stage is skipped when its key (:func:`stage_key`: notebook, parameters,
     upstream key and the content hash of the upstream artefacts) equals the one
     recorded when it last finished, its executed notebook exists, and its own
     artefacts (:data:`STAGE_OUTPUTS`) still hash to what it left. The record is
     :attr:`helpers.paths.Run.state`.
 
-    Returns
-    -------
-    Path
-        The run folder.
+    Returns:
+    Path — The run folder.
     """
     nbs = notebooks()
     if stages:
@@ -312,10 +301,8 @@ def run_lock(folder: Path):
     The lock is an ``flock``: the kernel drops it when its process dies, however
     it dies, so a stale lock file from a killed runner is simply taken over.
 
-    Raises
-    ------
-    RunLocked
-        Another live process holds the folder; the message names its PID.
+    Raises:
+    RunLocked — Another live process holds the folder; the message names its PID.
     """
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(Run(folder).lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -355,24 +342,16 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = Run.STAGE_OUTPUTS
 def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str, artefacts: str = "") -> str:
     """Identity of a stage's inputs: its notebook, parameters, upstream stage and upstream artefacts.
 
-    Parameters
-    ----------
-    nb : Path
-        The stage's notebook (its bytes are hashed, so an edited notebook reruns).
-    nb_params : mapping
-        The parameters the notebook receives.
-    upstream : str
-        Key of the previous stage. Chaining makes a changed parameter rerun
-        exactly the stages downstream of the first stage that declares it.
-    artefacts : str
-        :func:`artefacts_hash` of the previous stage's outputs as they are on
-        disk now, so a recording replaced by hand (or by running a notebook in
-        Jupyter) reruns everything that reads it.
+    Parameters:
+    nb : Path — The stage's notebook (its bytes are hashed, so an edited notebook reruns).
+    nb_params : mapping — The parameters the notebook receives.
+    upstream : str — Key of the previous stage. Chaining makes a changed parameter rerun exactly the stages downstream
+        of the first stage that declares it.
+    artefacts : str — :func:`artefacts_hash` of the previous stage's outputs as they are on disk now, so a recording
+        replaced by hand (or by running a notebook in Jupyter) reruns everything that reads it.
 
-    Returns
-    -------
-    str
-        SHA-256 hex digest.
+    Returns:
+    str — SHA-256 hex digest.
     """
     h = hashlib.sha256()
     h.update(nb.read_bytes())
@@ -411,21 +390,15 @@ class _HashCache:
 def artefacts_hash(folder: Path, outputs: Iterable[str], cache: _HashCache | None = None) -> str:
     """Content hash of a stage's artefacts in the run folder.
 
-    Parameters
-    ----------
-    folder : Path
-        The run folder.
-    outputs : iterable of str
-        Files or folders relative to ``folder`` (see :data:`STAGE_OUTPUTS`);
-        folders are walked recursively, skipping scratch folders named ``cache``.
-    cache : _HashCache, optional
-        Reuses digests of files whose size and mtime are unchanged.
+    Parameters:
+    folder : Path — The run folder.
+    outputs : iterable of str — Files or folders relative to ``folder`` (see :data:`STAGE_OUTPUTS`); folders are
+        walked recursively, skipping scratch folders named ``cache``.
+    cache : _HashCache, optional — Reuses digests of files whose size and mtime are unchanged.
 
-    Returns
-    -------
-    str
-        SHA-256 over the sorted (relative path, file digest) pairs; missing
-        files simply don't contribute, so deleting one changes the hash.
+    Returns:
+    str — SHA-256 over the sorted (relative path, file digest) pairs; missing files simply don't contribute, so
+        deleting one changes the hash.
     """
     cache = cache or _HashCache()
     files: list[Path] = []

@@ -94,11 +94,9 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file and expand its grid and point list.
 
-    Raises
-    ------
-    ValueError
-        Unknown keys, a grid value that is not a non-empty list, no points,
-        bad ``threads`` or ``stages``, or two points with one folder name.
+    Raises:
+    ValueError — Unknown keys, a grid value that is not a non-empty list, no points, bad ``threads`` or ``stages``, or
+        two points with one folder name.
     """
     p = Path(path)
     if not p.is_absolute() and not p.exists():
@@ -197,19 +195,13 @@ def point_params(sweep: Sweep, point: Point) -> dict[str, Any]:
 def check_points(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """Check every point as the runner would, before anything is submitted.
 
-    Returns
-    -------
-    dict
-        Point name -> runner parameters (:func:`point_params`), in order, with
-        points that resolve to the same study collapsed into the first (noted
-        in ``sweep.notes``).
+    Returns:
+    dict — Point name -> runner parameters (:func:`point_params`), in order, with points that resolve to the same
+        study collapsed into the first (noted in ``sweep.notes``).
 
-    Raises
-    ------
-    ValueError
-        Listing every bad point with its reasons (unknown or invalid
-        parameters, weights that can't be had, ``weights=random`` with
-        ``seed == random_seed``).
+    Raises:
+    ValueError — Listing every bad point with its reasons (unknown or invalid parameters, weights that can't be had,
+        ``weights=random`` with ``seed == random_seed``).
     """
     from helpers.models import WeightsUnavailableError
     from helpers.params import validate
@@ -260,10 +252,8 @@ def cores() -> int:
 def local_workers(n_points: int, threads: int, workers: int | None = None, n_cores: int | None = None) -> int:
     """Workers for a LocalCluster: ``workers`` (checked) or as many as the cores allow, at most one per point.
 
-    Raises
-    ------
-    ValueError
-        ``workers * threads`` exceeds the cores: the points would oversubscribe the machine.
+    Raises:
+    ValueError — ``workers * threads`` exceeds the cores: the points would oversubscribe the machine.
     """
     n_cores = n_cores or cores()
     if threads > n_cores:
@@ -289,8 +279,7 @@ def run_point(name: str, run_dir: str, params_file: str, log_file: str, threads:
     outcome. Torch threads are capped through :func:`thread_env`. If the
     worker dies, the runner is sent SIGINT (Linux), and stops as after Ctrl-C.
 
-    Returns
-    -------
+    Returns:
     dict with ``point, status ("done"|"failed"), returncode, wall_s,
     stages_run (stage numbers that ran, not skipped), log, host``.
     """
@@ -363,19 +352,17 @@ def run_sweep(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Check every point, run the points as Dask tasks, and write the summary.
 
-    Parameters
-    ----------
+    Parameters:
     path : sweep file.
     cluster : ``"local"`` (a LocalCluster of process workers) or ``"slurm"``.
     scheduler : address of an existing Dask scheduler (``tcp://host:8786``); overrides ``cluster``.
-    workers : local: worker processes (default: cores // threads, at most one per point);
-        slurm: jobs (default: one per point).
+    workers : local: worker processes (default: cores // threads, at most one per point); — slurm: jobs (default: one
+        per point).
     threads : torch threads per point (default: the sweep file's ``threads``).
     root : folder holding sweeps (default ``data/sweeps``).
     resources : per-point SLURM resources overriding the sweep file's (memory, walltime, queue, account).
 
-    Returns
-    -------
+    Returns:
     (sweep folder, one outcome dict per point as :func:`run_point` returns).
     """
     from distributed import Client, as_completed
