@@ -1,41 +1,13 @@
-"""Population decoding of stimulus position: cross-validated ridge regression.
+"""Population decoding of stimulus position (x, y) in pixels: cross-validated ridge regression from all neurons
+of a layer, and without the neurons significant for any spatial score (Luo, Mok & Love, eLife RP 99047).
 
-Luo, Mok & Love ("The inevitability and superfluousness of cell types in
-spatial cognition", eLife reviewed preprint 99047) argue that position is read
-from the whole population, and that removing the units that pass the
-place/grid/border criteria barely changes what the population encodes. This
-module measures that: a linear read-out from all neurons of a layer to the
-stimulus centre ``(x, y)`` in pixels, and the same read-out without the
-neurons significant for any spatial score.
-
-Procedure (:func:`decode_position`)
------------------------------------
-- ``n_folds`` folds over stimuli, from one seeded permutation
-  (:func:`fold_indices`); the same folds for every layer and condition.
-- In each training fold: features are standardised with that fold's mean and
-  SD (a constant feature becomes 0); targets are centred (the intercept is not
-  penalised).
-- Ridge strength: efficient leave-one-out (PRESS) over a log grid of
-  penalties, from one thin SVD ``Z = U S V'`` of the standardised training
-  fold (computed from the smaller Gram matrix), which gives the fit for
-  every penalty at once (:func:`fit_ridge`).
-  The hat matrix ``H = 11'/n + U diag(s²/(s²+α)) U'`` includes the
-  unpenalised intercept, so the LOO residual ``(y - ŷ)/(1 - h_ii)`` is
-  exact for the ridge fit on the fold's standardised features (the fold's
-  standardisation is not recomputed without each stimulus). One penalty per fold is shared by x and y and
-  minimises the LOO squared error summed over both (ties: the larger).
-- The penalty is given per training stimulus, ``α = n_train · λ``, i.e. the
-  objective is ``mean ‖y - ŷ‖² + λ ‖w‖²`` on standardised features, so the
-  grid :data:`LAMBDAS` (1e-4 ... 1e4) means the same at every number of
-  stimuli.
-- Scores are out-of-fold: every stimulus is predicted once, by the fold that
-  held it out. ``r2 = 1 - SSE/SST`` pooled over x and y, with
-  ``SSE = Σ_i ‖p_i - p̂_i‖²`` and ``SST = Σ_i ‖p_i - p̄‖²`` (``p̄`` the mean
-  over all stimuli); ``median_error_px`` is the median over stimuli of the
-  Euclidean error ``‖p_i - p̂_i‖`` in pixels. ``chance_median_error_px`` is
-  the same for predicting each training fold's mean position.
-
-Everything is vectorised over neurons: one SVD per layer, neuron set and fold.
+:func:`decode_position`: ``n_folds`` seeded folds over stimuli (:func:`fold_indices`, the same for every layer and
+condition); features standardised with the training fold's mean and SD (constant -> 0), targets centred
+(unpenalised intercept). One penalty per fold, shared by x and y, minimises the exact leave-one-out error
+(PRESS, hat matrix ``11'/n + U diag(s²/(s²+α)) U'`` from one thin SVD; ties: the larger); penalties per training
+stimulus, ``α = n_train · λ`` over :data:`LAMBDAS`. Scores are out-of-fold: ``r2 = 1 - SSE/SST`` pooled over x and
+y; ``median_error_px`` the median Euclidean error; ``chance_median_error_px`` that of predicting the training
+fold's mean position. Vectorised over neurons: one SVD per layer, neuron set and fold.
 """
 
 from __future__ import annotations

@@ -1,93 +1,16 @@
-"""Reversible lesions of layers and neurons: the Perturb stage.
+"""Reversible lesions of layers and neurons: the Perturb stage (blog "Perturb"; narrated in notebooks/04_perturb).
 
-The blog ("Perturb") establishes an "artificial causality" in three steps, all
-reproduced here:
+1. Layer lesions (:func:`layer_lesion_study`): each unit's parameters zeroed (:func:`lesion`; ``"all"`` also
+   zeroes biases, which makes a residual block an exact identity; ``"weights"`` keeps biases and LayerNorm shifts).
+2. Targeted neuron lesions (:func:`targeted_lesion_study`): channels of block ``k``'s attention output zeroed per
+   stimulus (:func:`ablate_channels`, all tokens by default), chosen by :data:`RULES` from leave-one-out maps.
+3. Spatial lesions (:func:`spatial_lesion_study`): a region's neurons against matched controls; localisation is a
+   difference in differences (:func:`localisation_did`), the blog-literal test kept beside it.
 
-1. **Layer lesions.** Every lesionable unit of both towers (``visual.conv1``,
-   the 12 visual and the 12 text residual blocks, optionally their attention
-   and MLP sublayers separately) is lesioned "by setting the weights to zero",
-   one at a time, and the 2-way zero-shot performance ("a black circle" vs
-   "an empty image") is compared with the unlesioned baseline.
-2. **Targeted neuron lesions** at one block (blog: residual block 9). The
-   neurons are the 768 channels of that block's attention output, the quantity
-   recorded (stage 02) and mapped (stage 03). For every stimulus, the neurons
-   are ranked by their ratemap at the stimulus's bin, read from leave-one-out
-   maps that do not contain that stimulus (:func:`held_out_values`):
-   *Targeted* zeroes those with the largest spatial deviation
-   ``z = (value - the neuron's map mean) / its spatial SD``, *Targeted_Abs*
-   the largest ``|z|``, *Targeted_raw* (the blog's literal rule) the highest
-   map values, which mostly picks the same high-mean channels for every
-   stimulus, and *Random* random ones, for a sweep of proportions. Each
-   selection's stimulus specificity (mean pairwise Jaccard index of the
-   lesioned sets, :func:`selection_specificity`) is reported beside it.
-3. **Spatial specificity.** The neurons whose fields lie in one region of the
-   visual field are zeroed for every stimulus, beside matched controls with
-   the same number of neurons: the opposite region's neurons and random
-   neurons (several seeds). Performance is mapped over the visual field
-   before and after. "The deficit is localised" is a difference in
-   differences, (inside - outside deficit) under the region lesion minus the
-   same under a control, with a permutation p-value and a bootstrap CI; the
-   blog-literal inside-vs-outside test of the region lesion alone is kept
-   beside it (it flags a uniform lesion as localised wherever the baseline
-   varies over the field). A double dissociation (region A's lesion hurts A
-   more than B, B's hurts B more than A) is tabulated and drawn.
-
-Definitions
------------
-Lesion modes (:func:`lesion`)
-    ``"weights"`` zeroes every parameter that is not a bias: ``weight`` of
-    Linear/Conv layers, ``in_proj_weight`` of attention, the LayerNorm
-    **scale** ``gamma`` (``ln.weight``; its shift ``beta`` = ``ln.bias`` is
-    kept, so a LayerNorm lesioned this way outputs the constant ``beta``),
-    LayerScale ``gamma`` and bare parameters such as ``class_embedding``.
-    ``"all"`` zeroes biases too (names ending in ``bias``: ``bias``,
-    ``in_proj_bias``, ``bias_k``, ``bias_v``). Buffers are never touched.
-
-    With ``"all"`` an open_clip ``ResidualAttentionBlock`` becomes an **exact
-    identity**: ``ln_1`` (weight and bias zero) outputs 0, so the attention's
-    q, k, v are its zero ``in_proj_bias``, the output is ``out_proj(0)`` = its
-    zero bias; ``ln_2`` outputs 0, ``c_fc(0) = 0``, ``gelu(0) = 0``,
-    ``c_proj(0) = 0``; ``ls_1``/``ls_2`` are identities in ViT-B/32 (and would
-    multiply 0 by a zeroed ``gamma`` otherwise). So ``x + 0 + 0 = x`` bit for
-    bit: the blog's "information flow is not zeroed out completely, due to the
-    skip connections". With ``"weights"`` the block instead adds two constant
-    vectors (``out_proj.bias`` and ``c_proj.bias``) to every token.
-Neuron lesions (:func:`ablate_channels`)
-    A forward hook on ``...resblocks.<layer>.attn`` (open_clip's
-    ``nn.MultiheadAttention``, whose output is the tuple ``(out[B, T, C], None)``)
-    sets the chosen channels of ``out`` to 0, per sample, inside one batched
-    forward. By default **all tokens** are zeroed (``tokens="all"``: the neuron
-    is silenced everywhere, the natural "lesion the neuron" reading);
-    ``tokens="cls"`` zeroes only the class token, the quantity the ratemaps
-    were built from. Hooks on ``attn.out_proj`` never fire (fused attention).
-Performance
-    Fraction of stimuli whose probability for the target prompt ("a black
-    circle") is strictly larger than for every other prompt (ties count as
-    failures). ``p_target`` is the mean probability of the target prompt.
-    The **logit margin** (:meth:`ZeroShotTask.margin`) is the target logit
-    minus the best other logit, logits = ``scale * cos(image, prompt)``: a
-    deficit on a scale that the baseline does not saturate.
-
-Efficiency
-----------
-Nothing here changes the numbers, only where the computation starts:
-
-- :func:`build_residual_cache` runs one unlesioned forward and keeps the input
-  of chosen residual blocks (in RAM, or on disk via ``numpy.lib.format.open_memmap``
-  so memory stays bounded: 3000 stimuli x 50 tokens x 768 x 4 bytes = 460 MB
-  per block), plus the baseline image embeddings.
-- A lesion at visual block ``k`` then runs only blocks ``k..11``, ``_pool``
-  (``ln_post`` + class token) and ``@ proj`` from the cached input
-  (:func:`forward_from_block`). This reproduces ``encode_image`` bit for bit
-  (see ``shared/reference/NOTES.md``); the tests bound the difference by 1e-5.
-- Text-tower lesions re-encode only the prompts and reuse the cached image
-  embeddings. ``visual.conv1`` lesions need a full forward.
-- No ``torch.compile``: it silently ignores hooks registered after compiling.
-
-References: the blog's "Perturb" section
-(``shared/reference/seed-blog-spatial-representations.txt``); reversible
-context-managed edits in the spirit of davidbau/dissect's ``nethook`` (no code
-copied).
+Performance: fraction of stimuli whose target prompt beats every other (ties fail); margin: target logit minus
+the best other. Speed without changing numbers: :func:`build_residual_cache` keeps the input of chosen blocks
+(RAM or a memmap) and a lesion at block ``k`` runs blocks ``k..`` only (:func:`forward_from_block`, equal to
+``encode_image`` to 1e-5); text lesions reuse the image embeddings; no ``torch.compile`` (it ignores later hooks).
 """
 
 from __future__ import annotations
@@ -224,7 +147,7 @@ def lesion_parameters(module: torch.nn.Module, mode: str = "all") -> list[tuple[
     Parameters:
     module : torch.nn.Module
     mode : {"weights", "all"} — ``"weights"``: everything but biases (LayerNorm: the scale ``weight`` only);
-        ``"all"``: every parameter. See the module docstring.
+        ``"all"``: every parameter (buffers never). A bias is a name ending in ``bias`` (``in_proj_bias``, ``bias_k``).
 
     Returns:
     list of (name relative to ``module``, parameter)
@@ -265,7 +188,7 @@ def lesion(model: torch.nn.Module, units: str | Sequence[str], mode: str = "all"
     model : torch.nn.Module
     units : str or sequence of str — Qualified module names, e.g. ``"visual.transformer.resblocks.9"``,
         ``"transformer.resblocks.3.mlp"``, ``"visual.conv1"``.
-    mode : {"weights", "all"} — What to zero; see the module docstring.
+    mode : {"weights", "all"} — What to zero (:func:`lesion_parameters`).
 
     Yields:
     list of str — Qualified names of the zeroed parameters.

@@ -1,30 +1,11 @@
-"""Loading open_clip models and zero-shot classification.
+"""Loading open_clip models (:func:`load_model`) and zero-shot classification (Radford et al. 2021: cosine of
+L2-normalised embeddings times ``logit_scale``, softmax over prompts).
 
-Three kinds of ``weights`` are accepted by :func:`load_model`:
-
-``"openai"`` (or any open_clip pretrained tag)
-    Looked up in the local caches first (Hugging Face hub cache and
-    ``~/.cache/clip``). If the hub is unreachable, huggingface_hub is switched
-    to offline mode *before* any hub call, so a missing file fails in well under
-    a second instead of sitting in ~45 s of retries, and a
-    :class:`WeightsUnavailableError` explains what was tried and what to do.
-    Tags whose pretrained config says ``quick_gelu`` (all OpenAI CLIP weights)
-    are built with QuickGELU, the activation they were trained with.
-a local file (``.pt``, ``.pth``, ``.bin`` or ``.safetensors``)
-    Loaded through open_clip's own ``pretrained=<path>`` code path (strict).
-``"random"``
-    open_clip's own initialisation, after ``torch.manual_seed(seed)``; the same
-    seed gives a bit-identical state dict. This is the blog's control condition.
-``"control-spatial"``, ``"control-nonspatial"``
-    The positive controls trained here (:mod:`helpers.control`), committed
-    under ``weights/``. They exist only for the model ``ViT-B-32-control``:
-    the weights name implies the model (:func:`model_for_weights`), and any
-    other ``model`` is refused with an error naming both parameters.
-
-Zero-shot classification follows Radford et al. (2021), "Learning Transferable
-Visual Models From Natural Language Supervision": L2-normalised image and text
-embeddings, cosine similarity times the learned ``logit_scale``, softmax over
-prompts.
+``weights``: an open_clip pretrained tag (``"openai"``; local caches first, hub offline when unreachable so a
+missing file fails fast with :class:`WeightsUnavailableError`; QuickGELU where the tag was trained with it); a
+local ``.pt``/``.pth``/``.bin``/``.safetensors`` file (open_clip's strict loader); ``"random"`` (open_clip's init
+after ``torch.manual_seed(seed)``, bit-identical per seed; the blog's control); ``"control-spatial"`` /
+``"control-nonspatial"`` (:mod:`helpers.control`, model ``ViT-B-32-control`` only, implied by the weights).
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
-"""Activation maps over the visual field ("ratemaps").
+"""Ratemaps: mean activation of each neuron per ``bins x bins`` square bin of the visual field.
 
-A ratemap is the neuroscience picture of a neuron's spatial tuning: the
-visual field is cut into ``bins x bins`` square bins and each bin holds the
-mean activation of the neuron over the stimuli whose centre fell in that bin.
-
-Conventions
------------
-- Positions are stimulus centres in **pixels**, ``(x, y)`` with ``y`` growing
-  downwards (image convention).
-- Map **row = y bin, column = x bin**, so ``plt.imshow(maps[j])`` looks like the
-  image: row 0 is the top of the image.
-- ``extent = (xmin, xmax, ymin, ymax)`` in pixels. Bin edges are
-  ``linspace(xmin, xmax, bins + 1)`` (same for y). A stimulus exactly on the
-  upper edge goes into the last bin; stimuli outside the extent are ignored
-  (their bin index is ``-1``).
-- Bins where no stimulus fell are ``NaN`` in the maps and ``0`` in the
-  occupancy.
-
-Everything is vectorised over neurons: building the maps is one sparse
-``(bins², n) @ (n, k)`` product, so it is cheap enough to call inside a
-shuffle loop (see :func:`helpers.scores.shuffle_scores`).
+Positions are stimulus centres ``(x, y)`` in pixels, y down; map row = y bin (row 0 = top), column = x bin;
+``extent = (xmin, xmax, ymin, ymax)`` px, edges ``linspace(min, max, bins + 1)``, the upper edge in the last bin,
+stimuli outside ignored (bin ``-1``); unvisited bins are NaN in the maps, 0 in the occupancy. One sparse
+``(bins², n) @ (n, k)`` product per layer, cheap enough for shuffles.
 """
 
 from __future__ import annotations

@@ -1,68 +1,19 @@
-"""Hook-based recording of model activations to disk: the Record stage.
+"""Hook-based recording of activations to disk: the Record stage (blog "Record"; narrated in notebooks/02_record).
 
-The blog records "neural responses" by attaching forward hooks to the layers of
-CLIP's image tower and storing what they output while the stimuli pass through
-("Record" section of the seed blog; the analysed layers are
-``visual.transformer.resblocks.[L].attn``, L = 0..11, class token only).
-This module does the same with three guarantees the blog's snippet lacks:
+Hooks (:mod:`helpers.hooks`) live in :class:`Capture` and are removed on exit and on error; the token axis is
+checked against the tower input (``1 + grid**2`` tokens), never assumed. Each batch streams into one ``.npy``
+memmap per module; the manifest, rewritten atomically after every batch, lets an interrupted recording resume and
+refuses one made from other stimuli or weights (file names: :mod:`helpers.paths`).
 
-* **The token axis is checked, not assumed.** Sequence-first transformers are
-  refused (:func:`helpers.hooks.require_batch_first`) and every captured
-  tensor is checked against the batch size and the number of tokens
-  ``1 + grid**2`` seen at the tower's input, so a wrong class-token extraction
-  fails loudly instead of silently (cf. thingsvision issue 185).
-* **Reversible.** Hooks live inside a context manager (:class:`Capture`) and
-  are removed on exit and on error; parameters, buffers and modes are never
-  touched.
-* **Streaming, resumable storage.** Each batch is written straight into one
-  ``.npy`` memory map per layer; only the current batch is held in RAM. A JSON
-  manifest, rewritten atomically after every batch, says what was recorded and
-  how far it got, so an interrupted recording resumes where it stopped and a
-  recording that does not match the requested stimuli or model is refused.
+Token selections (``tokens=``) of a transformer output ``(B, T, D)``, ``T = 1 + gh*gw`` (class token first, patches
+row-major): ``"cls"`` ``x[:, 0]`` (n, D), the blog's; ``"patches"`` (n, gh*gw, D) (:func:`patch_table`); ``"all"``
+(n, T, D); ``"mean"`` mean over patches (n, D), float32. A conv output ``(B, C, gh, gw)`` (``visual.conv1``, before
+the class token exists) refuses ``"cls"``; ``"patches"`` = ``"all"`` (n, gh*gw, C); ``"mean"`` (n, C). Outputs
+without tokens ``(B, D)`` accept ``"all"`` only; text modules accept ``"all"`` and ``"eot"`` (:func:`record_text`).
 
-On-disk format (one folder per condition, see :mod:`helpers.paths`)::
-
-    manifest.json          see :func:`record` (``format`` = "helpers.record/1")
-    <module name>.npy      n_stimuli x [tokens x] neurons, float32 (or float16)
-    embeddings.npy         n_stimuli x embed_dim, float32, L2-normalised rows
-
-Token selections (``tokens=``)
-------------------------------
-For transformer modules whose output is ``(B, T, D)`` with ``T = 1 + gh*gw``
-(class token first, then the patch tokens in row-major order):
-
-``"cls"``      ``x[:, 0]`` -> ``(n, D)``. The default; what the blog analyses.
-``"patches"``  ``x[:, 1:]`` -> ``(n, gh*gw, D)``; patch ``p`` sits at row
-               ``p // gw``, column ``p % gw``; see :func:`patch_table`.
-``"all"``      ``x`` -> ``(n, T, D)`` (token 0 is the class token).
-``"mean"``     ``x[:, 1:].mean(1)`` -> ``(n, D)``, the mean over patch tokens
-               (computed in float32).
-
-For convolutional outputs ``(B, C, gh, gw)`` (``visual.conv1``, the patch
-embedding, which runs *before* the class token is prepended):
-
-``"cls"``      refused: there is no class token yet.
-``"patches"``  ``(n, gh*gw, C)``, same row-major order as the transformer's
-               patch tokens (token ``1 + p`` <-> conv position ``p``).
-``"all"``      identical to ``"patches"`` (there are no prefix tokens).
-``"mean"``     spatial mean ``(n, C)``.
-
-Outputs without a token axis ``(B, D)`` (e.g. ``visual``) accept only ``"all"``.
-Text-tower modules (``transformer.resblocks.*``, ``ln_final``...) have no class
-token; they accept ``"all"`` and ``"eot"`` (the end-of-text token that CLIP's
-text tower pools). They run inside ``encode_text``: use :class:`Capture` around
-it, or :func:`record_text`.
-
-Layer names
------------
-Modules are chosen by exact ``named_modules()`` names or glob patterns,
-matched one dotted component at a time: ``*``, ``?`` and ``[...]`` never cross
-a dot and ``**`` spans any number of components. So
-``"visual.transformer.resblocks.*"`` selects the 12 blocks (the residual
-stream after each block) and not their sub-modules, and
-``"visual.transformer.resblocks.*.attn"`` the 12 attention sublayers. Each
-recorded module also gets a self-explaining TransformerLens-style hook name
-(:func:`helpers.names.hook_name`), e.g. ``image.blocks.3.hook_attn_out``.
+Modules are chosen by ``named_modules()`` names or glob patterns matched per dotted component (``*``, ``?``,
+``[...]`` never cross a dot; ``**`` spans components): ``"visual.transformer.resblocks.*.attn"`` is the 12
+attention sublayers.
 """
 
 from __future__ import annotations

@@ -1,52 +1,16 @@
-"""Spatial scores of ratemaps: spatial information, grid score, border score.
+"""Spatial scores of ratemaps, vectorised over neurons: spatial information, grid score, border score.
 
-All scores take a stack of ratemaps ``(k, n, m)`` (or a single ``(n, m)``
-map) as produced by :func:`helpers.ratemaps.ratemaps` (row = y bin, column = x
-bin, NaN = unvisited bin) and return one value per map: ``(k,)`` (or a Python
-``float`` for a single map). They are vectorised over neurons -- no Python
-loop per neuron -- so a whole layer (768 neurons) is scored at once, fast
-enough for shuffle nulls (:func:`shuffle_scores`).
+Input: ratemaps ``(k, n, m)`` or one ``(n, m)`` (:func:`helpers.ratemaps.ratemaps`: row = y bin, NaN = unvisited);
+output ``(k,)`` or a float. Activations are signed, the definitions assume rates >= 0: SI and border score use
+``transform="subtract_min"`` (default; invariant under ``a*map + b``, ``a > 0``) or ``"none"`` (under ``a*map``);
+the grid score needs none (Pearson; ``a != 0``). Shuffles apply the same transform.
 
-Transformer activations are signed, while the neuroscience definitions assume
-firing rates (>= 0). Each score says how it deals with that:
-
-======================  =====================================  ==========================
-score                   transform                              invariant under
-======================  =====================================  ==========================
-spatial information     ``subtract_min`` (default) or ``none``  ``a*map + b``, ``a > 0``
-grid score              none needed (Pearson correlations)     ``a*map + b``, ``a != 0``
-border score            ``subtract_min`` (default) or ``none``  ``a*map + b``, ``a > 0``
-======================  =====================================  ==========================
-
-(with ``transform="none"`` SI and border score are only invariant under
-``a*map``, ``a > 0``). The same transform is applied inside the shuffles, so
-the significance test compares like with like.
-
-The grid score is Sargolini et al.'s (2006) gridness computed by default as
-BNT does (the Moser lab's toolbox, ported as opexebo): central field,
-radius range and 3-radius sliding mean, the definition behind published
-thresholds such as gridness > 0.3. Langston et al.'s (2010) maximum over
-annulus radii is ``grid_score(..., variant="langston")``.
-
-References
-----------
-- Skaggs, McNaughton, Gothard & Markus (1993). An information-theoretic
-  approach to deciphering the hippocampal code. NIPS 5, 1030-1037.
-- Sargolini et al. (2006). Conjunctive representation of position, direction,
-  and velocity in entorhinal cortex. Science 312, 758-762.
-- Langston et al. (2010). Development of the spatial representation system in
-  the rat. Science 328, 1576-1580.
-- Solstad, Boccara, Kropff, Moser & Moser (2008). Representation of
-  geometric borders in the entorhinal cortex. Science 322, 1865-1868.
-- Phipson & Smyth (2010). Permutation p-values should never be zero:
-  calculating exact p-values when permutations are randomly drawn. Stat.
-  Appl. Genet. Mol. Biol. 9(1):39.
-- opexebo 0.7.2 (Moser group, NTNU), the Python port of BNT, and DeepMind's
-  grid-cells ``scores.py`` (Banino et al. 2018) were read for conventions; no
-  code was copied (opexebo is the tests' oracle). Differences are listed in
-  each function's Notes.
-- Vincent (1993). Morphological grayscale reconstruction in image analysis.
-  IEEE Trans. Image Process. 2, 176-201 (the central-field search).
+References: Skaggs et al. (1993) NIPS 5:1030 (SI); Sargolini et al. (2006) Science 312:758 (gridness, computed as
+BNT/opexebo does by default: central field, radius range, 3-radius sliding mean); Langston et al. (2010) Science
+328:1576 (``variant="langston"``); Solstad et al. (2008) Science 322:1865 (border); Phipson & Smyth (2010) SAGMB
+9:39 (p-values); Vincent (1993) IEEE TIP 2:176 (central-field reconstruction). opexebo 0.7.2 and DeepMind's
+grid-cells ``scores.py`` were read for conventions, no code copied (opexebo is the tests' oracle); differences
+are in each function's Notes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """Sweeps of whole studies on Dask: one run folder per point, from a laptop to a SLURM cluster.
 
-A sweep file (``params/sweeps/<name>.yaml``) names a base preset, fixed
-overrides, and the points, as a grid (Cartesian product) and/or a list::
+A sweep file (``params/sweeps/<name>.yaml``)::
 
     base: params/quick.yaml          # a parameters preset (optional)
     params: {dtype: bfloat16}        # overrides shared by every point (optional)
@@ -9,27 +8,13 @@ overrides, and the points, as a grid (Cartesian product) and/or a list::
     points: [{weights: openai}]      # ... and/or explicit points (a "name" key names the folder)
     stages: [1, 2, 3, 4]             # optional; default every stage
     threads: 1                       # torch threads per point
-    resources: {memory: 8GB, walltime: "02:00:00"}   # per point, for SLURM (also queue, account,
-                                                     # job_extra: ["--gres=gpu:1"])
+    resources: {memory: 8GB, walltime: "02:00:00"}   # SLURM, per point (also queue, account, job_extra)
 
-Each point is the study runner (``python -m helpers.study``), run as a
-subprocess into ``data/sweeps/<name>/<point>/``, so a finished point is
-skipped stage by stage and an interrupted one resumes. Points are Dask tasks
-on a ``LocalCluster`` (default), a dask-jobqueue ``SLURMCluster``, or an
-existing scheduler. Every point is checked (:func:`check_points`) before
-anything is submitted; a failed point is reported with its log and does not
-stop the others. The sweep's own records live in ``<sweep>/points/``
-(``<point>.yaml`` parameters, ``<point>.log`` runner output, ``<point>.json``
-outcome); :mod:`helpers.sweep_summary` aggregates the points into
-``summary.html``.
-
-``seed`` draws the stimuli *and* the weights when ``weights=random``; with
-pretrained or control weights it draws the stimuli only, so a seed grid on
-pretrained weights measures stimulus-set variability and is allowed. Refused:
-``weights=random`` with ``seed == random_seed`` (the model condition would be
-the random control itself), unknown or invalid parameters, weights that
-can't be had, two points with one folder name. Points whose parameters
-resolve to the same study are collapsed into the first, with a note.
+Each point runs ``python -m helpers.study`` into its run folder (finished stages skipped, interrupted ones resumed)
+as a Dask task on a ``LocalCluster``, a ``SLURMCluster`` or a given scheduler; every point is checked first
+(:func:`check_points`: no ``weights=random`` with ``seed == random_seed``, no invalid parameters or missing weights,
+no two points in one folder; identical studies collapsed with a note). A failed point is reported with its log.
+Folder layout: :class:`helpers.paths.Sweep`; :mod:`helpers.sweep_summary` writes the summary.
 """
 
 from __future__ import annotations
