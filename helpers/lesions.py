@@ -874,7 +874,7 @@ class FieldMaps:
 
 
 def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
-    """Check and wrap ratemaps, e.g. read from 03's ``analysis/ratemaps_<condition>.npz``.
+    """Check and wrap ratemaps, e.g. 03's (``paths.Run.ratemaps(condition)``).
 
     Parameters:
     maps : array (C, bins, bins) — One layer's ratemaps (as returned by ``helpers.ratemaps.ratemaps``), NaN in

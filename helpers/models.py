@@ -524,7 +524,7 @@ def model_identity(lm: LoadedModel) -> dict:
 
 
 def check_identity(lm: LoadedModel, path) -> None:
-    """Refuse ``lm`` unless its weights hash (covering the dtype) equals the one stored at ``path`` (01's model.json)."""
+    """Refuse ``lm`` unless its weights hash (covering the dtype) equals the one stored at ``path`` (01's ``Run.model``)."""
     import json
 
     stored = json.loads(Path(path).read_text()).get("weights_hash")

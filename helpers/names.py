@@ -82,7 +82,7 @@ def block_label(name: str) -> str:
 
 
 def unit_label(block: int | None, part: str) -> str:
-    """A lesion unit's label (``layer_lesions.csv``'s ``label``): ``conv1``, ``resblock 9``, ``resblock 9 attn``."""
+    """A lesion unit's label (the layer-lesion table's ``label``): ``conv1``, ``resblock 9``, ``resblock 9 attn``."""
     if block is None:
         return part
     return f"resblock {block}" + ("" if part == "block" else f" {part}")

@@ -21,8 +21,9 @@ from pathlib import Path
 #: Repository root (the folder holding ``helpers/``); notebooks never use the kernel's cwd.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-#: Where run folders live by default.
+#: Where run folders live by default, and sweep folders.
 DATA_DIR = REPO_ROOT / "data"
+SWEEPS_DIR = DATA_DIR / "sweeps"
 
 #: The two weight conditions of the study.
 CONDITIONS = ("model", "random")
@@ -191,6 +192,7 @@ class Sweep:
     summary = property(lambda self: self.root / "summary.html")
     points_table = property(lambda self: self.root / "points.csv")
     figures = property(lambda self: self.root / "figures")
+    slurm_logs = property(lambda self: self.root / "slurm-logs")
 
     def table(self, name: str) -> Path:
         return self.root / f"{name}.csv"

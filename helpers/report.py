@@ -132,7 +132,7 @@ def _weights_mark(condition: str, weights: str) -> str:
 
 
 def finding_prompts(run: Run, weights: str) -> str | None:
-    """The prompt table (zeroshot.csv) beside the blog's."""
+    """The prompt table (``Run.zeroshot``) beside the blog's."""
     t = _read(run.zeroshot, ("circle_mean",))
     if t is None:
         return None
@@ -268,7 +268,7 @@ def _params(run: Run) -> dict:
 
 
 def empty_panels_note(run: Run) -> str:
-    """Why cells of the top-k ratemap grid are empty: layers with fewer than k finite scores (from scores.csv)."""
+    """Why cells of the top-k ratemap grid are empty: layers with fewer than k finite scores (``Run.scores``)."""
     t = _read(run.scores, ("condition", "layer", "si", "grid", "border"))
     if t is None:
         return ""

@@ -296,7 +296,7 @@ class RunLocked(RuntimeError):
 
 @contextlib.contextmanager
 def run_lock(folder: Path):
-    """Hold an exclusive lock on a run folder (``<run>/.lock``, holding the PID) while the block runs.
+    """Hold an exclusive lock on a run folder (``Run.lock``, holding the PID) while the block runs.
 
     The lock is an ``flock``: the kernel drops it when its process dies, however
     it dies, so a stale lock file from a killed runner is simply taken over.

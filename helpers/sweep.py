@@ -33,10 +33,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from helpers.paths import DATA_DIR, REPO_ROOT, Sweep
-
-#: Where sweeps live by default: ``data/sweeps/<name>/``.
-SWEEPS_DIR = DATA_DIR / "sweeps"
+from helpers.paths import REPO_ROOT, SWEEPS_DIR, Sweep
 
 #: Keys a sweep file may hold.
 SWEEP_KEYS = {"name", "base", "params", "grid", "points", "stages", "threads", "resources"}
@@ -318,7 +315,7 @@ def slurm_cluster(sweep_dir: Path, *, threads: int, memory: str, walltime: str, 
 
     return SLURMCluster(
         cores=threads, processes=1, memory=memory, walltime=walltime, queue=queue, account=account,
-        job_name=job_name, log_directory=str(sweep_dir / "slurm-logs"), job_extra_directives=list(job_extra or []),
+        job_name=job_name, log_directory=str(Sweep(sweep_dir).slurm_logs), job_extra_directives=list(job_extra or []),
         worker_extra_args=["--resources", "point=1"], scheduler_options={"dashboard_address": ":0"},
         job_script_prologue=[f"cd {REPO_ROOT}"] + [f"export {k}={v}" for k, v in thread_env(threads).items()],
     )

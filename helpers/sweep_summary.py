@@ -83,7 +83,7 @@ def over_seeds(df: pd.DataFrame, axes: list[str], by: list[str], value: str) -> 
 
 
 def write_summary(folder: str | Path) -> Path:
-    """Write the summary CSVs, figures and ``summary.html`` of the sweep in ``folder``; return the page's path."""
+    """Write the summary CSVs, figures and page of the sweep in ``folder`` (:class:`helpers.paths.Sweep`); return the page's path."""
     folder = Path(folder)
     sw = Sweep(folder)
     meta = json.loads(sw.meta.read_text())
