@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.paths import Run, Sweep
+from helpers.paths import Sweep
 
 #: The parameter that is averaged over; every other varying parameter splits groups.
 SEED = "seed"
@@ -115,7 +115,7 @@ def write_summary(folder: str | Path) -> Path:
     for name, t in tables.items():
         t.to_csv(sw.table(name), index=False)
     out = sw.summary
-    out.write_text(_page(meta, points, tables, images), encoding="utf-8")
+    out.write_text(_page(sw, meta, points, tables, images), encoding="utf-8")
     return out
 
 
@@ -218,7 +218,7 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}.failed{color:#
 """
 
 
-def _page(meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], images: list[Path]) -> str:
+def _page(sw: Sweep, meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], images: list[Path]) -> str:
     axes = meta["axes"]
     done = int((points.status == "done").sum())
     parts = [
@@ -232,7 +232,7 @@ def _page(meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], ima
         "too; with pretrained weights it measures stimulus-set variability only. The <em>random</em> "
         "condition of every point is the control network seeded by <code>random_seed</code>, the same "
         "network in every point of one architecture.</p>",
-        "<h2>Points</h2>", _points_html(points),
+        "<h2>Points</h2>", _points_html(points, sw.points_table.name),
     ]
     parts += [_img(p) for p in images]
     if "significance" in tables:
@@ -241,13 +241,13 @@ def _page(meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], ima
     if "decoding" in tables:
         parts += ["<h2>Position decoding R² by layer (mean ± SD over seeds)</h2>",
                   _wide(tables["decoding"], axes, "neurons")]
-    names = [Sweep("").points_table.name] + [Sweep("").table(t).name for t in tables]
+    names = [sw.points_table.name] + [sw.table(t).name for t in tables]
     parts.append("<p>CSVs beside this page: " + ", ".join(names) + ".</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _points_html(points: pd.DataFrame) -> str:
+def _points_html(points: pd.DataFrame, source: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in points.columns)
     rows = []
     for _, r in points.iterrows():
@@ -262,7 +262,7 @@ def _points_html(points: pd.DataFrame) -> str:
                 v = html.escape(v)
             cells.append(f"<td>{v}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table data-source='{Sweep('').points_table.name}'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<table data-source='{source}'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _wide(t: pd.DataFrame, axes: list[str], column: str) -> str:
