@@ -813,7 +813,7 @@ def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices
     indices : (n,) int — Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
 
     Returns:
-    acts : (n, C) float32 array, or None when the recording is absent, lacks — the layer, holds other tokens than the
+    acts : (n, C) float32 array, or None when the recording is absent, lacks the layer, holds other tokens than the
         class token, or was made with other weights or another dtype (then recompute with :func:`attention_cls`).
     reason : str — Where ``acts`` came from, or why there are none.
 

@@ -338,7 +338,7 @@ def run_sweep(
     path : sweep file.
     cluster : ``"local"`` (a LocalCluster of process workers) or ``"slurm"``.
     scheduler : address of an existing Dask scheduler (``tcp://host:8786``); overrides ``cluster``.
-    workers : local: worker processes (default: cores // threads, at most one per point); — slurm: jobs (default: one
+    workers : local: worker processes (default: cores // threads, at most one per point); slurm: jobs (default: one
         per point).
     threads : torch threads per point (default: the sweep file's ``threads``).
     root : folder holding sweeps (default ``data/sweeps``).
