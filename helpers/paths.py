@@ -181,7 +181,7 @@ class Run(os.PathLike):
         return self.TABLE_STAGES.get(rel[0], "")
 
 
-class Sweep:
+class SweepFolder:
     """A sweep folder ``data/sweeps/<name>/``: its record, points and summary (each point is a :class:`Run`)."""
 
     def __init__(self, folder: str | os.PathLike) -> None:

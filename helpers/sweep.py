@@ -14,7 +14,7 @@ Each point runs ``python -m helpers.study`` into its run folder (finished stages
 as a Dask task on a ``LocalCluster``, a ``SLURMCluster`` or a given scheduler; every point is checked first
 (:func:`check_points`: no ``weights=random`` with ``seed == random_seed``, no invalid parameters or missing weights,
 no two points in one folder; identical studies collapsed with a note). A failed point is reported with its log.
-Folder layout: :class:`helpers.paths.Sweep`; :mod:`helpers.sweep_summary` writes the summary.
+Folder layout: :class:`helpers.paths.SweepFolder`; :mod:`helpers.sweep_summary` writes the summary.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from helpers.paths import REPO_ROOT, SWEEPS_DIR, Sweep
+from helpers.paths import REPO_ROOT, SWEEPS_DIR, SweepFolder
 
 #: Keys a sweep file may hold.
 SWEEP_KEYS = {"name", "base", "params", "grid", "points", "stages", "threads", "resources"}
@@ -315,7 +315,7 @@ def slurm_cluster(sweep_dir: Path, *, threads: int, memory: str, walltime: str, 
 
     return SLURMCluster(
         cores=threads, processes=1, memory=memory, walltime=walltime, queue=queue, account=account,
-        job_name=job_name, log_directory=str(Sweep(sweep_dir).slurm_logs), job_extra_directives=list(job_extra or []),
+        job_name=job_name, log_directory=str(SweepFolder(sweep_dir).slurm_logs), job_extra_directives=list(job_extra or []),
         worker_extra_args=["--resources", "point=1"], scheduler_options={"dashboard_address": ":0"},
         job_script_prologue=[f"cd {REPO_ROOT}"] + [f"export {k}={v}" for k, v in thread_env(threads).items()],
     )
@@ -357,7 +357,7 @@ def run_sweep(
     for note in sweep.notes:
         print(f"note: {note}", flush=True)
     folder = Path(root or SWEEPS_DIR) / sweep.name
-    sw = Sweep(folder)
+    sw = SweepFolder(folder)
     sw.points_dir.mkdir(parents=True, exist_ok=True)
     for name, p in params.items():
         sw.point_file(name, "yaml").write_text(yaml.safe_dump(p, sort_keys=True))
@@ -409,7 +409,7 @@ def _cluster(kind, scheduler, folder, sweep, n_points, workers, threads, res):
     raise ValueError(f"cluster={kind!r} must be 'local' or 'slurm' (or give a scheduler address)")
 
 
-def _collect(futures, as_completed, sw: Sweep, progress: bool) -> list[dict[str, Any]]:
+def _collect(futures, as_completed, sw: SweepFolder, progress: bool) -> list[dict[str, Any]]:
     """Wait for the points, reporting each as it ends (a failure with its log) under a progress bar."""
     from tqdm.auto import tqdm
 

@@ -1,4 +1,4 @@
-"""The summary page of a sweep (:class:`helpers.paths.Sweep`) and CSVs aggregated across its points.
+"""The summary page of a sweep (:class:`helpers.paths.SweepFolder`) and CSVs aggregated across its points.
 
 Tables: the points (varying parameters, status, wall time, stages run, weights and hash, report and log);
 fraction significant and decoding R² by layer as mean ± SD over seeds; every point's lesion curves.
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from helpers.paths import Sweep
+from helpers.paths import SweepFolder
 
 #: The parameter that is averaged over; every other varying parameter splits groups.
 SEED = "seed"
@@ -27,7 +27,7 @@ SEED = "seed"
 
 def points_table(folder: Path) -> pd.DataFrame:
     """One row per point of the sweep in ``folder`` (see the module docstring)."""
-    sw = Sweep(folder)
+    sw = SweepFolder(folder)
     meta = json.loads(sw.meta.read_text())
     rows = []
     for name, params in meta["points"].items():
@@ -61,7 +61,7 @@ def _gather(folder: Path, points: pd.DataFrame, table: str, rename: dict[str, st
     weights condition ``weights``, a name a sweep axis may hold); a column
     still named like an axis gets the suffix ``_in_run``.
     """
-    sw = Sweep(folder)
+    sw = SweepFolder(folder)
     meta = json.loads(sw.meta.read_text())
     frames = []
     for _, p in points[points.status == "done"].iterrows():
@@ -83,9 +83,9 @@ def over_seeds(df: pd.DataFrame, axes: list[str], by: list[str], value: str) -> 
 
 
 def write_summary(folder: str | Path) -> Path:
-    """Write the summary CSVs, figures and page of the sweep in ``folder`` (:class:`helpers.paths.Sweep`); return the page's path."""
+    """Write the summary CSVs, figures and page of the sweep in ``folder`` (:class:`helpers.paths.SweepFolder`); return the page's path."""
     folder = Path(folder)
-    sw = Sweep(folder)
+    sw = SweepFolder(folder)
     meta = json.loads(sw.meta.read_text())
     axes = meta["axes"]
     points = points_table(folder)
@@ -140,7 +140,7 @@ def _alpha(folder: Path, points: pd.DataFrame) -> float | None:
 
     levels = set()
     for name in points.loc[points.status == "done", "point"]:
-        f = Sweep(folder).run(name).params
+        f = SweepFolder(folder).run(name).params
         if f.is_file():
             levels.add(1 - float(yaml.safe_load(f.read_text()).get("percentile", 95.0)) / 100)
     return levels.pop() if len(levels) == 1 else None
@@ -218,7 +218,7 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}.failed{color:#
 """
 
 
-def _page(sw: Sweep, meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], images: list[Path]) -> str:
+def _page(sw: SweepFolder, meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], images: list[Path]) -> str:
     axes = meta["axes"]
     done = int((points.status == "done").sum())
     parts = [
