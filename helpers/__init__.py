@@ -1,17 +1,8 @@
-"""Neuroscience-style probing of vision foundation models.
+"""Neuroscience-style probing of vision foundation models; one module per concept.
 
-One module per concept:
-
-- :mod:`helpers.stimuli`  -- synthetic stimulus sets (Design)
-- :mod:`helpers.models`   -- model loading and zero-shot classification (Design)
-- :mod:`helpers.hooks`    -- read and edit module outputs by name, handles always removed
-- :mod:`helpers.record`   -- hook-based recording to disk (Record)
-- :mod:`helpers.ratemaps` -- activation maps over the visual field (Analyse)
-- :mod:`helpers.scores`   -- spatial information, grid and border scores (Analyse)
-- :mod:`helpers.lesions`  -- reversible layer and neuron lesions (Perturb)
-- :mod:`helpers.plots`    -- figures
-- :mod:`helpers.widgets`  -- ipywidgets explorers
-- :mod:`helpers.study`    -- run folders, parameters and the papermill runner
+Design: stimuli, models. Record: hooks, record, names (module names and labels). Analyse: ratemaps, scores,
+decoding. Perturb: lesions. Runs: paths (every file of a run folder), params, study (the runner), report,
+sweep, sweep_summary. Viewing: plots, widgets, explore. Positive controls: control.
 """
 
 __version__ = "0.1.0"

@@ -1,41 +1,13 @@
-"""Population decoding of stimulus position: cross-validated ridge regression.
+"""Population decoding of stimulus position (x, y) in pixels: cross-validated ridge regression from all neurons
+of a layer, and without the neurons significant for any spatial score (Luo, Mok & Love, eLife RP 99047).
 
-Luo, Mok & Love ("The inevitability and superfluousness of cell types in
-spatial cognition", eLife reviewed preprint 99047) argue that position is read
-from the whole population, and that removing the units that pass the
-place/grid/border criteria barely changes what the population encodes. This
-module measures that: a linear read-out from all neurons of a layer to the
-stimulus centre ``(x, y)`` in pixels, and the same read-out without the
-neurons significant for any spatial score.
-
-Procedure (:func:`decode_position`)
------------------------------------
-- ``n_folds`` folds over stimuli, from one seeded permutation
-  (:func:`fold_indices`); the same folds for every layer and condition.
-- In each training fold: features are standardised with that fold's mean and
-  SD (a constant feature becomes 0); targets are centred (the intercept is not
-  penalised).
-- Ridge strength: efficient leave-one-out (PRESS) over a log grid of
-  penalties, from one thin SVD ``Z = U S V'`` of the standardised training
-  fold (computed from the smaller Gram matrix), which gives the fit for
-  every penalty at once (:func:`fit_ridge`).
-  The hat matrix ``H = 11'/n + U diag(s²/(s²+α)) U'`` includes the
-  unpenalised intercept, so the LOO residual ``(y - ŷ)/(1 - h_ii)`` is
-  exact for the ridge fit on the fold's standardised features (the fold's
-  standardisation is not recomputed without each stimulus). One penalty per fold is shared by x and y and
-  minimises the LOO squared error summed over both (ties: the larger).
-- The penalty is given per training stimulus, ``α = n_train · λ``, i.e. the
-  objective is ``mean ‖y - ŷ‖² + λ ‖w‖²`` on standardised features, so the
-  grid :data:`LAMBDAS` (1e-4 ... 1e4) means the same at every number of
-  stimuli.
-- Scores are out-of-fold: every stimulus is predicted once, by the fold that
-  held it out. ``r2 = 1 - SSE/SST`` pooled over x and y, with
-  ``SSE = Σ_i ‖p_i - p̂_i‖²`` and ``SST = Σ_i ‖p_i - p̄‖²`` (``p̄`` the mean
-  over all stimuli); ``median_error_px`` is the median over stimuli of the
-  Euclidean error ``‖p_i - p̂_i‖`` in pixels. ``chance_median_error_px`` is
-  the same for predicting each training fold's mean position.
-
-Everything is vectorised over neurons: one SVD per layer, neuron set and fold.
+:func:`decode_position`: ``n_folds`` seeded folds over stimuli (:func:`fold_indices`, the same for every layer and
+condition); features standardised with the training fold's mean and SD (constant -> 0), targets centred
+(unpenalised intercept). One penalty per fold, shared by x and y, minimises the exact leave-one-out error
+(PRESS, hat matrix ``11'/n + U diag(s²/(s²+α)) U'`` from one thin SVD; ties: the larger); penalties per training
+stimulus, ``α = n_train · λ`` over :data:`LAMBDAS`. Scores are out-of-fold: ``r2 = 1 - SSE/SST`` pooled over x and
+y; ``median_error_px`` the median Euclidean error; ``chance_median_error_px`` that of predicting the training
+fold's mean position. Vectorised over neurons: one SVD per layer, neuron set and fold.
 """
 
 from __future__ import annotations
@@ -111,14 +83,12 @@ def fit_ridge(X: np.ndarray, Y: np.ndarray, lambdas: Sequence[float] = LAMBDAS) 
     The thin SVD of the standardised fold (:func:`_left_singular`) gives the
     fit, the hat diagonal and so the LOO error for every penalty at once.
 
-    Parameters
-    ----------
+    Parameters:
     X : (n, k) training activations (standardised here with their own mean and SD).
     Y : (n, d) training targets (centred here; the intercept is not penalised).
     lambdas : penalties per training stimulus, ``α = n · λ`` (see the module docstring).
 
-    Returns
-    -------
+    Returns:
     RidgeFit, with ``loo_mse[j]`` the LOO ``Σ_outputs mean_i (y_i - ŷ_(-i))²`` at ``lambdas[j]``
     (sorted ascending); ``inf`` where the fit interpolates a stimulus (``h_ii = 1``).
     """
@@ -174,15 +144,13 @@ def decode_position(
 ) -> dict:
     """Cross-validated ridge decoding of stimulus position from a population.
 
-    Parameters
-    ----------
+    Parameters:
     activations : (n, k) activations of k neurons to n stimuli (k >= 1).
     positions : (n, 2) stimulus centres ``(x, y)`` in pixels.
     n_folds : int in [2, n]; seed : seeds the fold permutation.
     lambdas : ridge penalties per training stimulus (see the module docstring).
 
-    Returns
-    -------
+    Returns:
     dict with ``r2`` (pooled over x and y, out-of-fold), ``median_error_px``,
     ``chance_median_error_px``, ``predictions`` (n, 2) out-of-fold,
     ``lambdas`` (n_folds,) chosen per fold, ``lambda_at_edge`` (folds whose
@@ -238,18 +206,15 @@ def decoding_table(
 ):
     """Decoding of position per condition and layer, from all neurons and without the significant ones.
 
-    Parameters
-    ----------
+    Parameters:
     positions : (n, 2) stimulus centres in pixels.
     activations_by_condition : condition -> layer -> (n, k) array (memmaps are read one layer at a time).
-    significant_by_condition : condition -> layer -> score -> bool (k,), as
-        ``results[c]["significant"]`` of :func:`helpers.scores.score_layers`;
-        a neuron is removed when it is significant for any score. None: only
-        the ``all`` rows.
+    significant_by_condition : condition -> layer -> score -> bool (k,), as — ``results[c]["significant"]`` of
+        :func:`helpers.scores.score_layers`; a neuron is removed when it is significant for any score. None: only the
+        ``all`` rows.
     n_folds, seed, lambdas : see :func:`decode_position` (the same folds everywhere).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame, one row per condition, layer and neuron set (``all``,
     ``non-significant``), columns ``condition, layer, neurons, n_neurons,
     n_removed, r2, median_error_px, chance_median_error_px, lambdas,

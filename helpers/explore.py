@@ -1,9 +1,7 @@
 """Explore a finished run folder: read its tables, draw its views, wire the widgets.
 
-Everything here reads files that 03 and 04 wrote into a run folder
-(``analysis/ratemaps_<condition>.npz``, ``analysis/scores.csv``,
-``analysis/decoding.csv``, ``perturb/layer_lesions.csv``,
-``perturb/targeted_lesions.csv``); no model is loaded and nothing is
+Everything here reads what 03 and 04 wrote (ratemaps, scores, decoding, layer and
+targeted lesions; :class:`helpers.paths.Run`); no model is loaded and nothing is
 recomputed. ``notebooks/explore.ipynb`` narrates it and ``make explore
 RUN=<run>`` serves that notebook with Voila.
 
@@ -24,7 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from helpers.paths import CONDITIONS, run_path
+from helpers.paths import CONDITIONS, Run
 from helpers.plots import CONDITION_COLOURS, SCORE_LABELS
 from helpers.ratemaps import load_ratemaps
 from helpers.scores import SCORE_NAMES
@@ -32,7 +30,7 @@ from helpers.widgets import explorer_view
 
 __all__ = ["RunTables", "load_run", "decoding_figure", "lesion_figure", "selection_label", "make_run_explorer"]
 
-#: The score selector's extra option, offered when the run has ``analysis/decoding.csv``.
+#: The score selector's extra option, offered when the run has a decoding table.
 DECODING = "decoding"
 
 
@@ -46,7 +44,7 @@ class RunTables:
     The lesion and decoding tables are the CSVs as written (None when absent).
     """
 
-    run: Path
+    run: Run
     weights: str
     layers: list[str]
     maps: dict
@@ -69,25 +67,22 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
 def load_run(run_dir: str | Path) -> RunTables:
     """Read a finished run folder (``data/<run>`` or an absolute path).
 
-    Raises
-    ------
-    FileNotFoundError
-        Naming ``run_dir`` and the files 03 should have written, when the run
-        has not finished its Analyse stage.
+    Raises:
+    FileNotFoundError — Naming ``run_dir`` and the files 03 should have written, when the run has not finished its
+        Analyse stage.
     """
-    run = run_path(run_dir, create=False)
-    analysis = run / "analysis"
-    needed = [analysis / "scores.csv"] + [analysis / f"ratemaps_{c}.npz" for c in CONDITIONS[:1]]
-    missing = [p.relative_to(run).as_posix() for p in needed if not p.is_file()]
+    run = Run(run_dir, create=False)
+    needed = [run.scores] + [run.ratemaps(c) for c in CONDITIONS[:1]]
+    missing = [p.relative_to(run.root).as_posix() for p in needed if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"run_dir={str(run_dir)!r} ({run}) is not a finished run: missing {', '.join(missing)} "
             "(run the study up to 03_analyse first)"
         )
-    table = pd.read_csv(analysis / "scores.csv")
+    table = pd.read_csv(run.scores)
     maps, scores, p_values, significant = {}, {}, {}, {}
     for cond in CONDITIONS:
-        path = analysis / f"ratemaps_{cond}.npz"
+        path = run.ratemaps(cond)
         if not path.is_file():
             continue
         maps[cond] = load_ratemaps(path)["maps"]
@@ -97,13 +92,13 @@ def load_run(run_dir: str | Path) -> RunTables:
             t = rows[rows["layer"] == layer].sort_values("neuron")
             if len(t) != maps[cond][layer].shape[0]:
                 raise ValueError(
-                    f"scores.csv has {len(t)} rows for {cond}/{layer} but its ratemaps hold "
+                    f"{run.scores.name} has {len(t)} rows for {cond}/{layer} but its ratemaps hold "
                     f"{maps[cond][layer].shape[0]} neurons: the run folder {run} is inconsistent"
                 )
             scores[cond][layer] = {s: t[s].to_numpy(float) for s in SCORE_NAMES}
             p_values[cond][layer] = {s: t[f"{s}_p"].to_numpy(float) for s in SCORE_NAMES}
             significant[cond][layer] = {s: t[f"{s}_sig"].to_numpy(bool) for s in SCORE_NAMES}
-    identity = json.loads((run / "model.json").read_text()) if (run / "model.json").is_file() else {}
+    identity = json.loads(run.model.read_text()) if run.model.is_file() else {}
     return RunTables(
         run=run,
         weights=str(identity.get("weights", "?")),
@@ -112,9 +107,9 @@ def load_run(run_dir: str | Path) -> RunTables:
         scores=scores,
         p_values=p_values,
         significant=significant,
-        decoding=_read_csv(analysis / "decoding.csv"),
-        layer_lesions=_read_csv(run / "perturb" / "layer_lesions.csv"),
-        targeted_lesions=_read_csv(run / "perturb" / "targeted_lesions.csv"),
+        decoding=_read_csv(run.decoding),
+        layer_lesions=_read_csv(run.layer_lesions),
+        targeted_lesions=_read_csv(run.targeted_lesions),
     )
 
 
@@ -192,7 +187,7 @@ def lesion_figure(data: RunTables, *, condition: str) -> Figure:
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ll, tl = data.layer_lesions, data.targeted_lesions
     for ax, table, name in ((left, ll, "layer_lesions"), (right, tl, "targeted_lesions")):
-        why = (f"no perturb/{name}.csv in this run\n(04_perturb has not run)" if table is None else
+        why = (f"no {getattr(data.run, name).relative_to(data.run.root)} in this run\n(04_perturb has not run)" if table is None else
                f"the {condition} condition was not lesioned in this run\n(04's perturb_random is off)"
                if not (table["weights"] == condition).any() else None)
         if why:
@@ -242,7 +237,7 @@ def view(data: RunTables, *, layer: str, score: str, random_weights: bool, by: s
     """Ratemap figure (or the decoding curve) for one setting of the controls, and its selection dict."""
     condition = "random" if random_weights else "model"
     if condition not in data.maps:
-        raise ValueError(f"random_weights=True needs analysis/ratemaps_random.npz in {data.run}")
+        raise ValueError(f"random_weights=True needs {data.run.ratemaps('random')}")
     neuron = neuron_at(data, condition=condition, layer=layer, score=score, by=by, value=value)
     if score == DECODING:
         fig = decoding_figure(data, condition=condition, layer=layer)
@@ -262,10 +257,8 @@ def make_run_explorer(data: RunTables):
     ``explore-<control>``, ``explore-label``, ``explore-view`` and
     ``explore-lesions`` name the parts for browser tests.
 
-    Returns
-    -------
-    ipywidgets.VBox
-        ``box.state`` is a dict with the last ``selection`` and ``label``.
+    Returns:
+    ipywidgets.VBox — ``box.state`` is a dict with the last ``selection`` and ``label``.
     """
     import ipywidgets as w
     from IPython.display import Image, display

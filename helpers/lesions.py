@@ -1,98 +1,17 @@
-"""Reversible lesions of layers and neurons: the Perturb stage.
+"""Reversible lesions of layers and neurons: the Perturb stage (blog "Perturb"; narrated in notebooks/04_perturb).
 
-The blog ("Perturb") establishes an "artificial causality" in three steps, all
-reproduced here:
+1. Layer lesions (:func:`layer_lesion_study`): each unit's parameters zeroed (:func:`lesion`; ``"all"`` also
+   zeroes biases, which makes a residual block an exact identity; ``"weights"`` keeps biases and LayerNorm shifts).
+2. Targeted neuron lesions (:func:`targeted_lesion_study`): channels of block ``k``'s attention output zeroed per
+   stimulus (:func:`ablate_channels`, all tokens by default), chosen by :data:`RULES` from leave-one-out maps.
+3. Spatial lesions (:func:`spatial_lesion_study`): a region's neurons against matched controls; localisation is a
+   difference in differences (:func:`localisation_did`), the blog-literal test kept beside it.
 
-1. **Layer lesions.** Every lesionable unit of both towers (``visual.conv1``,
-   the 12 visual and the 12 text residual blocks, optionally their attention
-   and MLP sublayers separately) is lesioned "by setting the weights to zero",
-   one at a time, and the 2-way zero-shot performance ("a black circle" vs
-   "an empty image") is compared with the unlesioned baseline.
-2. **Targeted neuron lesions** at one block (blog: residual block 9). The
-   neurons are the 768 channels of that block's attention output, the quantity
-   recorded (stage 02) and mapped (stage 03). For every stimulus, the neurons
-   are ranked by their ratemap at the stimulus's bin, read from leave-one-out
-   maps that do not contain that stimulus (:func:`held_out_values`):
-   *Targeted* zeroes those with the largest spatial deviation
-   ``z = (value - the neuron's map mean) / its spatial SD``, *Targeted_Abs*
-   the largest ``|z|``, *Targeted_raw* (the blog's literal rule) the highest
-   map values, which mostly picks the same high-mean channels for every
-   stimulus, and *Random* random ones, for a sweep of proportions. Each
-   selection's stimulus specificity (mean pairwise Jaccard index of the
-   lesioned sets, :func:`selection_specificity`) is reported beside it.
-3. **Spatial specificity.** The neurons whose fields lie in one region of the
-   visual field are zeroed for every stimulus, beside matched controls with
-   the same number of neurons: the opposite region's neurons and random
-   neurons (several seeds). Performance is mapped over the visual field
-   before and after. "The deficit is localised" is a difference in
-   differences, (inside - outside deficit) under the region lesion minus the
-   same under a control, with a permutation p-value and a bootstrap CI; the
-   blog-literal inside-vs-outside test of the region lesion alone is kept
-   beside it (it flags a uniform lesion as localised wherever the baseline
-   varies over the field). A double dissociation (region A's lesion hurts A
-   more than B, B's hurts B more than A) is tabulated and drawn.
-
-Definitions
------------
-Lesion modes (:func:`lesion`)
-    ``"weights"`` zeroes every parameter that is not a bias: ``weight`` of
-    Linear/Conv layers, ``in_proj_weight`` of attention, the LayerNorm
-    **scale** ``gamma`` (``ln.weight``; its shift ``beta`` = ``ln.bias`` is
-    kept, so a LayerNorm lesioned this way outputs the constant ``beta``),
-    LayerScale ``gamma`` and bare parameters such as ``class_embedding``.
-    ``"all"`` zeroes biases too (names ending in ``bias``: ``bias``,
-    ``in_proj_bias``, ``bias_k``, ``bias_v``). Buffers are never touched.
-
-    With ``"all"`` an open_clip ``ResidualAttentionBlock`` becomes an **exact
-    identity**: ``ln_1`` (weight and bias zero) outputs 0, so the attention's
-    q, k, v are its zero ``in_proj_bias``, the output is ``out_proj(0)`` = its
-    zero bias; ``ln_2`` outputs 0, ``c_fc(0) = 0``, ``gelu(0) = 0``,
-    ``c_proj(0) = 0``; ``ls_1``/``ls_2`` are identities in ViT-B/32 (and would
-    multiply 0 by a zeroed ``gamma`` otherwise). So ``x + 0 + 0 = x`` bit for
-    bit: the blog's "information flow is not zeroed out completely, due to the
-    skip connections". With ``"weights"`` the block instead adds two constant
-    vectors (``out_proj.bias`` and ``c_proj.bias``) to every token.
-Neuron lesions (:func:`ablate_channels`)
-    A forward hook on ``...resblocks.<layer>.attn`` (open_clip's
-    ``nn.MultiheadAttention``, whose output is the tuple ``(out[B, T, C], None)``)
-    sets the chosen channels of ``out`` to 0, per sample, inside one batched
-    forward. By default **all tokens** are zeroed (``tokens="all"``: the neuron
-    is silenced everywhere, the natural "lesion the neuron" reading);
-    ``tokens="cls"`` zeroes only the class token, the quantity the ratemaps
-    were built from. Hooks on ``attn.out_proj`` never fire (fused attention).
-Performance
-    Fraction of stimuli whose probability for the target prompt ("a black
-    circle") is strictly larger than for every other prompt (ties count as
-    failures). ``p_target`` is the mean probability of the target prompt.
-    The **logit margin** (:meth:`ZeroShotTask.margin`) is the target logit
-    minus the best other logit, logits = ``scale * cos(image, prompt)``: a
-    deficit on a scale that the baseline does not saturate.
-
-Efficiency
-----------
-Nothing here changes the numbers, only where the computation starts:
-
-- :func:`build_residual_cache` runs one unlesioned forward and keeps the input
-  of chosen residual blocks (in RAM, or on disk via ``numpy.lib.format.open_memmap``
-  so memory stays bounded: 3000 stimuli x 50 tokens x 768 x 4 bytes = 460 MB
-  per block), plus the baseline image embeddings.
-- A lesion at visual block ``k`` then runs only blocks ``k..11``, ``_pool``
-  (``ln_post`` + class token) and ``@ proj`` from the cached input
-  (:func:`forward_from_block`). This reproduces ``encode_image`` bit for bit
-  (see ``shared/reference/NOTES.md``); the tests bound the difference by 1e-5.
-- Text-tower lesions re-encode only the prompts and reuse the cached image
-  embeddings. ``visual.conv1`` lesions need a full forward.
-- Only the class token of the last block reaches the embedding, so the last block
-  runs its queries, attention output and MLP for token 0 alone (:func:`block_cls`;
-  keys and values for all tokens). Equal up to summation order (<= 1e-5 in fp32).
-- A whole block lesioned in mode ``"all"`` is an identity (above), so the layer
-  lesion does not run it and starts at the next block from the same cached input.
-- No ``torch.compile``: it silently ignores hooks registered after compiling.
-
-References: the blog's "Perturb" section
-(``shared/reference/seed-blog-spatial-representations.txt``); reversible
-context-managed edits in the spirit of davidbau/dissect's ``nethook`` (no code
-copied).
+Performance: fraction of stimuli whose target prompt beats every other (ties fail); margin: target logit minus
+the best other. Speed without changing numbers: :func:`build_residual_cache` keeps the input of chosen blocks
+(RAM or a memmap) and a lesion at block ``k`` runs blocks ``k..`` only (:func:`forward_from_block`, equal to
+``encode_image`` to 1e-5); text lesions reuse the image embeddings; the last block runs queries, attention output and MLP for the class token
+only (:func:`block_cls`); a block lesioned in mode ``"all"`` (an identity) is not run; no ``torch.compile`` (it ignores later hooks).
 """
 
 from __future__ import annotations
@@ -108,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import hooks
+from helpers.names import block_module, unit_label
 from helpers.checks import check_int
 from helpers.paths import require_free_space
 from helpers.stimuli import check_batch_size
@@ -226,15 +146,12 @@ def _is_bias(param_name: str) -> bool:
 def lesion_parameters(module: torch.nn.Module, mode: str = "all") -> list[tuple[str, torch.nn.Parameter]]:
     """Parameters that a lesion in ``mode`` sets to zero.
 
-    Parameters
-    ----------
+    Parameters:
     module : torch.nn.Module
-    mode : {"weights", "all"}
-        ``"weights"``: everything but biases (LayerNorm: the scale ``weight``
-        only); ``"all"``: every parameter. See the module docstring.
+    mode : {"weights", "all"} — ``"weights"``: everything but biases (LayerNorm: the scale ``weight`` only);
+        ``"all"``: every parameter (buffers never). A bias is a name ending in ``bias`` (``in_proj_bias``, ``bias_k``).
 
-    Returns
-    -------
+    Returns:
     list of (name relative to ``module``, parameter)
     """
     _check_mode(mode)
@@ -269,22 +186,16 @@ def lesion(model: torch.nn.Module, units: str | Sequence[str], mode: str = "all"
     ``finally`` clause: on normal exit, on an exception and on
     ``KeyboardInterrupt``. Lesions nest (inner ones restore first).
 
-    Parameters
-    ----------
+    Parameters:
     model : torch.nn.Module
-    units : str or sequence of str
-        Qualified module names, e.g. ``"visual.transformer.resblocks.9"``,
+    units : str or sequence of str — Qualified module names, e.g. ``"visual.transformer.resblocks.9"``,
         ``"transformer.resblocks.3.mlp"``, ``"visual.conv1"``.
-    mode : {"weights", "all"}
-        What to zero; see the module docstring.
+    mode : {"weights", "all"} — What to zero (:func:`lesion_parameters`).
 
-    Yields
-    ------
-    list of str
-        Qualified names of the zeroed parameters.
+    Yields:
+    list of str — Qualified names of the zeroed parameters.
 
-    Examples
-    --------
+    Examples:
     >>> with lesion(lm.model, "visual.transformer.resblocks.9"):  # doctest: +SKIP
     ...     feats = lm.model.encode_image(x)
     """
@@ -309,16 +220,11 @@ def lesion(model: torch.nn.Module, units: str | Sequence[str], mode: str = "all"
 class LesionUnit:
     """One lesionable unit.
 
-    Attributes
-    ----------
-    name : str
-        Qualified module name (what :func:`lesion` takes).
+    Attributes:
+    name : str — Qualified module name (what :func:`lesion` takes).
     tower : {"visual", "text"}
-    label : str
-        Short label for tables and figures, e.g. ``"conv1"``, ``"resblock 9"``,
-        ``"resblock 9 attn"``.
-    block : int or None
-        Residual block index; ``None`` for ``visual.conv1`` (before block 0).
+    label : str — Short label for tables and figures, e.g. ``"conv1"``, ``"resblock 9"``, ``"resblock 9 attn"``.
+    block : int or None — Residual block index; ``None`` for ``visual.conv1`` (before block 0).
     part : {"conv1", "block", "attn", "mlp"}
     """
 
@@ -341,23 +247,19 @@ def lesion_units(model: torch.nn.Module, sublayers: bool = False) -> list[Lesion
     Order: ``visual.conv1``, visual resblocks 0..N-1, text resblocks 0..M-1.
     With ``sublayers=True`` each block is followed by its ``attn`` and ``mlp``.
 
-    Parameters
-    ----------
+    Parameters:
     model : open_clip CLIP
-    sublayers : bool
-        Also list the attention and MLP sublayers of every block separately.
+    sublayers : bool — Also list the attention and MLP sublayers of every block separately.
 
-    Returns
-    -------
+    Returns:
     list of LesionUnit
     """
-    units = [LesionUnit("visual.conv1", "visual", "conv1", None, "conv1")]
-    for tower, prefix in (("visual", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+    units = [LesionUnit("visual.conv1", "visual", unit_label(None, "conv1"), None, "conv1")]
+    for tower in ("visual", "text"):
         for i in range(len(_resblocks(model, tower))):
-            units.append(LesionUnit(f"{prefix}.{i}", tower, f"resblock {i}", i, "block"))
-            if sublayers:
-                for part in ("attn", "mlp"):
-                    units.append(LesionUnit(f"{prefix}.{i}.{part}", tower, f"resblock {i} {part}", i, part))
+            parts = ("block", "attn", "mlp") if sublayers else ("block",)
+            units += [LesionUnit(block_module(i, None if part == "block" else part, tower), tower, unit_label(i, part),
+                                 i, part) for part in parts]
     return units
 
 
@@ -380,16 +282,12 @@ def ablate_channels(
     through its first element) sets the masked channels to 0. The hook is
     removed on exit, also on error.
 
-    Parameters
-    ----------
-    module : torch.nn.Module
-        E.g. ``model.visual.transformer.resblocks[9].attn``. Batch-first output
-        ``(B, T, C)`` (open_clip >= 2.24 ViTs are batch-first) or ``(B, C)``.
-    mask : bool array, shape (B, C) or (C,)
-        ``True`` = ablate that channel for that sample; ``(C,)`` applies to every
-        sample. ``B`` must equal the batch size of every forward run inside.
-    tokens : {"all", "cls"}
-        ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
+    Parameters:
+    module : torch.nn.Module — E.g. ``model.visual.transformer.resblocks[9].attn``. Batch-first output ``(B, T, C)``
+        (open_clip >= 2.24 ViTs are batch-first) or ``(B, C)``.
+    mask : bool array, shape (B, C) or (C,) — ``True`` = ablate that channel for that sample; ``(C,)`` applies to
+        every sample. ``B`` must equal the batch size of every forward run inside.
+    tokens : {"all", "cls"} — ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
     """
     _check_tokens(tokens)
     m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
@@ -423,15 +321,11 @@ def ablate_channels(
 class Tower:
     """A residual image tower cut into pieces for truncated forwards.
 
-    Attributes
-    ----------
-    blocks : list of nn.Module
-        Residual blocks in order; ``blocks[k](x)`` maps the input of block k to
-        the input of block k+1. Neuron lesions hook ``blocks[k].attn``.
-    forward : callable
-        images -> unnormalised embedding; the reference full forward.
-    head : callable
-        output of the last block -> unnormalised embedding.
+    Attributes:
+    blocks : list of nn.Module — Residual blocks in order; ``blocks[k](x)`` maps the input of block k to the input of
+        block k+1. Neuron lesions hook ``blocks[k].attn``.
+    forward : callable — images -> unnormalised embedding; the reference full forward.
+    head : callable — output of the last block -> unnormalised embedding.
     dtype, device : the tower's parameter dtype and device.
     cls_head : bool
         The head reads the class token (token 0) only, and the blocks are open_clip
@@ -457,11 +351,9 @@ def visual_tower(model: torch.nn.Module) -> Tower:
     ``forward`` is ``model.visual`` (``encode_image`` without normalising);
     ``head`` is ``visual._pool`` (``ln_post`` + class token) then ``@ proj``.
 
-    Raises
-    ------
-    ValueError
-        Not an open_clip ViT, or a sequence-first transformer (old open_clip):
-        the cached layout would then not be (batch, tokens, channels).
+    Raises:
+    ValueError — Not an open_clip ViT, or a sequence-first transformer (old open_clip): the cached layout would then
+        not be (batch, tokens, channels).
     """
     visual = getattr(model, "visual", None)
     tr = getattr(visual, "transformer", None)
@@ -511,15 +403,11 @@ def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
 def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tensor:
     """Run blocks ``start..N-1`` and the head on the input of block ``start``.
 
-    Parameters
-    ----------
-    x : tensor (B, T, C)
-        The residual stream entering block ``start`` (e.g. from a cache).
-    start : int
-        0..N-1.
+    Parameters:
+    x : tensor (B, T, C) — The residual stream entering block ``start`` (e.g. from a cache).
+    start : int — 0..N-1.
 
-    Returns
-    -------
+    Returns:
     tensor (B, E), unnormalised embedding in the tower's dtype.
 
     With ``tower.cls_head`` the last block runs for the class token only
@@ -551,18 +439,12 @@ def _np_storage_dtype(dtype: torch.dtype) -> np.dtype:
 class ResidualCache:
     """Inputs of chosen residual blocks for a set of stimuli, from one unlesioned pass.
 
-    Attributes
-    ----------
-    indices : (n,) int array
-        Stimulus ids, in cache order (row ``i`` is stimulus ``indices[i]``).
-    embeddings : (n, E) float32 array
-        Baseline (unlesioned) L2-normalised image embeddings.
-    blocks : tuple of int
-        Blocks whose input is stored.
-    dtype : torch.dtype
-        Compute dtype; stored bit for bit (bfloat16 as int16 bits).
-    directory : Path or None
-        Where the ``block_XX.npy`` memmaps live (``None``: in RAM).
+    Attributes:
+    indices : (n,) int array — Stimulus ids, in cache order (row ``i`` is stimulus ``indices[i]``).
+    embeddings : (n, E) float32 array — Baseline (unlesioned) L2-normalised image embeddings.
+    blocks : tuple of int — Blocks whose input is stored.
+    dtype : torch.dtype — Compute dtype; stored bit for bit (bfloat16 as int16 bits).
+    directory : Path or None — Where the ``block_XX.npy`` memmaps live (``None``: in RAM).
     """
 
     indices: np.ndarray
@@ -667,8 +549,7 @@ def lesion_indices(n_stimuli: int, n_lesion_stimuli: int | None = None) -> np.nd
     ``"None"``/``"null"`` strings count as ``None`` (a parameter default that
     went through YAML as text).
 
-    Returns
-    -------
+    Returns:
     (m,) int64, ``m = min(n_lesion_stimuli, n_stimuli)``.
     """
     if n_lesion_stimuli is None or (isinstance(n_lesion_stimuli, str) and n_lesion_stimuli.strip() in ("None", "null", "")):
@@ -694,21 +575,15 @@ def embed_from_cache(
 ) -> np.ndarray:
     """Embeddings of every cached stimulus, running only blocks ``start..N-1``.
 
-    Parameters
-    ----------
-    start : int
-        First block to run; its input must be cached.
-    batch_size : int
-        Stimuli per forward.
-    mask : bool array (n, C) or (C,), optional
-        Channels of ``blocks[layer].attn`` to ablate per stimulus (see
+    Parameters:
+    start : int — First block to run; its input must be cached.
+    batch_size : int — Stimuli per forward.
+    mask : bool array (n, C) or (C,), optional — Channels of ``blocks[layer].attn`` to ablate per stimulus (see
         :func:`ablate_channels`); requires ``layer >= start``.
-    layer : int, optional
-        Block whose attention output ``mask`` applies to.
+    layer : int, optional — Block whose attention output ``mask`` applies to.
     tokens : {"all", "cls"}
 
-    Returns
-    -------
+    Returns:
     (n, E) float32 array of L2-normalised embeddings, in cache order.
     """
     batch_size = check_batch_size(batch_size)
@@ -753,15 +628,11 @@ def embed_images(tower: Tower, batches: Iterable[tuple[torch.Tensor, np.ndarray]
 class ZeroShotTask:
     """A fixed zero-shot decision: "is the target prompt the most probable one?".
 
-    Attributes
-    ----------
+    Attributes:
     text_features : (P, E) float32 tensor, L2-normalised prompt embeddings
-    scale : float
-        ``exp(logit_scale)``.
-    labels : tuple of str
-        Prompt labels, in the order of ``text_features``.
-    target : int
-        Index of the correct label (``"circle"``).
+    scale : float — ``exp(logit_scale)``.
+    labels : tuple of str — Prompt labels, in the order of ``text_features``.
+    target : int — Index of the correct label (``"circle"``).
     """
 
     text_features: torch.Tensor
@@ -800,16 +671,12 @@ class ZeroShotTask:
     def decide(self, image_features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-stimulus decisions.
 
-        Parameters
-        ----------
+        Parameters:
         image_features : (n, E) L2-normalised embeddings.
 
-        Returns
-        -------
-        correct : (n,) bool
-            Target probability strictly larger than every other (ties fail).
-        p_target : (n,) float64
-            Softmax probability of the target prompt.
+        Returns:
+        correct : (n,) bool — Target probability strictly larger than every other (ties fail).
+        p_target : (n,) float64 — Softmax probability of the target prompt.
         """
         from helpers.models import zero_shot_probs
 
@@ -824,14 +691,11 @@ class ZeroShotTask:
 def zero_shot_task(lm, prompts: Mapping[str, str] | None = None, target: str = "circle") -> ZeroShotTask:
     """Encode the prompts with the model **as it is now** (lesioned or not).
 
-    Parameters
-    ----------
+    Parameters:
     lm : helpers.models.LoadedModel
-    prompts : mapping label -> text
-        Default :data:`helpers.models.CIRCLE_VS_EMPTY`
-        (``{"circle": "a black circle", "empty": "an empty image"}``).
-    target : str
-        Label counted as correct.
+    prompts : mapping label -> text — Default :data:`helpers.models.CIRCLE_VS_EMPTY` (``{"circle": "a black circle",
+        "empty": "an empty image"}``).
+    target : str — Label counted as correct.
     """
     from helpers.models import CIRCLE_VS_EMPTY, encode_prompts, logit_scale
 
@@ -867,35 +731,25 @@ def layer_lesion_study(
     re-encode only the prompts; ``visual.conv1`` runs a full forward over
     ``batches()``.
 
-    Parameters
-    ----------
+    Parameters:
     lm : helpers.models.LoadedModel
-    cache : ResidualCache
-        Must hold the inputs of every visual block (build with ``blocks=None``).
-    batches : callable returning an iterable of (images, ids)
-        The cached stimuli in cache order, for the full-forward conv1 lesion.
-    prompts : mapping, optional
-        Default ``CIRCLE_VS_EMPTY``; the first label is the target.
-    control_images : (m, 3, H, W) tensor, optional
-        Preprocessed images that should get ``control_label``, e.g. the blank
-        canvas (:func:`helpers.stimuli.blank_input`). Adds ``control_performance``
-        (fraction assigned ``control_label``) and ``balanced_performance`` (mean of
-        the two): a lesion that removes the image gives every image the same answer,
-        which scores 0.5 here but can keep ``performance`` (the blog's, targets only) at 1.
+    cache : ResidualCache — Must hold the inputs of every visual block (build with ``blocks=None``).
+    batches : callable returning an iterable of (images, ids) — The cached stimuli in cache order, for the
+        full-forward conv1 lesion.
+    prompts : mapping, optional — Default ``CIRCLE_VS_EMPTY``; the first label is the target.
+    control_images : (m, 3, H, W) tensor, optional — Preprocessed images that should get ``control_label``, e.g. the
+        blank canvas (:func:`helpers.stimuli.blank_input`). Adds ``control_performance`` (fraction assigned
+        ``control_label``) and ``balanced_performance`` (mean of the two): a lesion that removes the image gives every
+        image the same answer, which scores 0.5 here but can keep ``performance`` (the blog's, targets only) at 1.
     mode : {"weights", "all"}
-    sublayers : bool
-        Also lesion attention and MLP sublayers separately.
-    units : sequence of str, optional
-        Restrict the sweep to these unit names (from :func:`lesion_units`).
+    sublayers : bool — Also lesion attention and MLP sublayers separately.
+    units : sequence of str, optional — Restrict the sweep to these unit names (from :func:`lesion_units`).
     batch_size, progress : int, bool
 
-    Returns
-    -------
-    pandas.DataFrame
-        One row per unit: ``tower, unit, label, block, part, mode, performance,
-        p_target, baseline_performance, baseline_p_target, delta, n_stimuli``
-        (``delta`` = performance - baseline), plus ``control_performance``,
-        ``balanced_performance`` and their baselines with ``control_images``.
+    Returns:
+    pandas.DataFrame — One row per unit: ``tower, unit, label, block, part, mode, performance, p_target,
+        baseline_performance, baseline_p_target, delta, n_stimuli`` (``delta`` = performance - baseline), plus
+        ``control_performance``, ``balanced_performance`` and their baselines with ``control_images``.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -983,8 +837,7 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     recomputed from the cached block input by running that one block. The
     fallback when no matching recording is on disk (:func:`recorded_attention_cls`).
 
-    Returns
-    -------
+    Returns:
     (n, C) float32 array.
     """
     batch_size = check_batch_size(batch_size)
@@ -1001,36 +854,26 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
 def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices: np.ndarray):
     """Stage 02's recording of what :func:`attention_cls` computes, when it is the same quantity.
 
-    Parameters
-    ----------
-    recording : helpers.record.Recording or None
-        From :func:`helpers.record.load_recording` (complete recordings only).
-    lm : helpers.models.LoadedModel
-        The model being lesioned; its weights hash (which covers the dtype)
-        must equal the recording's.
-    stimuli_hash : str
-        Hash of the stimulus set; a recording of other stimuli is an error.
-    layer : int
-        Block whose ``attn`` class token is wanted.
-    indices : (n,) int
-        Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
+    Parameters:
+    recording : helpers.record.Recording or None — From :func:`helpers.record.load_recording` (complete recordings
+        only).
+    lm : helpers.models.LoadedModel — The model being lesioned; its weights hash (which covers the dtype) must equal
+        the recording's.
+    stimuli_hash : str — Hash of the stimulus set; a recording of other stimuli is an error.
+    layer : int — Block whose ``attn`` class token is wanted.
+    indices : (n,) int — Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
 
-    Returns
-    -------
-    acts : (n, C) float32 array, or None when the recording is absent, lacks
-        the layer, holds other tokens than the class token, or was made with
-        other weights or another dtype (then recompute with :func:`attention_cls`).
-    reason : str
-        Where ``acts`` came from, or why there are none.
+    Returns:
+    acts : (n, C) float32 array, or None when the recording is absent, lacks the layer, holds other tokens than the
+        class token, or was made with other weights or another dtype (then recompute with :func:`attention_cls`).
+    reason : str — Where ``acts`` came from, or why there are none.
 
-    Raises
-    ------
-    ValueError
-        The recording was made from other stimuli.
+    Raises:
+    ValueError — The recording was made from other stimuli.
     """
     from helpers.models import weights_hash
 
-    name = f"visual.transformer.resblocks.{int(layer)}.attn"
+    name = block_module(layer, "attn")
     if recording is None:
         return None, "no complete recording"
     man = recording.manifest
@@ -1049,10 +892,8 @@ def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices
 class FieldMaps:
     """Validated ratemaps of ``C`` neurons on a ``bins x bins`` grid.
 
-    Attributes
-    ----------
-    maps : (C, bins, bins) float64, NaN in unvisited bins.
-        Row = y bin (top of the image first), column = x bin.
+    Attributes:
+    maps : (C, bins, bins) float64, NaN in unvisited bins. — Row = y bin (top of the image first), column = x bin.
     occupancy : (bins, bins) float64, stimuli per bin (float: smoothed occupancies are kept as given).
     """
 
@@ -1082,49 +923,20 @@ class FieldMaps:
         """(C,) each neuron's spatial SD: population SD (ddof 0) of its map over the visited bins."""
         return self.maps[:, self.visited].std(axis=1)
 
-    def values_at(self, rows_cols: np.ndarray) -> np.ndarray:
-        """(n, C) ratemap value of every neuron at each stimulus's bin.
-
-        Raises
-        ------
-        ValueError
-            A stimulus outside the maps or in an unvisited bin: there is no
-            ratemap value to choose neurons by.
-        """
-        rc = np.asarray(rows_cols)
-        if rc.ndim != 2 or rc.shape[1] != 2:
-            raise ValueError(f"rows_cols must be (n, 2) (row, col) bin indices, got shape {rc.shape}")
-        bad = (rc < 0).any(axis=1) | (rc >= self.bins).any(axis=1)
-        if bad.any():
-            raise ValueError(f"{int(bad.sum())} stimuli lie outside the ratemaps' extent; no ratemap value to lesion by")
-        ok = self.visited[rc[:, 0], rc[:, 1]]
-        if not ok.all():
-            raise ValueError(
-                f"{int((~ok).sum())} stimuli fall in bins with no ratemap value (unvisited when the maps were "
-                "built); build the maps from a stimulus set covering these locations"
-            )
-        return self.maps[:, rc[:, 0], rc[:, 1]].T
-
 
 def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
-    """Check and wrap ratemaps, e.g. read from 03's ``analysis/ratemaps_<condition>.npz``.
+    """Check and wrap ratemaps, e.g. 03's (``paths.Run.ratemaps(condition)``).
 
-    Parameters
-    ----------
-    maps : array (C, bins, bins)
-        One layer's ratemaps (as returned by ``helpers.ratemaps.ratemaps``),
-        NaN in unvisited bins. Row = y bin, column = x bin.
-    occupancy : array (bins, bins)
-        Stimuli per bin.
+    Parameters:
+    maps : array (C, bins, bins) — One layer's ratemaps (as returned by ``helpers.ratemaps.ratemaps``), NaN in
+        unvisited bins. Row = y bin, column = x bin.
+    occupancy : array (bins, bins) — Stimuli per bin.
 
-    Returns
-    -------
+    Returns:
     FieldMaps
 
-    Raises
-    ------
-    ValueError
-        Wrong shapes, non-square maps, or no visited bin.
+    Raises:
+    ValueError — Wrong shapes, non-square maps, or no visited bin.
     """
     m = np.asarray(maps, dtype=np.float64)
     occ = np.asarray(occupancy)
@@ -1153,22 +965,22 @@ def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, 
     Activations: stage 02's recording when it holds that quantity
     (:func:`recorded_attention_cls`), else recomputed from the cache
     (:func:`attention_cls`). Field maps: stage 03's ratemaps of the layer
-    (``analysis/ratemaps_<condition>.npz``, the maps 03 scored), else mapped
+    (``Run.ratemaps(condition)``, the maps 03 scored), else mapped
     from the recording of every stimulus, else from the lesioned stimuli's
     activations, with :func:`helpers.ratemaps.ratemaps`.
     """
     from helpers import paths, ratemaps, record
     from helpers.stimuli import positions_in_input
 
-    name = f"visual.transformer.resblocks.{int(layer)}.attn"
-    rec_dir = paths.recordings_dir(run_dir, condition)
-    rec = record.load_recording(rec_dir) if (rec_dir / record.MANIFEST).exists() else None  # refuses incomplete
+    name = block_module(layer, "attn")
+    run = paths.Run(run_dir, create=False)
+    rec = record.load_recording(run.recordings(condition)) if run.recorded(condition) else None  # refuses incomplete
     acts, why = recorded_attention_cls(rec, lm, stim.hash, layer, indices)
     recorded = acts is not None
     if not recorded:
         acts = attention_cls(tower, cache, layer, batch_size=batch_size)
         why += "; recomputed from the residual cache"
-    npz = paths.analysis_dir(run_dir) / f"ratemaps_{condition}.npz"
+    npz = run.ratemaps(condition)
     rm = ratemaps.load_ratemaps(npz) if npz.exists() else None
     if rm is not None and name in rm["maps"]:  # stage 03 (helpers.ratemaps.save_ratemaps format)
         if not np.allclose(rm["extent"], extent):
@@ -1192,15 +1004,11 @@ class HeldOutValues:
     Row ``i`` comes from the leave-one-out ratemaps of stimulus ``i``
     (:func:`held_out_values`): every map built from all stimuli but ``i``.
 
-    Attributes
-    ----------
-    value : (n, C) float64
-        Each neuron's held-out map value at stimulus ``i``'s bin.
-    mean : (n, C) float64
-        Mean of that neuron's held-out map over its visited bins (unweighted,
-        as :attr:`FieldMaps.mean`).
-    sd : (n, C) float64
-        Spatial SD of that map over the same bins (ddof 0, as :attr:`FieldMaps.sd`).
+    Attributes:
+    value : (n, C) float64 — Each neuron's held-out map value at stimulus ``i``'s bin.
+    mean : (n, C) float64 — Mean of that neuron's held-out map over its visited bins (unweighted, as
+        :attr:`FieldMaps.mean`).
+    sd : (n, C) float64 — Spatial SD of that map over the same bins (ddof 0, as :attr:`FieldMaps.sd`).
     """
 
     value: np.ndarray
@@ -1305,23 +1113,16 @@ def neuron_ranks(values: HeldOutValues, rule: str, seed: int | None = None) -> n
     ``ranks[i, c] < k`` selects the ``k`` neurons lesioned for stimulus ``i``;
     the sets are nested across proportions.
 
-    Parameters
-    ----------
-    values : HeldOutValues
-        Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
-    rule : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"} (:data:`RULES`)
-        ``Targeted``: largest spatial deviation ``z = (value - mean) / sd``
-        first (the neuron fires more here than elsewhere, in units of its own
-        spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low).
-        ``Targeted_raw``: the blog's literal rule, highest map value first
-        (dominated by the neurons' mean levels). ``Random``: an independent
-        uniformly random order for every stimulus, from
-        ``numpy.random.default_rng(seed)``.
-    seed : int
-        Required for ``Random``.
+    Parameters:
+    values : HeldOutValues — Held-out map statistics at each stimulus's bin (:func:`held_out_values`).
+    rule : {"Targeted", "Targeted_Abs", "Targeted_raw", "Random"} (:data:`RULES`) — ``Targeted``: largest spatial
+        deviation ``z = (value - mean) / sd`` first (the neuron fires more here than elsewhere, in units of its own
+        spatial SD). ``Targeted_Abs``: largest ``|z|`` (high or low). ``Targeted_raw``: the blog's literal rule,
+        highest map value first (dominated by the neurons' mean levels). ``Random``: an independent uniformly random
+        order for every stimulus, from ``numpy.random.default_rng(seed)``.
+    seed : int — Required for ``Random``.
 
-    Returns
-    -------
+    Returns:
     (n, C) int64
     """
     if rule == "Random":
@@ -1352,8 +1153,7 @@ def _check_proportions(proportions: Sequence[float]) -> np.ndarray:
 def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(i, j)``, ``i != j``, of stimuli: all of them when there are at most ``n_pairs``, else a seeded sample.
 
-    Returns
-    -------
+    Returns:
     i, j : (m,) int64
     """
     check_int("n_pairs", n_pairs, 1)
@@ -1370,14 +1170,12 @@ def stimulus_pairs(n: int, n_pairs: int = 2000, seed: int = 0) -> tuple[np.ndarr
 def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     """How stimulus-specific the ``k`` neurons lesioned per stimulus are.
 
-    Parameters
-    ----------
+    Parameters:
     ranks : (n, C) int, from :func:`neuron_ranks`; stimulus ``i`` loses ``ranks[i] < k``.
     k : int, neurons lesioned per stimulus.
     pairs : (i, j) from :func:`stimulus_pairs`.
 
-    Returns
-    -------
+    Returns:
     dict with ``jaccard``: mean over the pairs of ``|S_i & S_j| / |S_i | S_j|``
     (1 = every stimulus loses the same neurons; a random choice gives about
     ``k / (2C - k)``; NaN for ``k = 0``), and ``n_common``: neurons lesioned
@@ -1492,8 +1290,7 @@ def summarise_targeted(df, value: str = "performance"):
     ``value`` is any numeric column of :func:`targeted_lesion_study`'s table,
     e.g. ``"performance"``, ``"p_target"`` or ``"jaccard"``.
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame with columns ``condition, proportion, mean, sd, n_runs``.
     """
     g = df.groupby(["condition", "proportion"], sort=False)[value]
@@ -1508,17 +1305,13 @@ def summarise_targeted(df, value: str = "performance"):
 def region_mask(region: str | np.ndarray, bins: int) -> np.ndarray:
     """Boolean (bins, bins) map of a region of the visual field.
 
-    Parameters
-    ----------
-    region : str or bool array (bins, bins)
-        One of :data:`REGIONS` (image convention: row 0 is the top, so
-        ``"lower-left"`` = bins whose centre lies below and left of the image
-        centre; with odd ``bins`` the middle row/column belongs to neither
-        half), or an explicit mask.
+    Parameters:
+    region : str or bool array (bins, bins) — One of :data:`REGIONS` (image convention: row 0 is the top, so
+        ``"lower-left"`` = bins whose centre lies below and left of the image centre; with odd ``bins`` the middle
+        row/column belongs to neither half), or an explicit mask.
     bins : int
 
-    Returns
-    -------
+    Returns:
     (bins, bins) bool
     """
     check_int("bins", bins, 2)
@@ -1581,22 +1374,16 @@ def region_neurons(
 ) -> np.ndarray:
     """Neurons whose fields lie in a region of the visual field.
 
-    Parameters
-    ----------
+    Parameters:
     fm : FieldMaps
     mask : (bins, bins) bool, the region (:func:`region_mask`).
-    rule : {"contrast", "peak", "com"}
-        ``"contrast"`` (default): the top ``round(proportion * C)`` neurons by
-        :func:`region_contrast` (the blog's "cells that have a high activity
-        in the lower left part of the image").
-        ``"peak"``: every neuron whose map maximum lies in the region.
-        ``"com"``: every neuron whose centre of mass of ``map - min(map)``
-        falls in a region bin.
-    proportion : float in (0, 1]
-        Used by ``"contrast"`` only.
+    rule : {"contrast", "peak", "com"} — ``"contrast"`` (default): the top ``round(proportion * C)`` neurons by
+        :func:`region_contrast` (the blog's "cells that have a high activity in the lower left part of the image").
+        ``"peak"``: every neuron whose map maximum lies in the region. ``"com"``: every neuron whose centre of mass of
+        ``map - min(map)`` falls in a region bin.
+    proportion : float in (0, 1] — Used by ``"contrast"`` only.
 
-    Returns
-    -------
+    Returns:
     (m,) int64 neuron indices, best first for ``"contrast"``, ascending otherwise.
     """
     m = np.asarray(mask, dtype=bool)
@@ -1630,12 +1417,10 @@ def region_neurons(
 class NeuronSet:
     """Neurons lesioned together, the same for every stimulus.
 
-    Attributes
-    ----------
-    kind : {"region", "opposite", "random"}
-        :data:`LESION_KINDS`: the region's neurons, the opposite region's, or random ones.
-    seed : int or None
-        ``random``: the seed of ``numpy.random.default_rng`` that drew them; else None.
+    Attributes:
+    kind : {"region", "opposite", "random"} — :data:`LESION_KINDS`: the region's neurons, the opposite region's, or
+        random ones.
+    seed : int or None — ``random``: the seed of ``numpy.random.default_rng`` that drew them; else None.
     neurons : (k,) int64 channel indices.
     """
 
@@ -1665,8 +1450,7 @@ def matched_lesions(
     neurons and nothing is trimmed. The region and opposite sets may overlap
     (a neuron with fields in both).
 
-    Returns
-    -------
+    Returns:
     list of NeuronSet: region, opposite, then the random seeds in order.
     """
     n_control_seeds = check_int("n_control_seeds", n_control_seeds, 0)
@@ -1796,13 +1580,11 @@ def performance_maps(
     Uses ``helpers.ratemaps.ratemaps`` (NaN in empty bins; optional Gaussian
     smoothing ``sigma`` in bins).
 
-    Parameters
-    ----------
+    Parameters:
     positions : (n, 2) pixels
     values : (n,) or (n, k), e.g. ``np.c_[correct_before, correct_after]``
 
-    Returns
-    -------
+    Returns:
     maps : (k, bins, bins) float64
     occupancy : (bins, bins) int64
     """
@@ -1882,34 +1664,35 @@ def localisation_test(
     seed: int = 0,
     alpha: float = 0.05,
 ) -> dict[str, float]:
-    """Blog-literal test: is one lesion's deficit larger inside the region than outside?
+    """Blog-literal test: is one lesion's deficit ``before - after`` larger inside the region than outside?
 
-    Deficit per stimulus = ``before - after`` (correctness 1/0, the target
-    probability or the margin). Statistic = mean deficit inside - mean
-    deficit outside; one-sided permutation p-value over the ``inside`` labels
-    (seeded). **Confounded**: a lesion that hurts every stimulus alike shows a
-    larger deficit wherever the baseline is closer to the decision boundary
-    (on P(target) and correctness), so this flags uniform lesions as
-    localised. :func:`localisation_did` is the sound test.
+    Statistic: mean deficit inside - mean deficit outside; one-sided p from
+    :func:`scipy.stats.permutation_test` over the ``inside`` labels (``n_permutations``, seeded).
+    Confounded (a uniform lesion looks localised where the baseline is near the decision
+    boundary): :func:`localisation_did` is the sound test.
 
-    Returns
-    -------
-    dict with ``deficit_inside, deficit_outside, difference, p_value,
-    n_inside, n_outside`` and ``localised`` (``difference > 0`` and
-    ``p_value < alpha``).
+    Returns dict ``deficit_inside, deficit_outside, difference, p_value, n_inside, n_outside`` and
+    ``localised`` (``difference > 0`` and ``p_value < alpha``).
     """
+    from scipy.stats import permutation_test
+
     b = np.asarray(before, dtype=float)
     a = np.asarray(after, dtype=float)
     if b.shape != a.shape:
         raise ValueError(f"before and after must have equal shapes, got {b.shape}, {a.shape}")
     d, ins = _check_labels(b - a, inside)
     n_permutations, alpha = check_int("n_permutations", n_permutations, 1), _check_fraction("alpha", alpha)
-    p = _permutation_p(d, ins, n_permutations, np.random.default_rng(seed))
-    stat = d[ins].mean() - d[~ins].mean()
+    res = permutation_test((d[ins], d[~ins]), _mean_difference, permutation_type="independent", vectorized=True,
+                           n_resamples=n_permutations, alternative="greater", rng=np.random.default_rng(seed))
+    stat, p = float(res.statistic), float(res.pvalue)
     return dict(
-        deficit_inside=float(d[ins].mean()), deficit_outside=float(d[~ins].mean()), difference=float(stat),
+        deficit_inside=float(d[ins].mean()), deficit_outside=float(d[~ins].mean()), difference=stat,
         p_value=p, n_inside=int(ins.sum()), n_outside=int((~ins).sum()), localised=bool(stat > 0 and p < alpha),
     )
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return x.mean(axis=axis) - y.mean(axis=axis)
 
 
 def localisation_did(
@@ -1940,14 +1723,12 @@ def localisation_did(
       inside and outside groups, each carrying its pair (d_i, c_i).
     - One ``numpy.random.default_rng(seed)`` drives both; vectorised in chunks.
 
-    Parameters
-    ----------
+    Parameters:
     before, after : (n,) the measure without and with the region lesion.
     control_after : (n,) or (n, s), the measure under ``s`` control lesions.
     inside : (n,) bool, stimulus in the region.
 
-    Returns
-    -------
+    Returns:
     dict with ``deficit_inside, deficit_outside`` (region lesion),
     ``control_deficit_inside, control_deficit_outside``, ``did, ci_low,
     ci_high, p_value``, ``localised`` (``did > 0`` and ``p_value < alpha``),
@@ -1984,8 +1765,7 @@ def localisation_did(
 def lesion_values(df, column: str, *, mean_over_seeds: bool = False) -> dict[str, np.ndarray]:
     """Per-stimulus values of one column of :func:`spatial_lesion_study`'s table, by lesion kind.
 
-    Returns
-    -------
+    Returns:
     dict kind -> array, rows in the region lesion's stimulus order:
     ``(n,)`` for ``region`` and ``opposite``, ``(n, s)`` for ``random``
     (one column per seed, ascending; ``(n,)``, the mean over seeds, with
@@ -2010,14 +1790,12 @@ def lesion_maps(df, bins: int, extent: Sequence[float], sigma: float | None = No
                 stems: Sequence[str] = ("margin", "p", "correct")) -> dict[str, np.ndarray]:
     """Maps over the visual field of per-stimulus measures before and after each lesion kind.
 
-    Parameters
-    ----------
+    Parameters:
     df : :func:`spatial_lesion_study` output (one model); positions from its ``x, y``.
     bins, extent, sigma : as :func:`performance_maps`.
     stems : column stems, e.g. ``"margin"`` for ``margin_before`` / ``margin_after``.
 
-    Returns
-    -------
+    Returns:
     dict ``"before"`` and each lesion kind present -> (len(stems), bins, bins)
     float64; ``random`` is the per-stimulus mean over seeds.
     """
@@ -2054,12 +1832,10 @@ def localisation_table(
     :func:`localisation_test` of the region lesion alone on the same stimuli
     (``literal_*`` columns).
 
-    Parameters
-    ----------
+    Parameters:
     df : :func:`spatial_lesion_study` output for one model (with control lesions).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame with columns ``metric, control, reference, n_controls,
     deficit_inside, deficit_outside, control_deficit_inside,
     control_deficit_outside, did, ci_low, ci_high, p_value, localised,
@@ -2117,8 +1893,7 @@ def dissociation_table(
     reference="opposite region"``). CI: percentile bootstrap of the mean over
     stimuli (``numpy.random.default_rng(seed)``).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame with columns ``metric, lesion, stimuli, mean_deficit,
     ci_low, ci_high, n_stimuli``.
     """
@@ -2152,8 +1927,7 @@ def double_dissociation(table):
     reference="opposite region"`` (stimuli in A = the region, in B = the
     opposite region).
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame, one row per metric: ``a_on_a, a_on_b, b_on_a, b_on_b``
     (mean deficit of lesion A/B on stimuli in A/B), ``interaction`` =
     ``(a_on_a - a_on_b) - (b_on_a - b_on_b)`` (the DiD) with ``ci_low,

@@ -1,30 +1,11 @@
-"""Loading open_clip models and zero-shot classification.
+"""Loading open_clip models (:func:`load_model`) and zero-shot classification (Radford et al. 2021: cosine of
+L2-normalised embeddings times ``logit_scale``, softmax over prompts).
 
-Three kinds of ``weights`` are accepted by :func:`load_model`:
-
-``"openai"`` (or any open_clip pretrained tag)
-    Looked up in the local caches first (Hugging Face hub cache and
-    ``~/.cache/clip``). If the hub is unreachable, huggingface_hub is switched
-    to offline mode *before* any hub call, so a missing file fails in well under
-    a second instead of sitting in ~45 s of retries, and a
-    :class:`WeightsUnavailableError` explains what was tried and what to do.
-    Tags whose pretrained config says ``quick_gelu`` (all OpenAI CLIP weights)
-    are built with QuickGELU, the activation they were trained with.
-a local file (``.pt``, ``.pth``, ``.bin`` or ``.safetensors``)
-    Loaded through open_clip's own ``pretrained=<path>`` code path (strict).
-``"random"``
-    open_clip's own initialisation, after ``torch.manual_seed(seed)``; the same
-    seed gives a bit-identical state dict. This is the blog's control condition.
-``"control-spatial"``, ``"control-nonspatial"``
-    The positive controls trained here (:mod:`helpers.control`), committed
-    under ``weights/``. They exist only for the model ``ViT-B-32-control``:
-    the weights name implies the model (:func:`model_for_weights`), and any
-    other ``model`` is refused with an error naming both parameters.
-
-Zero-shot classification follows Radford et al. (2021), "Learning Transferable
-Visual Models From Natural Language Supervision": L2-normalised image and text
-embeddings, cosine similarity times the learned ``logit_scale``, softmax over
-prompts.
+``weights``: an open_clip pretrained tag (``"openai"``; local caches first, hub offline when unreachable so a
+missing file fails fast with :class:`WeightsUnavailableError`; QuickGELU where the tag was trained with it); a
+local ``.pt``/``.pth``/``.bin``/``.safetensors`` file (open_clip's strict loader); ``"random"`` (open_clip's init
+after ``torch.manual_seed(seed)``, bit-identical per seed; the blog's control); ``"control-spatial"`` /
+``"control-nonspatial"`` (:mod:`helpers.control`, model ``ViT-B-32-control`` only, implied by the weights).
 """
 
 from __future__ import annotations
@@ -47,6 +28,7 @@ import numpy as np
 import torch
 
 from helpers.checks import check_int
+from helpers.ratemaps import flat_bin_indices
 
 #: Weights value meaning "seeded random initialisation".
 RANDOM = "random"
@@ -92,27 +74,17 @@ class WeightsUnavailableError(RuntimeError):
 class LoadedModel:
     """A model together with everything needed to feed it.
 
-    Attributes
-    ----------
-    model : torch.nn.Module
-        The open_clip CLIP model, in eval mode, on ``device`` in ``dtype``.
-    preprocess : callable
-        open_clip's evaluation transform: PIL image -> float tensor (3, S, S).
-    tokenizer : callable
-        open_clip's tokenizer for this model: list[str] -> LongTensor.
-    name : str
-        open_clip model name as built (e.g. ``"ViT-B-32"``).
-    weights : str
-        What was asked for: a tag, a file path, or ``"random"``.
-    seed : int or None
-        Seed of the random initialisation (``weights="random"`` only).
+    Attributes:
+    model : torch.nn.Module — The open_clip CLIP model, in eval mode, on ``device`` in ``dtype``.
+    preprocess : callable — open_clip's evaluation transform: PIL image -> float tensor (3, S, S).
+    tokenizer : callable — open_clip's tokenizer for this model: list[str] -> LongTensor.
+    name : str — open_clip model name as built (e.g. ``"ViT-B-32"``).
+    weights : str — What was asked for: a tag, a file path, or ``"random"``.
+    seed : int or None — Seed of the random initialisation (``weights="random"`` only).
     device : torch.device
-    dtype : torch.dtype
-        Parameter and activation dtype.
-    input_size : int
-        Side of the square model input in pixels (224 for ViT-B/32).
-    quick_gelu : bool
-        Whether the MLPs use QuickGELU (``x * sigmoid(1.702 x)``).
+    dtype : torch.dtype — Parameter and activation dtype.
+    input_size : int — Side of the square model input in pixels (224 for ViT-B/32).
+    quick_gelu : bool — Whether the MLPs use QuickGELU (``x * sigmoid(1.702 x)``).
     """
 
     model: torch.nn.Module
@@ -140,14 +112,11 @@ class LoadedModel:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Pick a torch device.
 
-    Parameters
-    ----------
-    device : str or torch.device
-        ``"auto"`` picks CUDA, then Apple MPS, then CPU. Anything else is passed
-        to :class:`torch.device` and must be available.
+    Parameters:
+    device : str or torch.device — ``"auto"`` picks CUDA, then Apple MPS, then CPU. Anything else is passed to
+        :class:`torch.device` and must be available.
 
-    Returns
-    -------
+    Returns:
     torch.device
     """
     if isinstance(device, torch.device):
@@ -382,12 +351,9 @@ def set_hub_offline() -> None:
 def _cached_weight_files(cfg: Mapping, cache_dir: str | None) -> tuple[list[Path], list[str]]:
     """Find already-downloaded files for a pretrained config.
 
-    Returns
-    -------
-    found : list of Path
-        Cached files that open_clip would load offline.
-    tried : list of str
-        Human-readable descriptions of every place that was looked at.
+    Returns:
+    found : list of Path — Cached files that open_clip would load offline.
+    tried : list of str — Human-readable descriptions of every place that was looked at.
     """
     import huggingface_hub
     from huggingface_hub import constants as hf_constants
@@ -459,19 +425,13 @@ def check_weights_available(
     is unreachable but a cached copy exists, offline mode is switched on too, so
     the later load reads the cache without network retries.
 
-    Returns
-    -------
-    found : list of Path
-        Cached files (empty for ``random``, a local file, or a downloadable tag).
-    tried : list of str
-        Where we looked.
+    Returns:
+    found : list of Path — Cached files (empty for ``random``, a local file, or a downloadable tag).
+    tried : list of str — Where we looked.
 
-    Raises
-    ------
-    ValueError
-        Unknown model or tag, or a missing checkpoint file.
-    WeightsUnavailableError
-        Offline and not cached.
+    Raises:
+    ValueError — Unknown model or tag, or a missing checkpoint file.
+    WeightsUnavailableError — Offline and not cached.
     """
     _check_model_name(name)
     if weights == RANDOM:
@@ -679,7 +639,7 @@ def model_identity(lm: LoadedModel) -> dict:
 
 
 def check_identity(lm: LoadedModel, path) -> None:
-    """Refuse ``lm`` unless its weights hash (covering the dtype) equals the one stored at ``path`` (01's model.json)."""
+    """Refuse ``lm`` unless its weights hash (covering the dtype) equals the one stored at ``path`` (01's ``Run.model``)."""
     import json
 
     stored = json.loads(Path(path).read_text()).get("weights_hash")
@@ -722,15 +682,12 @@ def logit_scale(lm: LoadedModel) -> float:
 def zero_shot_probs(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax over prompts of ``scale * cos(image, text)``.
 
-    Parameters
-    ----------
+    Parameters:
     image_features : (n, d) tensor, L2-normalised
     text_features : (p, d) tensor, L2-normalised
-    scale : float
-        ``exp(logit_scale)``.
+    scale : float — ``exp(logit_scale)``.
 
-    Returns
-    -------
+    Returns:
     (n, p) tensor of probabilities; rows sum to 1.
     """
     if image_features.shape[-1] != text_features.shape[-1]:
@@ -744,13 +701,10 @@ def zero_shot_probs(image_features: torch.Tensor, text_features: torch.Tensor, s
 def embed_stimuli(lm: LoadedModel, batches: Iterable, *, progress: bool = True, total: int | None = None) -> np.ndarray:
     """Image embeddings for every stimulus, in stimulus order.
 
-    Parameters
-    ----------
-    batches : iterable of (images, indices)
-        As yielded by :func:`helpers.stimuli.iter_batches`.
+    Parameters:
+    batches : iterable of (images, indices) — As yielded by :func:`helpers.stimuli.iter_batches`.
 
-    Returns
-    -------
+    Returns:
     (n, embed_dim) float32 array, L2-normalised rows.
     """
     from tqdm.auto import tqdm
@@ -772,40 +726,16 @@ def classify(
 ) -> np.ndarray:
     """Zero-shot probabilities for one prompt set.
 
-    Parameters
-    ----------
+    Parameters:
     image_features : (n, d) L2-normalised image embeddings.
     prompt_set : mapping label -> prompt text (e.g. ``PROMPT_SETS["+ colour"]``).
 
-    Returns
-    -------
+    Returns:
     (n, len(prompt_set)) float array of probabilities, columns in the mapping's order.
     """
     text = encode_prompts(lm, list(prompt_set.values()))
     feats = torch.as_tensor(np.asarray(image_features), dtype=torch.float32, device=text.device)
     return zero_shot_probs(feats, text, logit_scale(lm)).cpu().numpy()
-
-
-def location_cells(positions: np.ndarray, grid: int, extent: tuple[float, float, float, float]) -> np.ndarray:
-    """Flat index of the coarse ``grid x grid`` location cell of each stimulus.
-
-    Parameters
-    ----------
-    positions : (n, 2) array of (x, y) pixel centres.
-    grid : int, cells per side (>= 1).
-    extent : (xmin, xmax, ymin, ymax) in pixels.
-
-    Returns
-    -------
-    (n,) int array in ``[0, grid**2)``; row-major (row = y cell).
-    """
-    if int(grid) < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
-    xmin, xmax, ymin, ymax = extent
-    pos = np.asarray(positions, dtype=float)
-    cx = np.clip(((pos[:, 0] - xmin) / (xmax - xmin) * grid).astype(int), 0, grid - 1)
-    cy = np.clip(((pos[:, 1] - ymin) / (ymax - ymin) * grid).astype(int), 0, grid - 1)
-    return cy * grid + cx
 
 
 def assignment_table(
@@ -823,15 +753,16 @@ def assignment_table(
     prompt is each label is computed; the table reports the mean and the SD
     (``ddof=0``) of those per-cell fractions. Means sum to 1 over labels.
 
-    Returns
-    -------
+    Returns:
     dict label -> (mean, sd)
     """
     probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[1] != len(labels):
         raise ValueError(f"probs must be (n, {len(labels)}), got {probs.shape}")
     choice = probs.argmax(axis=1)
-    cells = location_cells(positions, grid, extent)
+    cells = np.zeros(len(probs), int) if int(grid) == 1 else flat_bin_indices(positions, grid, extent)  # row-major
+    if (cells < 0).any():
+        raise ValueError(f"{int((cells < 0).sum())} positions lie outside extent={extent}")
     counts = np.zeros((grid * grid, len(labels)))
     np.add.at(counts, (cells, choice), 1.0)
     n_cell = counts.sum(axis=1)
@@ -850,11 +781,9 @@ def zero_shot_table(
 ):
     """The blog's classification table: one row per prompt set.
 
-    Returns
-    -------
-    pandas.DataFrame
-        Index: prompt set. Columns: ``<label>_mean`` and ``<label>_sd`` for every
-        label of any set (NaN where a set lacks the label).
+    Returns:
+    pandas.DataFrame — Index: prompt set. Columns: ``<label>_mean`` and ``<label>_sd`` for every label of any set (NaN
+        where a set lacks the label).
     """
     import pandas as pd
 

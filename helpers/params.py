@@ -138,10 +138,8 @@ SPEC: dict[str, Param] = _spec()
 def validate(params: Mapping[str, Any]) -> None:
     """Check every parameter, alone and against the others, before any stage runs.
 
-    Raises
-    ------
-    ValueError
-        Listing every bad parameter with its value and what it accepts.
+    Raises:
+    ValueError — Listing every bad parameter with its value and what it accepts.
     """
     errors = [f"{k}={v!r}: must be {SPEC[k].valid}" for k, v in params.items() if k in SPEC and not SPEC[k].ok(v)]
     bad = {e.split("=", 1)[0] for e in errors}

@@ -30,11 +30,9 @@ def save(fig: "matplotlib.figure.Figure", path: str | Path | None) -> "matplotli
 def plot_example_stimuli(stim, indices=None, *, n: int = 8, path=None):
     """Eight representative stimuli (blog, Design figure, left).
 
-    Parameters
-    ----------
+    Parameters:
     stim : helpers.stimuli.StimulusSet
-    indices : sequence of int, optional
-        Which stimuli; default the first ``n``.
+    indices : sequence of int, optional — Which stimuli; default the first ``n``.
     """
     from helpers.stimuli import render
 
@@ -88,13 +86,10 @@ def plot_composite(mean_img: np.ndarray, *, path=None):
 def plot_activation_distributions(stats, *, title: str | None = None, path: str | Path | None = None):
     """Per-layer activation distributions, one panel per condition.
 
-    Parameters
-    ----------
-    stats : pandas.DataFrame
-        From :func:`helpers.record.activation_stats`: columns ``condition``,
-        ``layer``, ``label``, ``q1``, ``q25``, ``q50``, ``q75``, ``q99``,
-        ``mean``. Boxes span the 25-75 % quantiles, whiskers 1-99 %, the line
-        is the median and the dot the mean; no outliers are drawn.
+    Parameters:
+    stats : pandas.DataFrame — From :func:`helpers.record.activation_stats`: columns ``condition``, ``layer``,
+        ``label``, ``q1``, ``q25``, ``q50``, ``q75``, ``q99``, ``mean``. Boxes span the 25-75 % quantiles, whiskers
+        1-99 %, the line is the median and the dot the mean; no outliers are drawn.
     """
     conds = list(dict.fromkeys(stats["condition"]))
     fig, axes = plt.subplots(
@@ -139,10 +134,8 @@ def draw_top_ratemaps(
     range (unvisited bins light grey); ``#neuron score`` is written under it. Used by
     :func:`plot_top_ratemaps` and the widget explorer.
 
-    Returns
-    -------
-    dict
-        ``layer -> score name -> ndarray`` of the neuron indices shown.
+    Returns:
+    dict — ``layer -> score name -> ndarray`` of the neuron indices shown.
     """
     from helpers.scores import top_neurons
 
@@ -195,23 +188,17 @@ def plot_top_ratemaps(
 ):
     """The blog's main figure for one weight condition.
 
-    Parameters
-    ----------
-    maps_by_layer : mapping layer -> ndarray (k, bins, bins)
-        Ratemaps of every neuron of each layer (rows of the figure, in order).
-    scores_by_layer : mapping layer -> mapping score name -> ndarray (k,)
-        Scores of the same neurons (e.g. from ``helpers.scores.compute_scores``).
-    top_k : int
-        Neurons shown per layer and score, best first (NaN scores skipped).
-    score_names : sequence of str
-        Column groups, default spatial information, grid and border score.
-    title : str, optional
-        e.g. ``"CLIP ViT-B/32, CLS token -- model weights"``.
-    path : str or Path, optional
-        Save as PNG there.
+    Parameters:
+    maps_by_layer : mapping layer -> ndarray (k, bins, bins) — Ratemaps of every neuron of each layer (rows of the
+        figure, in order).
+    scores_by_layer : mapping layer -> mapping score name -> ndarray (k,) — Scores of the same neurons (e.g. from
+        ``helpers.scores.compute_scores``).
+    top_k : int — Neurons shown per layer and score, best first (NaN scores skipped).
+    score_names : sequence of str — Column groups, default spatial information, grid and border score.
+    title : str, optional — e.g. ``"CLIP ViT-B/32, CLS token -- model weights"``.
+    path : str or Path, optional — Save as PNG there.
 
-    Returns
-    -------
+    Returns:
     matplotlib.figure.Figure
     """
     n_layers = len(maps_by_layer)
@@ -266,18 +253,14 @@ def plot_score_distributions(
 ):
     """Box plots of each score by layer, one box per condition.
 
-    Parameters
-    ----------
-    scores_by_condition : mapping condition -> layer -> score name -> ndarray (k,)
-        e.g. ``{"model": {...}, "random": {...}}``; layers in mapping order of
-        the first condition. NaN scores are left out.
-    thresholds : mapping condition -> layer -> score name -> float, optional
-        Significance thresholds, drawn as short horizontal ticks.
-    title, path
-        Figure title; save as PNG at ``path``.
+    Parameters:
+    scores_by_condition : mapping condition -> layer -> score name -> ndarray (k,) — e.g. ``{"model": {...}, "random":
+        {...}}``; layers in mapping order of the first condition. NaN scores are left out.
+    thresholds : mapping condition -> layer -> score name -> float, optional — Significance thresholds, drawn as short
+        horizontal ticks.
+    title, path — Figure title; save as PNG at ``path``.
 
-    Returns
-    -------
+    Returns:
     matplotlib.figure.Figure
     """
     conditions, layers, x, fig, axes = _score_by_layer_axes(
@@ -321,22 +304,16 @@ def plot_fraction_significant(
 ):
     """Fraction of significant neurons per layer, one line per condition.
 
-    Parameters
-    ----------
-    significant_by_condition : mapping condition -> layer -> score name -> float or bool array
-        A fraction in [0, 1], or a boolean mask such as
-        ``score_layers(...)["significant"]`` (its mean is plotted).
-    pooled_by_condition : same structure, optional
-        The decisions under the layer's pooled null (``score_layers(...)
-        ["significant_pooled"]``), drawn dashed with open markers in the
-        condition's colour, labelled "<condition>, pooled null".
-    chance : float or None
-        Expected false-positive rate (1 - percentile/100), drawn dashed.
-    title, path
-        Figure title; save as PNG at ``path``.
+    Parameters:
+    significant_by_condition : mapping condition -> layer -> score name -> float or bool array — A fraction in [0, 1],
+        or a boolean mask such as ``score_layers(...)["significant"]`` (its mean is plotted).
+    pooled_by_condition : same structure, optional — The decisions under the layer's pooled null (``score_layers(...)
+        ["significant_pooled"]``), drawn dashed with open markers in the condition's colour, labelled "<condition>,
+        pooled null".
+    chance : float or None — Expected false-positive rate (1 - percentile/100), drawn dashed.
+    title, path — Figure title; save as PNG at ``path``.
 
-    Returns
-    -------
+    Returns:
     matplotlib.figure.Figure
     """
     conditions, layers, x, fig, axes = _score_by_layer_axes(
@@ -364,11 +341,9 @@ def plot_layer_lesions(df, *, title: str | None = None, path: str | Path | None 
     0.5 = every image gets the same answer) when the table has it, else the
     blog's ``performance`` (circles only), which is then drawn as black ticks.
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        :func:`helpers.lesions.layer_lesion_study` output (columns ``tower,
-        label, part, performance, baseline_performance``, optionally ``balanced_performance``).
+    Parameters:
+    df : pandas.DataFrame — :func:`helpers.lesions.layer_lesion_study` output (columns ``tower, label, part,
+        performance, baseline_performance``, optionally ``balanced_performance``).
     """
     balanced = "balanced_performance" in df.columns
     value = "balanced_performance" if balanced else "performance"
@@ -444,10 +419,8 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     probability of the target prompt, which still moves when decisions don't.
     Random is drawn as mean ± SD over seeds.
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        :func:`helpers.lesions.targeted_lesion_study` output.
+    Parameters:
+    df : pandas.DataFrame — :func:`helpers.lesions.targeted_lesion_study` output.
     """
     panels = {"performance": 'performance ("a black circle")', "p_target": "mean P(target prompt)"}
     return _rule_panels(df, panels, n_neurons, title or f"lesions in residual block {layer}", path)
@@ -462,11 +435,9 @@ def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: s
     Right: fraction of each set that is lesioned for every stimulus
     (``n_common / n_ablated``).
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        :func:`helpers.lesions.targeted_lesion_study` output (columns
-        ``jaccard``, ``n_common``, ``n_ablated``).
+    Parameters:
+    df : pandas.DataFrame — :func:`helpers.lesions.targeted_lesion_study` output (columns ``jaccard``, ``n_common``,
+        ``n_ablated``).
     """
     d = df[df["n_ablated"] > 0].assign(shared=lambda t: t["n_common"] / t["n_ablated"])
     panels = {"jaccard": "mean Jaccard between two stimuli's sets", "shared": "fraction lesioned for every stimulus"}
@@ -510,19 +481,17 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
     row share one symmetric colour scale, so a deficit that is as large under
     a control as under the region lesion looks alike.
 
-    Parameters
-    ----------
-    before, after : (bins, bins) or (k, bins, bins) arrays, NaN in empty bins
-        (row 0 = top of the image); one figure row per map.
+    Parameters:
+    before, after : (bins, bins) or (k, bins, bins) arrays, NaN in empty bins — (row 0 = top of the image); one figure
+        row per map.
     region : (bins, bins) bool, outlined (solid) in every panel.
     extent : (xmin, xmax, ymin, ymax) pixels.
     labels : one label per row, e.g. ``("margin", "P(circle)", "performance")``.
-    controls : mapping name -> array like ``after``, optional
-        Maps after each control lesion (e.g. ``{"opposite": ..., "random": ...}``).
+    controls : mapping name -> array like ``after``, optional — Maps after each control lesion (e.g. ``{"opposite":
+        ..., "random": ...}``).
     opposite : (bins, bins) bool, optional; outlined dashed.
-    limits : one (lo, hi) or None per row, optional
-        Colour range of the before/after maps; None = their joint data range.
-        Default (0, 1) for every row.
+    limits : one (lo, hi) or None per row, optional — Colour range of the before/after maps; None = their joint data
+        range. Default (0, 1) for every row.
     """
     before = np.asarray(before, float)
     after = np.asarray(after, float)
@@ -567,17 +536,13 @@ def plot_spatial_lesion(before, after, region, *, extent, labels=("performance",
 def plot_decoding(df, *, layer_labels=None, title: str | None = None, path: str | Path | None = None):
     """Position decoding by layer: R², median error and neurons removed, per condition and neuron set.
 
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        :func:`helpers.decoding.decoding_table` output (columns ``condition,
-        layer, neurons, n_removed, n_neurons, r2, median_error_px,
-        chance_median_error_px``). Layers are plotted in their order of
-        appearance; solid lines use all neurons, dashed lines those left after
-        removing the significant ones (where none is left: no point, "none left").
+    Parameters:
+    df : pandas.DataFrame — :func:`helpers.decoding.decoding_table` output (columns ``condition, layer, neurons,
+        n_removed, n_neurons, r2, median_error_px, chance_median_error_px``). Layers are plotted in their order of
+        appearance; solid lines use all neurons, dashed lines those left after removing the significant ones (where
+        none is left: no point, "none left").
     layer_labels : mapping layer -> tick label, optional.
-    title, path
-        Figure title; save as PNG at ``path``.
+    title, path — Figure title; save as PNG at ``path``.
     """
     if len(df) == 0:
         raise ValueError("df must hold at least one row of helpers.decoding.decoding_table")
@@ -643,8 +608,7 @@ def plot_double_dissociation(cells, *, names=("region", "opposite"), metrics=Non
     dissociation is a crossing: lesion A's line falls from A to B, lesion B's
     rises.
 
-    Parameters
-    ----------
+    Parameters:
     cells : :func:`helpers.lesions.dissociation_table` output (one model).
     names : (label of region A, label of region B), e.g. ``("lower-left", "upper-right")``.
     metrics : metrics to draw, default every metric in ``cells``.

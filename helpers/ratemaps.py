@@ -1,25 +1,9 @@
-"""Activation maps over the visual field ("ratemaps").
+"""Ratemaps: mean activation of each neuron per ``bins x bins`` square bin of the visual field.
 
-A ratemap is the neuroscience picture of a neuron's spatial tuning: the
-visual field is cut into ``bins x bins`` square bins and each bin holds the
-mean activation of the neuron over the stimuli whose centre fell in that bin.
-
-Conventions
------------
-- Positions are stimulus centres in **pixels**, ``(x, y)`` with ``y`` growing
-  downwards (image convention).
-- Map **row = y bin, column = x bin**, so ``plt.imshow(maps[j])`` looks like the
-  image: row 0 is the top of the image.
-- ``extent = (xmin, xmax, ymin, ymax)`` in pixels. Bin edges are
-  ``linspace(xmin, xmax, bins + 1)`` (same for y). A stimulus exactly on the
-  upper edge goes into the last bin; stimuli outside the extent are ignored
-  (their bin index is ``-1``).
-- Bins where no stimulus fell are ``NaN`` in the maps and ``0`` in the
-  occupancy.
-
-Everything is vectorised over neurons: building the maps is one sparse
-``(bins², n) @ (n, k)`` product, so it is cheap enough to call inside a
-shuffle loop (see :func:`helpers.scores.shuffle_scores`).
+Positions are stimulus centres ``(x, y)`` in pixels, y down; map row = y bin (row 0 = top), column = x bin;
+``extent = (xmin, xmax, ymin, ymax)`` px, edges ``linspace(min, max, bins + 1)``, the upper edge in the last bin,
+stimuli outside ignored (bin ``-1``); unvisited bins are NaN in the maps, 0 in the occupancy. One sparse
+``(bins², n) @ (n, k)`` product per layer, cheap enough for shuffles.
 """
 
 from __future__ import annotations
@@ -93,24 +77,17 @@ def _check_activations(activations: np.ndarray, n: int, name: str = "activations
 def resolve_extent(positions: np.ndarray, extent: Sequence[float] | None = None) -> Extent:
     """Return the binning extent ``(xmin, xmax, ymin, ymax)`` in pixels.
 
-    Parameters
-    ----------
-    positions : ndarray, shape (n, 2)
-        Stimulus centres ``(x, y)`` in pixels.
-    extent : sequence of 4 floats or None
-        Explicit ``(xmin, xmax, ymin, ymax)``; ``None`` means the min/max of
+    Parameters:
+    positions : ndarray, shape (n, 2) — Stimulus centres ``(x, y)`` in pixels.
+    extent : sequence of 4 floats or None — Explicit ``(xmin, xmax, ymin, ymax)``; ``None`` means the min/max of
         ``positions`` along each axis.
 
-    Returns
-    -------
+    Returns:
     tuple of 4 floats
 
-    Raises
-    ------
-    ValueError
-        If ``extent`` does not have 4 finite entries with ``xmin < xmax`` and
-        ``ymin < ymax`` (also raised when all positions share an x or y value
-        and no extent is given).
+    Raises:
+    ValueError — If ``extent`` does not have 4 finite entries with ``xmin < xmax`` and ``ymin < ymax`` (also raised
+        when all positions share an x or y value and no extent is given).
     """
     pos = _check_positions(positions)
     if extent is None:
@@ -137,20 +114,14 @@ def bin_indices(
     lesions: ``maps[:, row, col]`` is every neuron's ratemap value at the
     stimulus location (see :func:`values_at_bins`).
 
-    Parameters
-    ----------
-    positions : ndarray, shape (n, 2)
-        Stimulus centres ``(x, y)`` in pixels, ``y`` growing downwards.
-    bins : int
-        Bins per side (>= 2).
-    extent : sequence of 4 floats or None
-        ``(xmin, xmax, ymin, ymax)`` in pixels; default min/max of positions.
+    Parameters:
+    positions : ndarray, shape (n, 2) — Stimulus centres ``(x, y)`` in pixels, ``y`` growing downwards.
+    bins : int — Bins per side (>= 2).
+    extent : sequence of 4 floats or None — ``(xmin, xmax, ymin, ymax)`` in pixels; default min/max of positions.
 
-    Returns
-    -------
-    ndarray of int64, shape (n, 2)
-        ``[:, 0]`` = row (y bin), ``[:, 1]`` = column (x bin), each in
-        ``0 .. bins-1``; both are ``-1`` for stimuli outside ``extent``.
+    Returns:
+    ndarray of int64, shape (n, 2) — ``[:, 0]`` = row (y bin), ``[:, 1]`` = column (x bin), each in ``0 .. bins-1``;
+        both are ``-1`` for stimuli outside ``extent``.
     """
     bins = _check_bins(bins)
     pos = _check_positions(positions)
@@ -171,8 +142,7 @@ def flat_bin_indices(
 ) -> np.ndarray:
     """Flat bin index ``row * bins + col`` of each stimulus (``-1`` outside).
 
-    Returns
-    -------
+    Returns:
     ndarray of int64, shape (n,)
     """
     rc = bin_indices(positions, bins, extent)
@@ -186,26 +156,18 @@ def ratemaps_from_bins(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ratemaps from precomputed flat bin indices (the fast path for shuffles).
 
-    Parameters
-    ----------
-    flat_bins : ndarray of int, shape (n,)
-        ``row * bins + col`` per stimulus, ``-1`` to ignore a stimulus
-        (see :func:`flat_bin_indices`).
-    activations : ndarray, shape (n, k) or (n,)
-        Activation of each of ``k`` neurons for each stimulus; any float dtype
-        (float16, float32, float64), summed in float64.
-    bins : int
-        Bins per side (>= 2).
-    sigma : float or None
-        Gaussian smoothing width in bins (see :func:`smooth_maps`); ``None`` or
-        0 means no smoothing.
+    Parameters:
+    flat_bins : ndarray of int, shape (n,) — ``row * bins + col`` per stimulus, ``-1`` to ignore a stimulus (see
+        :func:`flat_bin_indices`).
+    activations : ndarray, shape (n, k) or (n,) — Activation of each of ``k`` neurons for each stimulus; any float
+        dtype (float16, float32, float64), summed in float64.
+    bins : int — Bins per side (>= 2).
+    sigma : float or None — Gaussian smoothing width in bins (see :func:`smooth_maps`); ``None`` or 0 means no
+        smoothing.
 
-    Returns
-    -------
-    maps : ndarray of float64, shape (k, bins, bins)
-        Mean activation per bin, NaN where no stimulus fell.
-    occupancy : ndarray of int64, shape (bins, bins)
-        Number of stimuli per bin.
+    Returns:
+    maps : ndarray of float64, shape (k, bins, bins) — Mean activation per bin, NaN where no stimulus fell.
+    occupancy : ndarray of int64, shape (bins, bins) — Number of stimuli per bin.
     """
     bins = _check_bins(bins)
     sigma = _check_sigma(sigma)
@@ -241,17 +203,12 @@ def smooth_maps(sums: np.ndarray, occupancy: np.ndarray, sigma: float) -> np.nda
     rounding). This is the usual "smooth spikes and occupancy separately"
     estimator of neuroscience ratemaps.
 
-    Parameters
-    ----------
-    sums : ndarray, shape (k, bins, bins)
-        Sum of activations per bin (0 in unvisited bins).
-    occupancy : ndarray, shape (bins, bins)
-        Stimuli per bin.
-    sigma : float
-        Gaussian standard deviation in bins (>= 0; 0 means plain mean).
+    Parameters:
+    sums : ndarray, shape (k, bins, bins) — Sum of activations per bin (0 in unvisited bins).
+    occupancy : ndarray, shape (bins, bins) — Stimuli per bin.
+    sigma : float — Gaussian standard deviation in bins (>= 0; 0 means plain mean).
 
-    Returns
-    -------
+    Returns:
     ndarray of float64, shape (k, bins, bins)
     """
     sigma = _check_sigma(sigma)
@@ -279,40 +236,27 @@ def ratemaps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean activation of every neuron in each spatial bin of the visual field.
 
-    Parameters
-    ----------
-    positions : ndarray, shape (n, 2)
-        Stimulus centres ``(x, y)`` in pixels, ``y`` growing downwards.
-    activations : ndarray, shape (n, k) or (n,)
-        Activation of each of ``k`` neurons (a 1-D array is one neuron) for
-        each stimulus. Must be finite. Any float dtype (float16 recordings
-        included); the maps are accumulated in float64.
-    bins : int, default 20
-        Bins per side (>= 2). Map row = y bin, column = x bin.
-    extent : (xmin, xmax, ymin, ymax) or None
-        Field covered by the bins, in pixels. Default: min/max of
-        ``positions``. Stimuli outside are ignored. Keep it fixed (e.g.
-        ``(0, 224, 0, 224)``) to compare maps across runs.
-    sigma : float or None
-        Gaussian smoothing width in **bins**; ``None``/0 = no smoothing. The
-        smoothing is a normalised convolution (see :func:`smooth_maps`), so
-        unvisited bins stay NaN.
+    Parameters:
+    positions : ndarray, shape (n, 2) — Stimulus centres ``(x, y)`` in pixels, ``y`` growing downwards.
+    activations : ndarray, shape (n, k) or (n,) — Activation of each of ``k`` neurons (a 1-D array is one neuron) for
+        each stimulus. Must be finite. Any float dtype (float16 recordings included); the maps are accumulated in
+        float64.
+    bins : int, default 20 — Bins per side (>= 2). Map row = y bin, column = x bin.
+    extent : (xmin, xmax, ymin, ymax) or None — Field covered by the bins, in pixels. Default: min/max of
+        ``positions``. Stimuli outside are ignored. Keep it fixed (e.g. ``(0, 224, 0, 224)``) to compare maps across
+        runs.
+    sigma : float or None — Gaussian smoothing width in **bins**; ``None``/0 = no smoothing. The smoothing is a
+        normalised convolution (see :func:`smooth_maps`), so unvisited bins stay NaN.
 
-    Returns
-    -------
-    maps : ndarray of float64, shape (k, bins, bins)
-        Mean activation per bin; NaN where no stimulus fell.
-    occupancy : ndarray of int64, shape (bins, bins)
-        Stimuli per bin.
+    Returns:
+    maps : ndarray of float64, shape (k, bins, bins) — Mean activation per bin; NaN where no stimulus fell.
+    occupancy : ndarray of int64, shape (bins, bins) — Stimuli per bin.
 
-    Raises
-    ------
-    ValueError
-        Bad shapes, non-finite values, ``bins < 2``, ``sigma < 0`` or an
-        empty/degenerate extent; the message names the parameter.
+    Raises:
+    ValueError — Bad shapes, non-finite values, ``bins < 2``, ``sigma < 0`` or an empty/degenerate extent; the message
+        names the parameter.
 
-    Examples
-    --------
+    Examples:
     >>> pos = np.array([[1.0, 1.0], [9.0, 9.0]])
     >>> maps, occ = ratemaps(pos, np.array([[2.0], [4.0]]), bins=2, extent=(0, 10, 0, 10))
     >>> maps[0]
@@ -330,16 +274,12 @@ def ratemaps(
 def values_at_bins(maps: np.ndarray, rows_cols: np.ndarray) -> np.ndarray:
     """Ratemap value of every neuron at each stimulus's bin.
 
-    Parameters
-    ----------
+    Parameters:
     maps : ndarray, shape (k, bins, bins)
-    rows_cols : ndarray of int, shape (n, 2)
-        Output of :func:`bin_indices`; rows with ``-1`` give NaN.
+    rows_cols : ndarray of int, shape (n, 2) — Output of :func:`bin_indices`; rows with ``-1`` give NaN.
 
-    Returns
-    -------
-    ndarray of float64, shape (n, k)
-        ``out[i, j] = maps[j, row_i, col_i]``.
+    Returns:
+    ndarray of float64, shape (n, k) — ``out[i, j] = maps[j, row_i, col_i]``.
     """
     maps = np.asarray(maps, dtype=np.float64)
     rc = np.asarray(rows_cols)
@@ -392,8 +332,7 @@ def save_ratemaps(
 def load_ratemaps(path) -> dict:
     """Read :func:`save_ratemaps` output.
 
-    Returns
-    -------
+    Returns:
     dict with ``maps`` {layer: (k, bins, bins)}, ``occupancy``, ``extent``
     (tuple), ``bins`` (int) and ``sigma`` (float or None).
     """

@@ -1,68 +1,19 @@
-"""Hook-based recording of model activations to disk: the Record stage.
+"""Hook-based recording of activations to disk: the Record stage (blog "Record"; narrated in notebooks/02_record).
 
-The blog records "neural responses" by attaching forward hooks to the layers of
-CLIP's image tower and storing what they output while the stimuli pass through
-("Record" section of the seed blog; the analysed layers are
-``visual.transformer.resblocks.[L].attn``, L = 0..11, class token only).
-This module does the same with three guarantees the blog's snippet lacks:
+Hooks (:mod:`helpers.hooks`) live in :class:`Capture` and are removed on exit and on error; the token axis is
+checked against the tower input (``1 + grid**2`` tokens), never assumed. Each batch streams into one ``.npy``
+memmap per module; the manifest, rewritten atomically after every batch, lets an interrupted recording resume and
+refuses one made from other stimuli or weights (file names: :mod:`helpers.paths`).
 
-* **The token axis is checked, not assumed.** Sequence-first transformers are
-  refused (:func:`helpers.hooks.require_batch_first`) and every captured
-  tensor is checked against the batch size and the number of tokens
-  ``1 + grid**2`` seen at the tower's input, so a wrong class-token extraction
-  fails loudly instead of silently (cf. thingsvision issue 185).
-* **Reversible.** Hooks live inside a context manager (:class:`Capture`) and
-  are removed on exit and on error; parameters, buffers and modes are never
-  touched.
-* **Streaming, resumable storage.** Each batch is written straight into one
-  ``.npy`` memory map per layer; only the current batch is held in RAM. A JSON
-  manifest, rewritten atomically after every batch, says what was recorded and
-  how far it got, so an interrupted recording resumes where it stopped and a
-  recording that does not match the requested stimuli or model is refused.
+Token selections (``tokens=``) of a transformer output ``(B, T, D)``, ``T = 1 + gh*gw`` (class token first, patches
+row-major): ``"cls"`` ``x[:, 0]`` (n, D), the blog's; ``"patches"`` (n, gh*gw, D) (:func:`patch_table`); ``"all"``
+(n, T, D); ``"mean"`` mean over patches (n, D), float32. A conv output ``(B, C, gh, gw)`` (``visual.conv1``, before
+the class token exists) refuses ``"cls"``; ``"patches"`` = ``"all"`` (n, gh*gw, C); ``"mean"`` (n, C). Outputs
+without tokens ``(B, D)`` accept ``"all"`` only; text modules accept ``"all"`` and ``"eot"`` (:func:`record_text`).
 
-On-disk format (one folder per condition, see :mod:`helpers.paths`)::
-
-    manifest.json          see :func:`record` (``format`` = "helpers.record/1")
-    <module name>.npy      n_stimuli x [tokens x] neurons, float32 (or float16)
-    embeddings.npy         n_stimuli x embed_dim, float32, L2-normalised rows
-
-Token selections (``tokens=``)
-------------------------------
-For transformer modules whose output is ``(B, T, D)`` with ``T = 1 + gh*gw``
-(class token first, then the patch tokens in row-major order):
-
-``"cls"``      ``x[:, 0]`` -> ``(n, D)``. The default; what the blog analyses.
-``"patches"``  ``x[:, 1:]`` -> ``(n, gh*gw, D)``; patch ``p`` sits at row
-               ``p // gw``, column ``p % gw``; see :func:`patch_table`.
-``"all"``      ``x`` -> ``(n, T, D)`` (token 0 is the class token).
-``"mean"``     ``x[:, 1:].mean(1)`` -> ``(n, D)``, the mean over patch tokens
-               (computed in float32).
-
-For convolutional outputs ``(B, C, gh, gw)`` (``visual.conv1``, the patch
-embedding, which runs *before* the class token is prepended):
-
-``"cls"``      refused: there is no class token yet.
-``"patches"``  ``(n, gh*gw, C)``, same row-major order as the transformer's
-               patch tokens (token ``1 + p`` <-> conv position ``p``).
-``"all"``      identical to ``"patches"`` (there are no prefix tokens).
-``"mean"``     spatial mean ``(n, C)``.
-
-Outputs without a token axis ``(B, D)`` (e.g. ``visual``) accept only ``"all"``.
-Text-tower modules (``transformer.resblocks.*``, ``ln_final``...) have no class
-token; they accept ``"all"`` and ``"eot"`` (the end-of-text token that CLIP's
-text tower pools). They run inside ``encode_text``: use :class:`Capture` around
-it, or :func:`record_text`.
-
-Layer names
------------
-Modules are chosen by exact ``named_modules()`` names or glob patterns,
-matched one dotted component at a time: ``*``, ``?`` and ``[...]`` never cross
-a dot and ``**`` spans any number of components. So
-``"visual.transformer.resblocks.*"`` selects the 12 blocks (the residual
-stream after each block) and not their sub-modules, and
-``"visual.transformer.resblocks.*.attn"`` the 12 attention sublayers. Each
-recorded module also gets a self-explaining TransformerLens-style hook name
-(:func:`hook_name`), e.g. ``image.blocks.3.hook_attn_out``.
+Modules are chosen by ``named_modules()`` names or glob patterns matched per dotted component (``*``, ``?``,
+``[...]`` never cross a dot; ``**`` spans components): ``"visual.transformer.resblocks.*.attn"`` is the 12
+attention sublayers.
 """
 
 from __future__ import annotations
@@ -87,7 +38,12 @@ import torch
 from torch import nn
 
 from helpers import hooks
+from helpers.names import describe, hook_name, label, tower_of
+from helpers import paths
 from helpers.models import weights_hash as models_weights_hash
+from helpers.paths import RECORDING_EMBEDDINGS as EMBEDDINGS
+from helpers.paths import RECORDING_MANIFEST as MANIFEST
+from helpers.paths import recording_array
 from helpers.stimuli import check_batch_size
 
 log = logging.getLogger(__name__)
@@ -101,11 +57,8 @@ TOKEN_SELECTIONS = ("cls", "patches", "all", "mean", "eot")
 #: Storage dtypes (numpy) by name.
 STORAGE_DTYPES: dict[str, type] = {"float32": np.float32, "float16": np.float16}
 
-#: Manifest file name and format tag.
-MANIFEST = "manifest.json"
 #: ``mmap_mode`` values of :func:`load_recording`: none of them can change a file.
 READ_MODES = ("r", "c", None)
-EMBEDDINGS = "embeddings.npy"
 FORMAT = "helpers.record/1"
 
 #: Manifest fields that must agree before a recording is resumed or reused.
@@ -217,27 +170,18 @@ _EXAMPLE_LAYERS = (
 def resolve_layers(model: Any, layers: str | Sequence[str] = DEFAULT_LAYERS) -> list[str]:
     """Resolve exact module names and glob patterns to a sorted list of names.
 
-    Parameters
-    ----------
-    model : nn.Module or LoadedModel
-        An open_clip model (names are relative to it, e.g. ``visual.conv1``).
-    layers : str or sequence of str
-        Exact names from ``model.named_modules()`` or per-component glob
-        patterns (see :func:`match_layer`). Default: :data:`DEFAULT_LAYERS`.
+    Parameters:
+    model : nn.Module or LoadedModel — An open_clip model (names are relative to it, e.g. ``visual.conv1``).
+    layers : str or sequence of str — Exact names from ``model.named_modules()`` or per-component glob patterns (see
+        :func:`match_layer`). Default: :data:`DEFAULT_LAYERS`.
 
-    Returns
-    -------
-    list of str
-        Unique names in natural order (``resblocks.2`` before ``resblocks.10``).
-        Globs skip modules whose hooks never fire (containers such as
-        ``ModuleList``, the sub-layers of ``nn.MultiheadAttention``).
+    Returns:
+    list of str — Unique names in natural order (``resblocks.2`` before ``resblocks.10``). Globs skip modules whose
+        hooks never fire (containers such as ``ModuleList``, the sub-layers of ``nn.MultiheadAttention``).
 
-    Raises
-    ------
-    ValueError
-        Empty ``layers``, a pattern that matches nothing (the message lists
-        close matches and valid examples), or an exact name whose hook would
-        never fire.
+    Raises:
+    ValueError — Empty ``layers``, a pattern that matches nothing (the message lists close matches and valid
+        examples), or an exact name whose hook would never fire.
     """
     m = _as_module(model)
     if isinstance(layers, str):
@@ -276,70 +220,6 @@ def _unmatched_message(pattern: str, names: Sequence[str]) -> str:
         "(use '**' to span several), e.g. 'visual.transformer.resblocks.*.attn'."
     )
     return msg
-
-
-_BLOCK_RE = re.compile(r"^(?P<visual>visual\.)?(?P<text>text\.)?transformer\.resblocks\.(?P<i>\d+)(?:\.(?P<sub>.+))?$")
-
-_BLOCK_SUFFIX = {
-    None: ("hook_resid_post", "residual stream after block {i} (block output)"),
-    "ln_1": ("ln1.hook_normalized", "block {i} pre-attention LayerNorm output"),
-    "attn": ("hook_attn_out", "block {i} attention output (before the residual add)"),
-    "ls_1": ("hook_attn_out_scaled", "block {i} attention output after LayerScale"),
-    "ln_2": ("ln2.hook_normalized", "block {i} pre-MLP LayerNorm output"),
-    "mlp": ("hook_mlp_out", "block {i} MLP output (before the residual add)"),
-    "mlp.c_fc": ("mlp.hook_pre", "block {i} MLP hidden units before the nonlinearity"),
-    "mlp.gelu": ("mlp.hook_post", "block {i} MLP hidden units after the nonlinearity"),
-    "mlp.c_proj": ("mlp.hook_out", "block {i} MLP output projection"),
-    "ls_2": ("hook_mlp_out_scaled", "block {i} MLP output after LayerScale"),
-}
-
-_OTHER_NAMES = {
-    "visual": ("image.hook_pooled", "image embedding (pooled and projected)"),
-    "visual.conv1": ("image.hook_patch_embed", "patch embedding (conv1), before the class token is prepended"),
-    "visual.ln_pre": ("image.hook_ln_pre", "token embeddings after ln_pre (input to block 0)"),
-    "visual.transformer": ("image.hook_resid_final", "residual stream after the last block"),
-    "visual.ln_post": ("image.hook_ln_post", "final LayerNorm output"),
-    "token_embedding": ("text.hook_embed", "token embeddings"),
-    "transformer": ("text.hook_resid_final", "text residual stream after the last block"),
-    "ln_final": ("text.hook_ln_final", "text final LayerNorm output"),
-}
-
-
-def tower_of(name: str) -> str:
-    """``"image"`` for modules under ``visual``, ``"text"`` otherwise."""
-    return "image" if name == "visual" or name.startswith("visual.") else "text"
-
-
-def hook_name(name: str) -> str:
-    """TransformerLens-style label for a module, e.g. ``image.blocks.3.hook_attn_out``.
-
-    Unknown modules fall back to ``<tower>.<module name>``.
-    """
-    m = _BLOCK_RE.match(name)
-    if m and m.group("sub") in _BLOCK_SUFFIX:
-        return f"{tower_of(name)}.blocks.{m.group('i')}.{_BLOCK_SUFFIX[m.group('sub')][0]}"
-    if name in _OTHER_NAMES:
-        return _OTHER_NAMES[name][0]
-    return f"{tower_of(name)}.{name}"
-
-
-def describe_layer(name: str) -> str:
-    """One-line plain-language description of a module's output."""
-    m = _BLOCK_RE.match(name)
-    if m and m.group("sub") in _BLOCK_SUFFIX:
-        return f"{tower_of(name)} tower: " + _BLOCK_SUFFIX[m.group("sub")][1].format(i=m.group("i"))
-    if name in _OTHER_NAMES:
-        return f"{tower_of(name)} tower: {_OTHER_NAMES[name][1]}"
-    return f"{tower_of(name)} tower: output of {name}"
-
-
-def layer_label(name: str) -> str:
-    """Short axis label, e.g. ``L3 attn`` or ``L3 resid``."""
-    m = _BLOCK_RE.match(name)
-    if m:
-        sub = m.group("sub") or "resid"
-        return f"{'T' if tower_of(name) == 'text' else 'L'}{m.group('i')} {sub}"
-    return name.replace("visual.", "")
 
 
 # =========================================================================== token layout
@@ -400,27 +280,18 @@ class TowerInput:
 def select_tokens(x: torch.Tensor, layout: ModuleLayout, tokens: str, inp: TowerInput) -> torch.Tensor:
     """Normalise one module output to batch-first, assert its shape, select tokens.
 
-    Parameters
-    ----------
-    x : tensor
-        The module output: ``(B, T, D)``, ``(B, C, H, W)`` or ``(B, D)``.
+    Parameters:
+    x : tensor — The module output: ``(B, T, D)``, ``(B, C, H, W)`` or ``(B, D)``.
     layout : ModuleLayout
-    tokens : str
-        See the module docstring.
-    inp : TowerInput
-        Batch size, expected token count and prefix tokens, from the tower input.
+    tokens : str — See the module docstring.
+    inp : TowerInput — Batch size, expected token count and prefix tokens, from the tower input.
 
-    Returns
-    -------
-    tensor
-        ``(B, D)``, ``(B, P, D)`` or ``(B, T, D)``; a view or a new tensor.
+    Returns:
+    tensor — ``(B, D)``, ``(B, P, D)`` or ``(B, T, D)``; a view or a new tensor.
 
-    Raises
-    ------
-    LayoutError
-        The shape contradicts the declared layout (batch or token count).
-    ValueError
-        The selection is undefined for this kind of output.
+    Raises:
+    LayoutError — The shape contradicts the declared layout (batch or token count).
+    ValueError — The selection is undefined for this kind of output.
     """
     name = layout.name
     if x.ndim == 3:
@@ -481,24 +352,17 @@ def _eot_index(inp: TowerInput) -> torch.Tensor:
 def patch_table(source: Any = None, *, grid: Sequence[int] | None = None, patch_size: Sequence[int] | None = None):
     """Where each patch token looks: row, column and pixel box in the input frame.
 
-    Parameters
-    ----------
-    source : LoadedModel, open_clip CLIP / VisionTransformer, or a recording manifest (dict), optional
-        Where to read ``grid`` and ``patch_size`` from.
-    grid : (rows, cols), optional
-        Patch grid, e.g. ``(7, 7)`` for ViT-B/32 at 224 px.
-    patch_size : (height, width) in pixels, optional
-        E.g. ``(32, 32)``.
+    Parameters:
+    source : LoadedModel, open_clip CLIP / VisionTransformer, or a recording manifest (dict), optional — Where to read
+        ``grid`` and ``patch_size`` from.
+    grid : (rows, cols), optional — Patch grid, e.g. ``(7, 7)`` for ViT-B/32 at 224 px.
+    patch_size : (height, width) in pixels, optional — E.g. ``(32, 32)``.
 
-    Returns
-    -------
-    pandas.DataFrame
-        One row per patch, in token order: ``patch`` (0..P-1, the index along
-        the ``patches`` axis), ``token`` (its index in the full sequence,
-        ``patch + 1`` behind the class token), ``row``, ``col`` (row-major),
-        and the half-open pixel box ``x0 <= x < x1``, ``y0 <= y < y1`` with its
-        centre ``cx, cy`` in the model's input frame (x right, y down; see
-        :func:`helpers.stimuli.positions_in_input` for stimulus positions in
+    Returns:
+    pandas.DataFrame — One row per patch, in token order: ``patch`` (0..P-1, the index along the ``patches`` axis),
+        ``token`` (its index in the full sequence, ``patch + 1`` behind the class token), ``row``, ``col``
+        (row-major), and the half-open pixel box ``x0 <= x < x1``, ``y0 <= y < y1`` with its centre ``cx, cy`` in the
+        model's input frame (x right, y down; see :func:`helpers.stimuli.positions_in_input` for stimulus positions in
         the same frame).
     """
     import pandas as pd
@@ -552,28 +416,19 @@ def _tower_input(model: nn.Module, tower: str, x: torch.Tensor, entry: nn.Module
 class Capture:
     """Context manager that records named modules during any forward pass.
 
-    Parameters
-    ----------
-    model : nn.Module or LoadedModel
-        An open_clip model.
-    layers : str or sequence of str
-        Names or globs, see :func:`resolve_layers`.
-    tokens : str
-        Token selection applied inside the hook (so only the selection is kept),
-        see the module docstring. Default ``"all"``.
+    Parameters:
+    model : nn.Module or LoadedModel — An open_clip model.
+    layers : str or sequence of str — Names or globs, see :func:`resolve_layers`.
+    tokens : str — Token selection applied inside the hook (so only the selection is kept), see the module docstring.
+        Default ``"all"``.
 
-    Attributes
-    ----------
-    names : list of str
-        Resolved module names.
-    outputs : dict name -> tensor
-        Selected, batch-first, detached outputs of the most recent call of each
-        module, on the model's device and in its dtype (``"mean"`` is float32).
-    calls : Counter
-        How often each module ran since the last :meth:`clear`.
+    Attributes:
+    names : list of str — Resolved module names.
+    outputs : dict name -> tensor — Selected, batch-first, detached outputs of the most recent call of each module, on
+        the model's device and in its dtype (``"mean"`` is float32).
+    calls : Counter — How often each module ran since the last :meth:`clear`.
 
-    Examples
-    --------
+    Examples:
     >>> with Capture(lm, "transformer.resblocks.*", tokens="eot") as cap:   # doctest: +SKIP
     ...     lm.model.encode_text(lm.tokenizer(["a black circle"]))
     >>> cap.outputs["transformer.resblocks.11"].shape                       # doctest: +SKIP
@@ -718,8 +573,7 @@ def record_arrays(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Record a *small* subset in memory (for checks; everything is held in RAM).
 
-    Returns
-    -------
+    Returns:
     acts : dict name -> float32 array (n_sel, [tokens,] neurons)
     embeddings : (n_sel, embed_dim) float32, L2-normalised
     """
@@ -742,8 +596,7 @@ def record_text(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Record text-tower modules while encoding prompts.
 
-    Returns
-    -------
+    Returns:
     acts : dict name -> float32 array (n_prompts, [77,] width)
     embeddings : (n_prompts, embed_dim) float32, L2-normalised
     """
@@ -800,7 +653,7 @@ def _geometry(model: nn.Module, input_size: int) -> dict:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """Read ``manifest.json`` from a recording folder (or the file itself)."""
+    """Read the manifest of a recording folder (or the file itself)."""
     p = Path(path)
     p = p / MANIFEST if p.is_dir() or not p.suffix else p
     if not p.is_file():
@@ -835,14 +688,10 @@ def _identity_diff(stored: Mapping, wanted: Mapping) -> list[str]:
     return out
 
 
-def _file_name(layer: str) -> str:
-    return f"{layer}.npy"
-
-
 def _clear_folder(folder: Path) -> None:
     """Delete a previous recording's files (manifest, embeddings, layer arrays); reads nothing."""
     files = {MANIFEST, MANIFEST + ".tmp", EMBEDDINGS}
-    files.update(p.name for p in folder.glob("*.npy"))
+    files.update(p.name for p in folder.glob(recording_array("*")))
     for f in files:
         (folder / f).unlink(missing_ok=True)
 
@@ -930,7 +779,7 @@ def _matching_recording(folder: Path, identity: dict, overwrite: bool) -> dict |
     if overwrite:  # never parse what is about to be deleted: a corrupt manifest must not block a rebuild
         _clear_folder(folder)
     old = read_manifest(folder) if (folder / MANIFEST).is_file() else None
-    if old is None and any(folder.glob("*.npy")):
+    if old is None and any(folder.glob(recording_array("*"))):
         raise RecordingMismatchError(
             f"{folder} holds .npy files but no {MANIFEST}; refusing to mix. Pass overwrite=True to start fresh"
         )
@@ -1029,13 +878,13 @@ def _allocate(folder: Path, manifest: dict, host: Mapping[str, np.ndarray], emb:
     arrays = {}
     for nm, arr in host.items():
         shape = (n, *arr.shape[1:])
-        arrays[nm] = open_memmap(folder / _file_name(nm), mode="w+", dtype=store_np, shape=shape)
+        arrays[nm] = open_memmap(folder / recording_array(nm), mode="w+", dtype=store_np, shape=shape)
         manifest["arrays"][nm] = {
-            "file": _file_name(nm),
+            "file": recording_array(nm),
             "shape": list(shape),
             "dtype": np.dtype(store_np).name,
             "hook": hook_name(nm),
-            "description": describe_layer(nm),
+            "description": describe(nm),
             "axes": _axes(manifest["tokens"], len(shape)),
         }
     emb_mm = open_memmap(folder / EMBEDDINGS, mode="w+", dtype=np.float32, shape=(n, emb.shape[1]))
@@ -1090,32 +939,22 @@ class Recording(NamedTuple):
 def load_recording(path: str | Path, *, allow_incomplete: bool = False, mmap_mode: str | None = "r") -> Recording:
     """Open a recording folder.
 
-    Parameters
-    ----------
-    path : str or Path
-        Folder holding ``manifest.json`` (e.g. ``paths.recordings_dir(run, "model")``).
-    allow_incomplete : bool
-        Also open an unfinished recording; arrays are then cut to the
-        ``progress.n_done`` stimuli recorded so far.
-    mmap_mode : {"r", "c", None}
-        Passed to :func:`numpy.load`; ``"r"`` (default) maps read-only without
-        reading the data into RAM, ``"c"`` is copy-on-write (the file never
-        changes), ``None`` loads into memory. Writable modes are refused.
+    Parameters:
+    path : str or Path — A recording folder (e.g. ``paths.Run(run).recordings("model")``).
+    allow_incomplete : bool — Also open an unfinished recording; arrays are then cut to the ``progress.n_done``
+        stimuli recorded so far.
+    mmap_mode : {"r", "c", None} — Passed to :func:`numpy.load`; ``"r"`` (default) maps read-only without reading the
+        data into RAM, ``"c"`` is copy-on-write (the file never changes), ``None`` loads into memory. Writable modes
+        are refused.
 
-    Returns
-    -------
-    Recording
-        ``(manifest, {layer: (n, [tokens,] neurons) array}, (n, embed_dim) embeddings)``;
-        layers in recorded (natural) order.
+    Returns:
+    Recording — ``(manifest, {layer: (n, [tokens,] neurons) array}, (n, embed_dim) embeddings)``; layers in recorded
+        (natural) order.
 
-    Raises
-    ------
-    FileNotFoundError
-        No manifest.
-    IncompleteRecordingError
-        The recording has not finished and ``allow_incomplete`` is False.
-    RecordingMismatchError
-        A file is missing or its shape/dtype differs from the manifest.
+    Raises:
+    FileNotFoundError — No manifest.
+    IncompleteRecordingError — The recording has not finished and ``allow_incomplete`` is False.
+    RecordingMismatchError — A file is missing or its shape/dtype differs from the manifest.
     """
     if mmap_mode not in READ_MODES:
         raise ValueError(f"mmap_mode must be one of {READ_MODES} (load_recording only reads), got {mmap_mode!r}")
@@ -1155,15 +994,11 @@ def condition_specs(weights: str, *, include_random: bool = True, seed: int = 0,
     "model" itself is random, the two conditions are two different random
     draws: a pipeline check, not a scientific comparison.
 
-    Returns
-    -------
+    Returns:
     dict condition -> {"weights": str, "seed": int}
 
-    Raises
-    ------
-    ValueError
-        ``weights="random"`` with ``seed == random_seed`` (the control would be
-        identical to the model).
+    Raises:
+    ValueError — ``weights="random"`` with ``seed == random_seed`` (the control would be identical to the model).
     """
     from helpers.models import RANDOM
 
@@ -1199,17 +1034,15 @@ def record_conditions(
 ) -> dict[str, dict]:
     """Record the chosen weights and (by default) the random-weights control.
 
-    Each condition goes to ``paths.recordings_dir(run_dir, condition)``; models
+    Each condition goes to ``paths.Run(run_dir).recordings(condition)``; models
     are loaded one at a time (see :func:`condition_specs` for seeds). Other
     parameters as in :func:`record` and :func:`helpers.models.load_model`.
 
-    Returns
-    -------
+    Returns:
     dict condition -> manifest
     """
     import gc
 
-    from helpers import paths
     from helpers.models import load_model
 
     out = {}
@@ -1218,7 +1051,7 @@ def record_conditions(
         out[cond] = record(
             lm,
             stim,
-            paths.recordings_dir(run_dir, cond),
+            paths.Run(run_dir).recordings(cond),
             layers=layers,
             tokens=tokens,
             storage_dtype=storage_dtype,
@@ -1236,18 +1069,16 @@ def record_conditions(
 def recording_summary(run_dir: str | Path, conditions: Sequence[str] | None = None):
     """One row per recorded array: condition, layer, hook, shape, dtype, MB, complete.
 
-    Returns
-    -------
+    Returns:
     pandas.DataFrame
     """
     import pandas as pd
 
-    from helpers import paths
-
+    run = paths.Run(run_dir, create=False)
     rows = []
     for cond in conditions or paths.CONDITIONS:
-        folder = paths.recordings_dir(run_dir, cond)
-        if not (folder / MANIFEST).is_file():
+        folder = run.recordings(cond)
+        if not run.recorded(cond):
             continue
         man = read_manifest(folder)
         specs = list(man.get("arrays", {}).items())
@@ -1285,21 +1116,16 @@ def agreement(
 ):
     """How closely a test recording reproduces a reference one, per layer.
 
-    Parameters
-    ----------
-    reference, test : dict name -> (n, ...) arrays
-        Same stimuli, same layers.
-    ref_embeddings, test_embeddings : (n, d) arrays, optional
-        L2-normalised embeddings; adds an ``embedding`` row with cosines.
+    Parameters:
+    reference, test : dict name -> (n, ...) arrays — Same stimuli, same layers.
+    ref_embeddings, test_embeddings : (n, d) arrays, optional — L2-normalised embeddings; adds an ``embedding`` row
+        with cosines.
 
-    Returns
-    -------
-    pandas.DataFrame
-        Per layer: ``pearson_r`` over all (stimulus, unit) values;
-        ``neuron_r_median`` / ``neuron_r_min``, the per-unit correlation across
-        stimuli (what tuning maps depend on); ``max_abs_diff``; ``rel_rmse``
-        (RMS difference over the reference's SD). The ``embedding`` row adds
-        ``cosine_mean`` and ``cosine_min`` over stimuli.
+    Returns:
+    pandas.DataFrame — Per layer: ``pearson_r`` over all (stimulus, unit) values; ``neuron_r_median`` /
+        ``neuron_r_min``, the per-unit correlation across stimuli (what tuning maps depend on); ``max_abs_diff``;
+        ``rel_rmse`` (RMS difference over the reference's SD). The ``embedding`` row adds ``cosine_mean`` and
+        ``cosine_min`` over stimuli.
     """
     import pandas as pd
 
@@ -1360,10 +1186,8 @@ def dtype_agreement(
     ``n`` evenly spaced stimuli in memory with both and compares them with
     :func:`agreement` (per-layer correlations, embedding cosine).
 
-    Returns
-    -------
-    pandas.DataFrame
-        See :func:`agreement`; ``n`` and ``test_dtype`` columns added.
+    Returns:
+    pandas.DataFrame — See :func:`agreement`; ``n`` and ``test_dtype`` columns added.
     """
     import gc
 
@@ -1391,19 +1215,15 @@ def activation_stats(
 ):
     """Distribution of activation values per layer and condition.
 
-    Parameters
-    ----------
+    Parameters:
     recordings : dict condition -> Recording (or dict layer -> array)
     quantiles : sequence of float in [0, 1]
-    max_stimuli : int
-        At most this many evenly spaced stimuli are read per layer (bounds RAM
-        for token-resolved recordings).
+    max_stimuli : int — At most this many evenly spaced stimuli are read per layer (bounds RAM for token-resolved
+        recordings).
 
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``condition, layer, label, n_values, mean, sd`` and one
-        ``q<percent>`` column per quantile (e.g. ``q1``, ``q50``, ``q99``).
+    Returns:
+    pandas.DataFrame — Columns ``condition, layer, label, n_values, mean, sd`` and one ``q<percent>`` column per
+        quantile (e.g. ``q1``, ``q50``, ``q99``).
     """
     import pandas as pd
 
@@ -1413,7 +1233,7 @@ def activation_stats(
         for name, arr in arrays.items():
             v = np.asarray(arr[subset_indices(arr.shape[0], max_stimuli)], dtype=np.float64).ravel()
             qs = np.quantile(v, quantiles)
-            row = {"condition": cond, "layer": name, "label": layer_label(name), "n_values": v.size,
+            row = {"condition": cond, "layer": name, "label": label(name), "n_values": v.size,
                    "mean": float(v.mean()), "sd": float(v.std())}
             row.update({f"q{100 * q:g}": float(x) for q, x in zip(quantiles, qs)})
             rows.append(row)

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from helpers.paths import run_path
+from helpers.names import block_label
+from helpers.paths import Run
 
 STAGES = (
     ("design", "1 · Design: stimuli and zero-shot check"),
@@ -130,15 +131,9 @@ def _weights_mark(condition: str, weights: str) -> str:
     return f"model weights (<code>{html.escape(weights)}</code>, as the blog)"
 
 
-def _short(layer: str) -> str:
-    """``visual.transformer.resblocks.9.attn`` -> ``block 9``; other names unchanged."""
-    parts = layer.split(".")
-    return f"block {parts[3]}" if len(parts) > 3 and parts[2] == "resblocks" else layer
-
-
-def finding_prompts(run: Path, weights: str) -> str | None:
-    """The prompt table (zeroshot.csv) beside the blog's."""
-    t = _read(run / "zeroshot.csv", ("circle_mean",))
+def finding_prompts(run: Run, weights: str) -> str | None:
+    """The prompt table (``Run.zeroshot``) beside the blog's."""
+    t = _read(run.zeroshot, ("circle_mean",))
     if t is None:
         return None
     t = t.set_index(t.columns[0])
@@ -153,9 +148,9 @@ def finding_prompts(run: Path, weights: str) -> str | None:
             + "; ".join(rows) + ".")
 
 
-def finding_significance(run: Path, weights: str) -> str | None:
+def finding_significance(run: Run, weights: str) -> str | None:
     """Fraction of significant neurons by layer: range over layers and the peak layer, per condition and score."""
-    t = _read(run / "analysis" / "significance.csv", ("condition", "layer", "score", "null_model", "n_shuffles", "fraction_significant"))
+    t = _read(run.significance, ("condition", "layer", "score", "null_model", "n_shuffles", "fraction_significant"))
     if t is None:
         return None
     params = _params(run)
@@ -165,7 +160,7 @@ def finding_significance(run: Path, weights: str) -> str | None:
         per = []
         for score, s in d.groupby("score", sort=False):
             peak = s.loc[s["fraction_significant"].idxmax()]
-            where = f"peak {_short(peak['layer'])}" if peak["fraction_significant"] > 0 else "none in any layer"
+            where = f"peak {block_label(peak['layer'])}" if peak["fraction_significant"] > 0 else "none in any layer"
             per.append(f"{html.escape(score)} {s['fraction_significant'].min():.2f}–{peak['fraction_significant']:.2f} "
                        f"({where})")
         null = d["null_model"].iloc[0]
@@ -196,9 +191,9 @@ def _rule_difference(d: pd.DataFrame) -> str:
             + ", untuned by the score's own definition")
 
 
-def finding_decoding(run: Path, weights: str) -> str | None:
+def finding_decoding(run: Run, weights: str) -> str | None:
     """Cross-validated R² of stimulus position, range over layers (all neurons)."""
-    t = _read(run / "analysis" / "decoding.csv", ("condition", "neurons", "r2"))
+    t = _read(run.decoding, ("condition", "neurons", "r2"))
     if t is None:
         return None
     t = t[t["neurons"] == "all"]
@@ -207,10 +202,10 @@ def finding_decoding(run: Path, weights: str) -> str | None:
     return "Position decoded from each layer (ridge, cross-validated; not in the blog): " + "; ".join(out) + "."
 
 
-def finding_layer_lesions(run: Path, weights: str) -> str | None:
+def finding_layer_lesions(run: Run, weights: str) -> str | None:
     """The most damaging single-unit lesion per condition, beside the blog's: the largest fall in balanced
     performance (circles and the blank canvas) when the table has it, else in the blog's circle-only one."""
-    t = _read(run / "perturb" / "layer_lesions.csv", ("weights", "tower", "label", "performance", "baseline_performance"))
+    t = _read(run.layer_lesions, ("weights", "tower", "label", "performance", "baseline_performance"))
     if t is None:
         return None
     value = "balanced_performance" if "balanced_performance" in t.columns else "performance"
@@ -236,9 +231,9 @@ def finding_layer_lesions(run: Path, weights: str) -> str | None:
             + f". Blog: {BLOG_LAYER_LESIONS}.{why}")
 
 
-def finding_targeted(run: Path, weights: str, proportion: float = 0.1) -> str | None:
+def finding_targeted(run: Run, weights: str, proportion: float = 0.1) -> str | None:
     """Targeted vs Random lesions at ``proportion`` (or the nearest proportion the run has, said so)."""
-    t = _read(run / "perturb" / "targeted_lesions.csv", ("weights", "condition", "proportion", "performance"))
+    t = _read(run.targeted_lesions, ("weights", "condition", "proportion", "performance"))
     if t is None:
         return None
     props = np.unique(t["proportion"].to_numpy(float))
@@ -255,9 +250,9 @@ def finding_targeted(run: Path, weights: str, proportion: float = 0.1) -> str | 
             f"(Random: mean over seeds): " + "; ".join(out) + ". Blog: Targeted below Random (figure only).")
 
 
-def finding_region(run: Path, weights: str) -> str | None:
+def finding_region(run: Run, weights: str) -> str | None:
     """Region lesion: difference in differences of the margin against each control (reference: outside)."""
-    t = _read(run / "perturb" / "spatial_localisation.csv", ("weights", "metric", "control", "reference", "did", "ci_low", "ci_high", "p_value", "localised"))
+    t = _read(run.spatial_localisation, ("weights", "metric", "control", "reference", "did", "ci_low", "ci_high", "p_value", "localised"))
     if t is None:
         return None
     d = t[(t["metric"] == "margin") & (t["reference"] == "outside")]
@@ -275,7 +270,7 @@ FINDINGS = (finding_prompts, finding_significance, finding_decoding, finding_lay
             finding_region)
 
 
-def key_findings(run: Path, weights: str) -> str:
+def key_findings(run: Run, weights: str) -> str:
     """The "Key findings" section: one list item per finding whose table the run holds."""
     items = [f(run, weights) for f in FINDINGS]
     missing = [f.__name__.removeprefix("finding_") for f, i in zip(FINDINGS, items) if i is None]
@@ -285,17 +280,17 @@ def key_findings(run: Path, weights: str) -> str:
     return f'<section id="key-findings"><h2>Key findings</h2><ul>{body}</ul>{tail}</section>'
 
 
-def _params(run: Path) -> dict:
-    """The run's ``params.yaml`` ({} when absent)."""
-    p = run / "params.yaml"
+def _params(run: Run) -> dict:
+    """The run's parameters ({} when absent)."""
+    p = run.params
     if not p.is_file():
         return {}
     return yaml.safe_load(p.read_text()) or {}
 
 
-def empty_panels_note(run: Path) -> str:
-    """Why cells of the top-k ratemap grid are empty: layers with fewer than k finite scores (from scores.csv)."""
-    t = _read(run / "analysis" / "scores.csv", ("condition", "layer", "si", "grid", "border"))
+def empty_panels_note(run: Run) -> str:
+    """Why cells of the top-k ratemap grid are empty: layers with fewer than k finite scores (``Run.scores``)."""
+    t = _read(run.scores, ("condition", "layer", "si", "grid", "border"))
     if t is None:
         return ""
     k = int(_params(run).get("top_k", 5))
@@ -307,7 +302,7 @@ def empty_panels_note(run: Path) -> str:
             if len(short):
                 notes.append(f"{html.escape(cond)} weights, {score}: {len(short)} of {len(finite)} layers have fewer "
                              f"than {k} neurons with a finite score (" + ", ".join(
-                                 f"{_short(lay)}: {n}" for lay, n in short.items()) + ")")
+                                 f"{block_label(lay)}: {n}" for lay, n in short.items()) + ")")
     if not notes:
         return ""
     return ('<p class="note"><b>Empty cells in the top-ratemap grids</b> are layers where fewer than '
@@ -315,9 +310,9 @@ def empty_panels_note(run: Path) -> str:
             + "; ".join(notes) + ".</p>")
 
 
-def _table_block(t: Path, run: Path) -> str:
+def _table_block(t: Path, run: Run) -> str:
     """A table under its file name, collapsed when long."""
-    rel = t.relative_to(run).as_posix()
+    rel = t.relative_to(run.root).as_posix()
     with open(t, newline="") as fh:
         n = sum(1 for _ in fh) - 1
     table = csv_to_html(t, rel=rel)
@@ -326,14 +321,14 @@ def _table_block(t: Path, run: Path) -> str:
     return f"<h3>{html.escape(rel)}</h3>{table}"
 
 
-def _parameters(params: dict, identity: dict) -> str:
+def _parameters(params: dict, identity: dict, run: Run) -> str:
     parts = ["<h2>Parameters and model</h2><details><summary>model identity and the parameters used</summary>"]
     if identity:
-        parts.append("<table data-source='model.json'><tbody>")
+        parts.append(f"<table data-source='{run.model.name}'><tbody>")
         parts += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in identity.items()]
         parts.append("</tbody></table>")
     if params:
-        parts.append("<table data-source='params.yaml'><tbody>")
+        parts.append(f"<table data-source='{run.params.name}'><tbody>")
         parts += [
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v) if not isinstance(v, str) else v)}</td></tr>"
             for k, v in sorted(params.items())
@@ -344,21 +339,19 @@ def _parameters(params: dict, identity: dict) -> str:
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` for a run folder and return its path.
+    """Write the run's report page (:attr:`helpers.paths.Run.report`) and return its path.
 
-    Parameters
-    ----------
-    run_dir : str or Path
-        The run folder (``data/<run-name>``).
-    out : path, optional
-        Where to write; default ``<run_dir>/report.html``.
+    Parameters:
+    run_dir : str or Path — The run folder (``data/<run-name>``).
+    out : path, optional — Where to write; default :attr:`helpers.paths.Run.report`.
     """
-    run = run_path(run_dir)
-    out = Path(out) if out else run / "report.html"
-    figs = sorted((run / "figures").glob("*.png")) if (run / "figures").is_dir() else []
-    tables = sorted(p for p in run.rglob("*.csv"))
+    run = Run(run_dir, create=False)
+    run.root.mkdir(parents=True, exist_ok=True)
+    out = Path(out) if out else run.report
+    figs = run.figure_files()
+    tables = run.tables()
     params = _params(run)
-    identity = json.loads((run / "model.json").read_text()) if (run / "model.json").is_file() else {}
+    identity = json.loads(run.model.read_text()) if run.model.is_file() else {}
     weights = str(identity.get("weights", params.get("weights", "?")))
 
     parts = [
@@ -375,7 +368,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     used_tables: set[Path] = set()
     for prefix, title in STAGES:
         stage_figs = [f for f in figs if f.name.startswith(prefix)]
-        stage_tables = [t for t in tables if t.stem.startswith(prefix) or _table_stage(t, run) == prefix]
+        stage_tables = [t for t in tables if t.stem.startswith(prefix) or run.table_stage(t) == prefix]
         if not stage_figs and not stage_tables:
             continue
         parts.append(f"<h2>{html.escape(title)}</h2>")
@@ -391,15 +384,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         parts.append("<h2>Other results</h2>")
         parts += [_img(f) for f in rest_f]
         parts += [_table_block(t, run) for t in rest_t]
-    parts.append(_parameters(params, identity))
+    parts.append(_parameters(params, identity, run))
     parts.append("</body></html>")
     out.write_text("\n".join(parts), encoding="utf-8")
     return out
-
-
-def _table_stage(path: Path, run: Path) -> str:
-    """Stage of a CSV from where it lives: run root -> design, analysis/ -> analyse, perturb/ -> perturb."""
-    rel = path.relative_to(run).parts
-    if len(rel) == 1:
-        return "design" if path.stem.startswith("zeroshot") else ""
-    return {"analysis": "analyse", "perturb": "perturb", "recordings": "record"}.get(rel[0], "")

@@ -1,52 +1,16 @@
-"""Spatial scores of ratemaps: spatial information, grid score, border score.
+"""Spatial scores of ratemaps, vectorised over neurons: spatial information, grid score, border score.
 
-All scores take a stack of ratemaps ``(k, n, m)`` (or a single ``(n, m)``
-map) as produced by :func:`helpers.ratemaps.ratemaps` (row = y bin, column = x
-bin, NaN = unvisited bin) and return one value per map: ``(k,)`` (or a Python
-``float`` for a single map). They are vectorised over neurons -- no Python
-loop per neuron -- so a whole layer (768 neurons) is scored at once, fast
-enough for shuffle nulls (:func:`shuffle_scores`).
+Input: ratemaps ``(k, n, m)`` or one ``(n, m)`` (:func:`helpers.ratemaps.ratemaps`: row = y bin, NaN = unvisited);
+output ``(k,)`` or a float. Activations are signed, the definitions assume rates >= 0: SI and border score use
+``transform="subtract_min"`` (default; invariant under ``a*map + b``, ``a > 0``) or ``"none"`` (under ``a*map``);
+the grid score needs none (Pearson; ``a != 0``). Shuffles apply the same transform.
 
-Transformer activations are signed, while the neuroscience definitions assume
-firing rates (>= 0). Each score says how it deals with that:
-
-======================  =====================================  ==========================
-score                   transform                              invariant under
-======================  =====================================  ==========================
-spatial information     ``subtract_min`` (default) or ``none``  ``a*map + b``, ``a > 0``
-grid score              none needed (Pearson correlations)     ``a*map + b``, ``a != 0``
-border score            ``subtract_min`` (default) or ``none``  ``a*map + b``, ``a > 0``
-======================  =====================================  ==========================
-
-(with ``transform="none"`` SI and border score are only invariant under
-``a*map``, ``a > 0``). The same transform is applied inside the shuffles, so
-the significance test compares like with like.
-
-The grid score is Sargolini et al.'s (2006) gridness computed by default as
-BNT does (the Moser lab's toolbox, ported as opexebo): central field,
-radius range and 3-radius sliding mean, the definition behind published
-thresholds such as gridness > 0.3. Langston et al.'s (2010) maximum over
-annulus radii is ``grid_score(..., variant="langston")``.
-
-References
-----------
-- Skaggs, McNaughton, Gothard & Markus (1993). An information-theoretic
-  approach to deciphering the hippocampal code. NIPS 5, 1030-1037.
-- Sargolini et al. (2006). Conjunctive representation of position, direction,
-  and velocity in entorhinal cortex. Science 312, 758-762.
-- Langston et al. (2010). Development of the spatial representation system in
-  the rat. Science 328, 1576-1580.
-- Solstad, Boccara, Kropff, Moser & Moser (2008). Representation of
-  geometric borders in the entorhinal cortex. Science 322, 1865-1868.
-- Phipson & Smyth (2010). Permutation p-values should never be zero:
-  calculating exact p-values when permutations are randomly drawn. Stat.
-  Appl. Genet. Mol. Biol. 9(1):39.
-- opexebo 0.7.2 (Moser group, NTNU), the Python port of BNT, and DeepMind's
-  grid-cells ``scores.py`` (Banino et al. 2018) were read for conventions; no
-  code was copied (opexebo is the tests' oracle). Differences are listed in
-  each function's Notes.
-- Vincent (1993). Morphological grayscale reconstruction in image analysis.
-  IEEE Trans. Image Process. 2, 176-201 (the central-field search).
+References: Skaggs et al. (1993) NIPS 5:1030 (SI); Sargolini et al. (2006) Science 312:758 (gridness, computed as
+BNT/opexebo does by default: central field, radius range, 3-radius sliding mean); Langston et al. (2010) Science
+328:1576 (``variant="langston"``); Solstad et al. (2008) Science 322:1865 (border); Phipson & Smyth (2010) SAGMB
+9:39 (p-values); Vincent (1993) IEEE TIP 2:176 (central-field reconstruction). opexebo 0.7.2 and DeepMind's
+grid-cells ``scores.py`` were read for conventions, no code copied (opexebo is the tests' oracle); differences
+are in each function's Notes.
 """
 
 from __future__ import annotations
@@ -154,28 +118,19 @@ def spatial_information(
     "bits per unit activation" (the value is dimensionless and invariant to
     the scale of ``r``).
 
-    Parameters
-    ----------
-    maps : ndarray, shape (k, n, m) or (n, m)
-        Ratemaps; NaN marks unvisited bins.
-    occupancy : ndarray, shape (n, m), optional
-        Stimuli (or time) per bin; ``p_i = occupancy_i / sum(occupancy)`` over
-        the bins visited in that map. ``None`` = uniform over visited bins.
-    transform : {"subtract_min", "none"}
-        How signed activations are made non-negative rates ``r``.
-        ``"subtract_min"`` (default): subtract each map's minimum over visited
-        bins, so the score is invariant under ``a*map + b`` (``a > 0``).
-        ``"none"``: use the maps as they are (must be >= 0; invariant under
-        ``a*map``). Use the same transform for observed and shuffled maps.
+    Parameters:
+    maps : ndarray, shape (k, n, m) or (n, m) — Ratemaps; NaN marks unvisited bins.
+    occupancy : ndarray, shape (n, m), optional — Stimuli (or time) per bin; ``p_i = occupancy_i / sum(occupancy)``
+        over the bins visited in that map. ``None`` = uniform over visited bins.
+    transform : {"subtract_min", "none"} — How signed activations are made non-negative rates ``r``.
+        ``"subtract_min"`` (default): subtract each map's minimum over visited bins, so the score is invariant under
+        ``a*map + b`` (``a > 0``). ``"none"``: use the maps as they are (must be >= 0; invariant under ``a*map``). Use
+        the same transform for observed and shuffled maps.
 
-    Returns
-    -------
-    ndarray, shape (k,), or float
-        Bits per unit activation (>= 0). A constant map gives 0; an all-NaN
-        map gives NaN.
+    Returns:
+    ndarray, shape (k,), or float — Bits per unit activation (>= 0). A constant map gives 0; an all-NaN map gives NaN.
 
-    Notes
-    -----
+    Notes:
     This is the textbook formula. opexebo's ``rate_map_stats`` clips the log
     argument at 1 (``log2(max(r/r̄, 1))``), dropping the negative terms of
     below-mean bins, so its values are larger (e.g. 2.64 vs 2.55 bits on a
@@ -222,23 +177,16 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     pair sums are cross-correlations computed with FFTs batched over neurons
     (cumulative sums over the rectangular windows of maps without NaN).
 
-    Parameters
-    ----------
-    maps : ndarray, shape (k, n, m) or (n, m)
-        Ratemaps; NaN = unvisited. Any real values (no transform needed).
-    min_overlap : int, default 20
-        Lags where fewer than this many bin pairs overlap are NaN.
+    Parameters:
+    maps : ndarray, shape (k, n, m) or (n, m) — Ratemaps; NaN = unvisited. Any real values (no transform needed).
+    min_overlap : int, default 20 — Lags where fewer than this many bin pairs overlap are NaN.
 
-    Returns
-    -------
-    ndarray, shape (k, 2n-1, 2m-1) or (2n-1, 2m-1)
-        Zero lag at index ``(n-1, m-1)``; row offset = y lag, column offset =
-        x lag. Values in [-1, 1]; NaN where the overlap is too small or one
-        side is constant (its variance below 1e-9 of the map's); the whole
-        array is NaN for a constant or empty map.
+    Returns:
+    ndarray, shape (k, 2n-1, 2m-1) or (2n-1, 2m-1) — Zero lag at index ``(n-1, m-1)``; row offset = y lag, column
+        offset = x lag. Values in [-1, 1]; NaN where the overlap is too small or one side is constant (its variance
+        below 1e-9 of the map's); the whole array is NaN for a constant or empty map.
 
-    Notes
-    -----
+    Notes:
     opexebo (``autocorrelation``) replaces NaN bins by 0 before correlating
     and crops the result to about 1.8 times the map size; here NaN bins are
     left out of every sum and the full ``(2n-1)²`` array is returned.
@@ -827,22 +775,16 @@ def border_fields(
     ``scipy.ndimage.label`` call on the ``(k, n, m)`` stack with a structure
     that never connects along the neuron axis.
 
-    Parameters
-    ----------
+    Parameters:
     maps : ndarray, shape (k, n, m) or (n, m)
     field_threshold : float in (0, 1], default 0.3
-    min_field_bins : int, optional
-        Default ``ceil(0.02 * n * m)`` (Solstad's 200 cm² in a 1 m² box = 2%
-        of the arena): 8 bins for 20x20 maps, 21 for 32x32.
-    transform : {"subtract_min", "none"}
-        See :func:`border_score`.
+    min_field_bins : int, optional — Default ``ceil(0.02 * n * m)`` (Solstad's 200 cm² in a 1 m² box = 2% of the
+        arena): 8 bins for 20x20 maps, 21 for 32x32.
+    transform : {"subtract_min", "none"} — See :func:`border_score`.
 
-    Returns
-    -------
-    labels : ndarray of int, shape (k, n, m) (or (n, m))
-        0 outside fields, field ids unique over the whole stack.
-    rates : ndarray of float64, same shape
-        The transformed (non-negative) maps, NaN where unvisited.
+    Returns:
+    labels : ndarray of int, shape (k, n, m) (or (n, m)) — 0 outside fields, field ids unique over the whole stack.
+    rates : ndarray of float64, same shape — The transformed (non-negative) maps, NaN where unvisited.
     """
     arr, single = _as_stack(maps)
     labels, rates, _ = _border_fields(arr, field_threshold, min_field_bins, transform)
@@ -951,20 +893,14 @@ def compute_scores(
 ) -> dict[str, np.ndarray]:
     """All requested scores of a stack of maps.
 
-    Parameters
-    ----------
+    Parameters:
     maps : ndarray, shape (k, n, m)
-    occupancy : ndarray, shape (n, m), optional
-        Passed to :func:`spatial_information`.
+    occupancy : ndarray, shape (n, m), optional — Passed to :func:`spatial_information`.
     scores : sequence of {"si", "grid", "border"}
-    transform : {"subtract_min", "none"}
-        Non-negativity transform for SI and border score (grid score needs
-        none).
+    transform : {"subtract_min", "none"} — Non-negativity transform for SI and border score (grid score needs none).
 
-    Returns
-    -------
-    dict
-        name -> ndarray (k,)
+    Returns:
+    dict — name -> ndarray (k,)
     """
     names = _check_score_names(scores)
     arr, _ = _as_stack(maps)

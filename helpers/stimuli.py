@@ -46,18 +46,13 @@ COLUMNS = ("x", "y", "diameter", "shape", "colour")
 class StimulusSet:
     """A seeded stimulus set: parameters plus one row per stimulus.
 
-    Attributes
-    ----------
-    x, y : (n,) float arrays
-        Shape centres in canvas pixels (x right, y down).
-    diameter : (n,) float array
-        Size in pixels: circle diameter, square side, triangle circumscribed
-        diameter, rectangle width (height is half of it).
+    Attributes:
+    x, y : (n,) float arrays — Shape centres in canvas pixels (x right, y down).
+    diameter : (n,) float array — Size in pixels: circle diameter, square side, triangle circumscribed diameter,
+        rectangle width (height is half of it).
     shape, colour : (n,) str arrays
-    params : dict
-        Everything :func:`make_stimuli` was called with.
-    hash : str
-        SHA-256 over the parameters, the rows and :data:`RENDER_VERSION`.
+    params : dict — Everything :func:`make_stimuli` was called with.
+    hash : str — SHA-256 over the parameters, the rows and :data:`RENDER_VERSION`.
     """
 
     x: np.ndarray
@@ -196,12 +191,9 @@ def save_manifest(stim: StimulusSet, path: str | Path) -> Path:
 def load_manifest(path: str | Path) -> StimulusSet:
     """Read a manifest written by :func:`save_manifest` and verify its hash.
 
-    Raises
-    ------
-    FileNotFoundError
-        No manifest at ``path`` (run 01_design first).
-    ValueError
-        The stored hash does not match the rows (file edited or corrupted).
+    Raises:
+    FileNotFoundError — No manifest at ``path`` (run 01_design first).
+    ValueError — The stored hash does not match the rows (file edited or corrupted).
     """
     path = Path(path)
     if not path.is_file():
@@ -322,19 +314,14 @@ def input_frame_transform(canvas: int, preprocess) -> tuple[float, float, int]:
     then ``CenterCrop``). A square canvas is scaled by ``s = resize / canvas``
     and the crop removes ``offset`` pixels on each side.
 
-    Returns
-    -------
+    Returns:
     scale : float
-    offset : float
-        Pixels removed on the left/top by the centre crop (after scaling).
-    input_size : int
-        Side of the model input.
+    offset : float — Pixels removed on the left/top by the centre crop (after scaling).
+    input_size : int — Side of the model input.
 
-    Raises
-    ------
-    ValueError
-        A transform this function does not understand (non-square resize or
-        crop, or no resize/crop at all); we refuse rather than guess positions.
+    Raises:
+    ValueError — A transform this function does not understand (non-square resize or crop, or no resize/crop at all);
+        we refuse rather than guess positions.
     """
     resize = _find_transform(preprocess, "Resize")
     crop = _find_transform(preprocess, "CenterCrop")
@@ -415,14 +402,10 @@ def iter_batches(
 ) -> Iterator[tuple["torch.Tensor", np.ndarray]]:
     """Yield ``(images (B, 3, S, S) float32, stimulus indices (B,))`` in order.
 
-    Parameters
-    ----------
-    batch_size : int
-        > 0.
-    indices : sequence of int, optional
-        Subset (and order) of stimuli; default all.
-    num_workers : int
-        DataLoader worker processes for rendering (0 = in-process).
+    Parameters:
+    batch_size : int — > 0.
+    indices : sequence of int, optional — Subset (and order) of stimuli; default all.
+    num_workers : int — DataLoader worker processes for rendering (0 = in-process).
     """
     import torch
     from torch.utils.data import DataLoader

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from helpers.params import validate
-from helpers.paths import REPO_ROOT, run_path
+from helpers.paths import REPO_ROOT, Run
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -157,37 +157,26 @@ def run_study(
 ) -> Path:
     """Execute (or only prepare) the study notebooks into the run folder.
 
-    Parameters
-    ----------
-    params : mapping
-        Parameters for the notebooks; every key must be declared by at least one
-        notebook.
-    run : str, optional
-        Run name or absolute folder; default :func:`default_run_name`.
-    stages : iterable of str, optional
-        Notebook prefixes to run, e.g. ``["01", "02"]``; default all.
-    prepare_only : bool
-        Inject parameters without executing (papermill ``--prepare-only``); used
-        to build the copies nbval re-executes.
-    force : bool
-        Rerun every selected stage even when its inputs are unchanged, replacing
-        its artefacts. The record of stages not selected is kept.
-    verify : bool
-        Re-hash every artefact; by default files over :data:`ALWAYS_HASH_BYTES`
-        are trusted while their size and mtime are unchanged.
+    Parameters:
+    params : mapping — Parameters for the notebooks; every key must be declared by at least one notebook.
+    run : str, optional — Run name or absolute folder; default :func:`default_run_name`.
+    stages : iterable of str, optional — Notebook prefixes to run, e.g. ``["01", "02"]``; default all.
+    prepare_only : bool — Inject parameters without executing (papermill ``--prepare-only``); used to build the copies
+        nbval re-executes.
+    force : bool — Rerun every selected stage even when its inputs are unchanged, replacing its artefacts. The record
+        of stages not selected is kept.
+    verify : bool — Re-hash every artefact; by default files over :data:`ALWAYS_HASH_BYTES` are trusted while their
+        size and mtime are unchanged.
 
-    Notes
-    -----
+    Notes:
     A stage is skipped when its key (:func:`stage_key`: notebook, parameters,
     upstream key and the content hash of the upstream artefacts) equals the one
     recorded when it last finished, its executed notebook exists, and its own
     artefacts (:data:`STAGE_OUTPUTS`) still hash to what it left. The record is
-    ``<run>/.stages.json``.
+    :attr:`helpers.paths.Run.state`.
 
-    Returns
-    -------
-    Path
-        The run folder.
+    Returns:
+    Path — The run folder.
     """
     nbs = notebooks()
     if stages:
@@ -204,7 +193,7 @@ def run_study(
     merged = {**declared, **params}
     validate(merged)
     run_name = run or default_run_name(merged)
-    folder = run_path(run_name)
+    folder = Run(run_name).root
     merged["run_dir"] = str(folder)
     if not prepare_only:
         preflight(merged)
@@ -223,6 +212,7 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
     """Run (or skip) each selected stage in order; see :func:`run_study`."""
     import papermill as pm
 
+    run = Run(folder)
     print(f"run folder: {folder}", flush=True)
     state = {} if prepare_only else _read_state(folder)
     t_all = time.perf_counter()
@@ -236,7 +226,7 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
         upstream, previous = key, STAGE_OUTPUTS.get(nb.stem, ())
         if nb not in nbs:
             continue
-        out = folder / nb.name
+        out = run.notebook(nb.stem)
         done = f"{nb.stem}.outputs"
         if (
             not (prepare_only or force)
@@ -248,7 +238,7 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
             continue
         t0 = time.perf_counter()
         print(f"[{nb.stem}] {'preparing' if prepare_only else 'running'} …", flush=True)
-        (folder / "params.yaml").write_text(yaml.safe_dump(dict(merged), sort_keys=True))
+        run.params.write_text(yaml.safe_dump(dict(merged), sort_keys=True))
         attempt = f"{nb.stem}.attempt"
         if not prepare_only and "overwrite" in nb_params and "overwrite" not in params:
             # Same inputs as an interrupted attempt: resume its artefacts. Other
@@ -262,7 +252,7 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
         if not prepare_only:
             _write_state(folder, state, hashes)  # a failed stage must not look done
         # Executed into a scratch name: a failed attempt never replaces the last good executed copy.
-        running = out if prepare_only else folder / f".{nb.stem}.running.ipynb"
+        running = out if prepare_only else run.running_notebook(nb.stem)
         try:
             pm.execute_notebook(
                 str(nb),
@@ -276,13 +266,13 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
                 extra_arguments=KERNEL_ARGS,
             )
         except pm.PapermillExecutionError as e:
-            failed = folder / f"{nb.stem}.failed.ipynb"
+            failed = run.failed_notebook(nb.stem)
             if running.is_file():
                 os.replace(running, failed)
             raise StageFailed(f"{nb.name} failed: {e.ename}: {e.evalue}\n  executed copy: {failed}") from e
         if running != out:
             os.replace(running, out)
-            (folder / f"{nb.stem}.failed.ipynb").unlink(missing_ok=True)
+            run.failed_notebook(nb.stem).unlink(missing_ok=True)
         if not prepare_only:
             state[nb.stem] = key
             state[done] = artefacts_hash(folder, previous, hashes)
@@ -300,27 +290,22 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
 #: Kernel options: ipykernel's warning about local TCP transport is noise on every run.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
-LOCK_FILE = ".lock"
-
-
 class RunLocked(RuntimeError):
     """Another live runner holds the run folder."""
 
 
 @contextlib.contextmanager
 def run_lock(folder: Path):
-    """Hold an exclusive lock on a run folder (``<run>/.lock``, holding the PID) while the block runs.
+    """Hold an exclusive lock on a run folder (``Run.lock``, holding the PID) while the block runs.
 
     The lock is an ``flock``: the kernel drops it when its process dies, however
     it dies, so a stale lock file from a killed runner is simply taken over.
 
-    Raises
-    ------
-    RunLocked
-        Another live process holds the folder; the message names its PID.
+    Raises:
+    RunLocked — Another live process holds the folder; the message names its PID.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Run(folder).lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -337,8 +322,9 @@ def run_lock(folder: Path):
 
 def _drop_scratch(folder: Path) -> None:
     """Delete scratch: the Perturb stage's residual-stream cache (gigabytes at blog scale), partial notebooks."""
-    shutil.rmtree(folder / "perturb" / "cache", ignore_errors=True)
-    for p in folder.glob(".*.running.ipynb"):  # a killed stage's partial executed copy
+    run = Run(folder, create=False)
+    shutil.rmtree(run.cache_root, ignore_errors=True)
+    for p in run.running_notebooks():  # a killed stage's partial executed copy
         p.unlink(missing_ok=True)
 
 
@@ -346,44 +332,26 @@ class StageFailed(RuntimeError):
     """A notebook raised while executing; the message names the executed copy."""
 
 
-STATE_FILE = ".stages.json"
 HASH_CACHE = "file_hashes"
 
-#: Data artefacts each stage writes, relative to the run folder (files, or
-#: folders taken recursively). The next stage's key includes their content
-#: hashes, and a stage is only skipped while its own artefacts are as it left
-#: them. Figures are not inputs of any stage and are left out; so is the
-#: perturbation stage's scratch cache.
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "01_design": ("stimuli.json", "model.json", "zeroshot.csv"),
-    "02_record": ("recordings",),
-    "03_analyse": ("analysis",),
-    "04_perturb": ("perturb",),
-}
-_SCRATCH = {"cache"}
+#: Data artefacts of each stage (:attr:`helpers.paths.Run.STAGE_OUTPUTS`); the next stage's key includes
+#: their hashes and a stage is skipped only while its own are as it left them (figures and scratch left out).
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = Run.STAGE_OUTPUTS
 
 
 def stage_key(nb: Path, nb_params: Mapping[str, Any], upstream: str, artefacts: str = "") -> str:
     """Identity of a stage's inputs: its notebook, parameters, upstream stage and upstream artefacts.
 
-    Parameters
-    ----------
-    nb : Path
-        The stage's notebook (its bytes are hashed, so an edited notebook reruns).
-    nb_params : mapping
-        The parameters the notebook receives.
-    upstream : str
-        Key of the previous stage. Chaining makes a changed parameter rerun
-        exactly the stages downstream of the first stage that declares it.
-    artefacts : str
-        :func:`artefacts_hash` of the previous stage's outputs as they are on
-        disk now, so a recording replaced by hand (or by running a notebook in
-        Jupyter) reruns everything that reads it.
+    Parameters:
+    nb : Path — The stage's notebook (its bytes are hashed, so an edited notebook reruns).
+    nb_params : mapping — The parameters the notebook receives.
+    upstream : str — Key of the previous stage. Chaining makes a changed parameter rerun exactly the stages downstream
+        of the first stage that declares it.
+    artefacts : str — :func:`artefacts_hash` of the previous stage's outputs as they are on disk now, so a recording
+        replaced by hand (or by running a notebook in Jupyter) reruns everything that reads it.
 
-    Returns
-    -------
-    str
-        SHA-256 hex digest.
+    Returns:
+    str — SHA-256 hex digest.
     """
     h = hashlib.sha256()
     h.update(nb.read_bytes())
@@ -422,21 +390,15 @@ class _HashCache:
 def artefacts_hash(folder: Path, outputs: Iterable[str], cache: _HashCache | None = None) -> str:
     """Content hash of a stage's artefacts in the run folder.
 
-    Parameters
-    ----------
-    folder : Path
-        The run folder.
-    outputs : iterable of str
-        Files or folders relative to ``folder`` (see :data:`STAGE_OUTPUTS`);
-        folders are walked recursively, skipping scratch folders named ``cache``.
-    cache : _HashCache, optional
-        Reuses digests of files whose size and mtime are unchanged.
+    Parameters:
+    folder : Path — The run folder.
+    outputs : iterable of str — Files or folders relative to ``folder`` (see :data:`STAGE_OUTPUTS`); folders are
+        walked recursively, skipping scratch folders named ``cache``.
+    cache : _HashCache, optional — Reuses digests of files whose size and mtime are unchanged.
 
-    Returns
-    -------
-    str
-        SHA-256 over the sorted (relative path, file digest) pairs; missing
-        files simply don't contribute, so deleting one changes the hash.
+    Returns:
+    str — SHA-256 over the sorted (relative path, file digest) pairs; missing files simply don't contribute, so
+        deleting one changes the hash.
     """
     cache = cache or _HashCache()
     files: list[Path] = []
@@ -447,7 +409,7 @@ def artefacts_hash(folder: Path, outputs: Iterable[str], cache: _HashCache | Non
         elif p.is_dir():
             files += [
                 f for f in p.rglob("*")
-                if f.is_file() and not _SCRATCH.intersection(f.relative_to(folder).parts[:-1])
+                if f.is_file() and not set(Run.SCRATCH).intersection(f.relative_to(folder).parts[:-1])
             ]
     h = hashlib.sha256()
     for f in sorted(files):
@@ -457,7 +419,7 @@ def artefacts_hash(folder: Path, outputs: Iterable[str], cache: _HashCache | Non
 
 
 def _read_state(folder: Path) -> dict[str, Any]:
-    p = folder / STATE_FILE
+    p = Run(folder, create=False).state
     try:
         return json.loads(p.read_text()) if p.is_file() else {}
     except json.JSONDecodeError:
@@ -468,7 +430,7 @@ def _write_state(folder: Path, state: Mapping[str, Any], hashes: _HashCache | No
     doc = dict(state)
     if hashes is not None:
         doc[HASH_CACHE] = hashes.entries
-    (folder / STATE_FILE).write_text(json.dumps(doc, indent=1))
+    Run(folder).state.write_text(json.dumps(doc, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,6 @@
 """Sweeps of whole studies on Dask: one run folder per point, from a laptop to a SLURM cluster.
 
-A sweep file (``params/sweeps/<name>.yaml``) names a base preset, fixed
-overrides, and the points, as a grid (Cartesian product) and/or a list::
+A sweep file (``params/sweeps/<name>.yaml``)::
 
     base: params/quick.yaml          # a parameters preset (optional)
     params: {dtype: bfloat16}        # overrides shared by every point (optional)
@@ -9,27 +8,13 @@ overrides, and the points, as a grid (Cartesian product) and/or a list::
     points: [{weights: openai}]      # ... and/or explicit points (a "name" key names the folder)
     stages: [1, 2, 3, 4]             # optional; default every stage
     threads: 1                       # torch threads per point
-    resources: {memory: 8GB, walltime: "02:00:00"}   # per point, for SLURM (also queue, account,
-                                                     # job_extra: ["--gres=gpu:1"])
+    resources: {memory: 8GB, walltime: "02:00:00"}   # SLURM, per point (also queue, account, job_extra)
 
-Each point is the study runner (``python -m helpers.study``), run as a
-subprocess into ``data/sweeps/<name>/<point>/``, so a finished point is
-skipped stage by stage and an interrupted one resumes. Points are Dask tasks
-on a ``LocalCluster`` (default), a dask-jobqueue ``SLURMCluster``, or an
-existing scheduler. Every point is checked (:func:`check_points`) before
-anything is submitted; a failed point is reported with its log and does not
-stop the others. The sweep's own records live in ``<sweep>/points/``
-(``<point>.yaml`` parameters, ``<point>.log`` runner output, ``<point>.json``
-outcome); :mod:`helpers.sweep_summary` aggregates the points into
-``summary.html``.
-
-``seed`` draws the stimuli *and* the weights when ``weights=random``; with
-pretrained or control weights it draws the stimuli only, so a seed grid on
-pretrained weights measures stimulus-set variability and is allowed. Refused:
-``weights=random`` with ``seed == random_seed`` (the model condition would be
-the random control itself), unknown or invalid parameters, weights that
-can't be had, two points with one folder name. Points whose parameters
-resolve to the same study are collapsed into the first, with a note.
+Each point runs ``python -m helpers.study`` into its run folder (finished stages skipped, interrupted ones resumed)
+as a Dask task on a ``LocalCluster``, a ``SLURMCluster`` or a given scheduler; every point is checked first
+(:func:`check_points`: no ``weights=random`` with ``seed == random_seed``, no invalid parameters or missing weights,
+no two points in one folder; identical studies collapsed with a note). A failed point is reported with its log.
+Folder layout: :class:`helpers.paths.SweepFolder`; :mod:`helpers.sweep_summary` writes the summary.
 """
 
 from __future__ import annotations
@@ -48,10 +33,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from helpers.paths import DATA_DIR, REPO_ROOT
-
-#: Where sweeps live by default: ``data/sweeps/<name>/``.
-SWEEPS_DIR = DATA_DIR / "sweeps"
+from helpers.paths import REPO_ROOT, SWEEPS_DIR, SweepFolder
 
 #: Keys a sweep file may hold.
 SWEEP_KEYS = {"name", "base", "params", "grid", "points", "stages", "threads", "resources"}
@@ -94,11 +76,9 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file and expand its grid and point list.
 
-    Raises
-    ------
-    ValueError
-        Unknown keys, a grid value that is not a non-empty list, no points,
-        bad ``threads`` or ``stages``, or two points with one folder name.
+    Raises:
+    ValueError — Unknown keys, a grid value that is not a non-empty list, no points, bad ``threads`` or ``stages``, or
+        two points with one folder name.
     """
     p = Path(path)
     if not p.is_absolute() and not p.exists():
@@ -197,19 +177,13 @@ def point_params(sweep: Sweep, point: Point) -> dict[str, Any]:
 def check_points(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """Check every point as the runner would, before anything is submitted.
 
-    Returns
-    -------
-    dict
-        Point name -> runner parameters (:func:`point_params`), in order, with
-        points that resolve to the same study collapsed into the first (noted
-        in ``sweep.notes``).
+    Returns:
+    dict — Point name -> runner parameters (:func:`point_params`), in order, with points that resolve to the same
+        study collapsed into the first (noted in ``sweep.notes``).
 
-    Raises
-    ------
-    ValueError
-        Listing every bad point with its reasons (unknown or invalid
-        parameters, weights that can't be had, ``weights=random`` with
-        ``seed == random_seed``).
+    Raises:
+    ValueError — Listing every bad point with its reasons (unknown or invalid parameters, weights that can't be had,
+        ``weights=random`` with ``seed == random_seed``).
     """
     from helpers.models import WeightsUnavailableError
     from helpers.params import validate
@@ -260,10 +234,8 @@ def cores() -> int:
 def local_workers(n_points: int, threads: int, workers: int | None = None, n_cores: int | None = None) -> int:
     """Workers for a LocalCluster: ``workers`` (checked) or as many as the cores allow, at most one per point.
 
-    Raises
-    ------
-    ValueError
-        ``workers * threads`` exceeds the cores: the points would oversubscribe the machine.
+    Raises:
+    ValueError — ``workers * threads`` exceeds the cores: the points would oversubscribe the machine.
     """
     n_cores = n_cores or cores()
     if threads > n_cores:
@@ -289,8 +261,7 @@ def run_point(name: str, run_dir: str, params_file: str, log_file: str, threads:
     outcome. Torch threads are capped through :func:`thread_env`. If the
     worker dies, the runner is sent SIGINT (Linux), and stops as after Ctrl-C.
 
-    Returns
-    -------
+    Returns:
     dict with ``point, status ("done"|"failed"), returncode, wall_s,
     stages_run (stage numbers that ran, not skipped), log, host``.
     """
@@ -344,7 +315,7 @@ def slurm_cluster(sweep_dir: Path, *, threads: int, memory: str, walltime: str, 
 
     return SLURMCluster(
         cores=threads, processes=1, memory=memory, walltime=walltime, queue=queue, account=account,
-        job_name=job_name, log_directory=str(sweep_dir / "slurm-logs"), job_extra_directives=list(job_extra or []),
+        job_name=job_name, log_directory=str(SweepFolder(sweep_dir).slurm_logs), job_extra_directives=list(job_extra or []),
         worker_extra_args=["--resources", "point=1"], scheduler_options={"dashboard_address": ":0"},
         job_script_prologue=[f"cd {REPO_ROOT}"] + [f"export {k}={v}" for k, v in thread_env(threads).items()],
     )
@@ -363,19 +334,17 @@ def run_sweep(
 ) -> tuple[Path, list[dict[str, Any]]]:
     """Check every point, run the points as Dask tasks, and write the summary.
 
-    Parameters
-    ----------
+    Parameters:
     path : sweep file.
     cluster : ``"local"`` (a LocalCluster of process workers) or ``"slurm"``.
     scheduler : address of an existing Dask scheduler (``tcp://host:8786``); overrides ``cluster``.
-    workers : local: worker processes (default: cores // threads, at most one per point);
-        slurm: jobs (default: one per point).
+    workers : local: worker processes (default: cores // threads, at most one per point); slurm: jobs (default: one
+        per point).
     threads : torch threads per point (default: the sweep file's ``threads``).
     root : folder holding sweeps (default ``data/sweeps``).
     resources : per-point SLURM resources overriding the sweep file's (memory, walltime, queue, account).
 
-    Returns
-    -------
+    Returns:
     (sweep folder, one outcome dict per point as :func:`run_point` returns).
     """
     from distributed import Client, as_completed
@@ -388,12 +357,12 @@ def run_sweep(
     for note in sweep.notes:
         print(f"note: {note}", flush=True)
     folder = Path(root or SWEEPS_DIR) / sweep.name
-    records = folder / "points"
-    records.mkdir(parents=True, exist_ok=True)
+    sw = SweepFolder(folder)
+    sw.points_dir.mkdir(parents=True, exist_ok=True)
     for name, p in params.items():
-        (records / f"{name}.yaml").write_text(yaml.safe_dump(p, sort_keys=True))
-        (records / f"{name}.json").unlink(missing_ok=True)  # "not finished" until this sweep says otherwise
-    (folder / "sweep.json").write_text(json.dumps(
+        sw.point_file(name, "yaml").write_text(yaml.safe_dump(p, sort_keys=True))
+        sw.point_file(name, "json").unlink(missing_ok=True)  # "not finished" until this sweep says otherwise
+    sw.meta.write_text(json.dumps(
         {"name": sweep.name, "base": sweep.base, "params": sweep.params, "axes": sweep.axes,
          "points": {n: params[n] for n in params}, "stages": sweep.stages, "threads": threads}, indent=1,
         default=str))
@@ -403,12 +372,12 @@ def run_sweep(
     try:
         with Client(scheduler or dask_cluster) as client:
             futures = {
-                client.submit(run_point, name, str(folder / name), str(records / f"{name}.yaml"),
-                              str(records / f"{name}.log"), threads, sweep.stages, key=f"point-{sweep.name}-{name}",
+                client.submit(run_point, name, str(sw.run_dir(name)), str(sw.point_file(name, "yaml")),
+                              str(sw.point_file(name, "log")), threads, sweep.stages, key=f"point-{sweep.name}-{name}",
                               pure=False, **submit_kw): name
                 for name in params
             }
-            results = _collect(futures, as_completed, records, progress)
+            results = _collect(futures, as_completed, sw, progress)
     finally:
         if dask_cluster is not None:
             dask_cluster.close()
@@ -440,7 +409,7 @@ def _cluster(kind, scheduler, folder, sweep, n_points, workers, threads, res):
     raise ValueError(f"cluster={kind!r} must be 'local' or 'slurm' (or give a scheduler address)")
 
 
-def _collect(futures, as_completed, records: Path, progress: bool) -> list[dict[str, Any]]:
+def _collect(futures, as_completed, sw: SweepFolder, progress: bool) -> list[dict[str, Any]]:
     """Wait for the points, reporting each as it ends (a failure with its log) under a progress bar."""
     from tqdm.auto import tqdm
 
@@ -452,8 +421,8 @@ def _collect(futures, as_completed, records: Path, progress: bool) -> list[dict[
                 r = fut.result()
             except Exception as e:  # the task itself died (worker lost, ...): the point failed
                 r = {"point": name, "status": "failed", "returncode": None, "wall_s": None, "stages_run": [],
-                     "log": str(records / f"{name}.log"), "error": f"{type(e).__name__}: {e}"}
-            (records / f"{name}.json").write_text(json.dumps(r, indent=1))
+                     "log": str(sw.point_file(name, "log")), "error": f"{type(e).__name__}: {e}"}
+            sw.point_file(name, "json").write_text(json.dumps(r, indent=1))
             results.append(r)
             bar.write(_outcome_line(r))
             bar.update()

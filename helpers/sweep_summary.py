@@ -1,14 +1,7 @@
-"""The summary of a sweep: ``data/sweeps/<name>/summary.html`` and CSVs aggregated across its points.
+"""The summary page of a sweep (:class:`helpers.paths.SweepFolder`) and CSVs aggregated across its points.
 
-- ``points.csv``: each point's varying parameters, status, wall time of the
-  last sweep, the stages that ran, the weights and their hash (``model.json``),
-  and the paths of its report and log;
-- ``significance.csv``: per group, condition, layer and score, the fraction of
-  significant neurons (``analysis/significance.csv``) as mean ± SD over seeds;
-- ``decoding.csv``: position decoding R² (``analysis/decoding.csv``) by layer,
-  as mean ± SD over seeds;
-- ``targeted_lesions.csv``, ``layer_lesions.csv``: every point's lesion curves,
-  overlaid in ``figures/sweep_lesions.png``.
+Tables: the points (varying parameters, status, wall time, stages run, weights and hash, report and log);
+fraction significant and decoding R² by layer as mean ± SD over seeds; every point's lesion curves.
 
 A *group* is the points that share every varying parameter but ``seed``; the
 SD is the sample SD (ddof 1) over that group's seeds, empty for one seed. Only
@@ -26,19 +19,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helpers.paths import SweepFolder
+
 #: The parameter that is averaged over; every other varying parameter splits groups.
 SEED = "seed"
 
 
 def points_table(folder: Path) -> pd.DataFrame:
     """One row per point of the sweep in ``folder`` (see the module docstring)."""
-    meta = json.loads((folder / "sweep.json").read_text())
+    sw = SweepFolder(folder)
+    meta = json.loads(sw.meta.read_text())
     rows = []
     for name, params in meta["points"].items():
-        rec = folder / "points" / f"{name}.json"
+        rec = sw.point_file(name, "json")
         out = json.loads(rec.read_text()) if rec.is_file() else {"status": "not finished"}
-        run = folder / name
-        ident = json.loads((run / "model.json").read_text()) if (run / "model.json").is_file() else {}
+        run = sw.run(name)
+        ident = json.loads(run.model.read_text()) if run.model.is_file() else {}
         rows.append({
             "point": name,
             **{a: _cell(params.get(a)) for a in meta["axes"]},
@@ -48,8 +44,8 @@ def points_table(folder: Path) -> pd.DataFrame:
             "model": ident.get("model"),
             "weights": ident.get("weights"),
             "weights_hash": ident.get("weights_hash"),
-            "report": f"{name}/report.html" if (run / "report.html").is_file() else "",
-            "log": f"points/{name}.log",
+            "report": run.report.relative_to(sw.root).as_posix() if run.report.is_file() else "",
+            "log": sw.point_file(name, "log").relative_to(sw.root).as_posix(),
         })
     return pd.DataFrame(rows)
 
@@ -58,17 +54,18 @@ def _cell(v: Any) -> Any:
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
 
-def _gather(folder: Path, points: pd.DataFrame, rel: str, rename: dict[str, str] | None = None) -> pd.DataFrame:
+def _gather(folder: Path, points: pd.DataFrame, table: str, rename: dict[str, str] | None = None) -> pd.DataFrame:
     """A CSV of every finished point, stacked, with the point's name and varying parameters in front.
 
     ``rename`` renames the CSV's own columns first (the lesion tables call the
     weights condition ``weights``, a name a sweep axis may hold); a column
     still named like an axis gets the suffix ``_in_run``.
     """
-    meta = json.loads((folder / "sweep.json").read_text())
+    sw = SweepFolder(folder)
+    meta = json.loads(sw.meta.read_text())
     frames = []
     for _, p in points[points.status == "done"].iterrows():
-        f = folder / p.point / rel
+        f = getattr(sw.run(p.point), table)
         if f.is_file():
             df = pd.read_csv(f).rename(columns=rename or {})
             df = df.rename(columns={c: f"{c}_in_run" for c in df.columns if c in ["point", *meta["axes"]]})
@@ -86,39 +83,39 @@ def over_seeds(df: pd.DataFrame, axes: list[str], by: list[str], value: str) -> 
 
 
 def write_summary(folder: str | Path) -> Path:
-    """Write the summary CSVs, figures and ``summary.html`` of the sweep in ``folder``; return the page's path."""
+    """Write the summary CSVs, figures and page of the sweep in ``folder`` (:class:`helpers.paths.SweepFolder`); return the page's path."""
     folder = Path(folder)
-    meta = json.loads((folder / "sweep.json").read_text())
+    sw = SweepFolder(folder)
+    meta = json.loads(sw.meta.read_text())
     axes = meta["axes"]
     points = points_table(folder)
-    points.to_csv(folder / "points.csv", index=False)
-    figs = folder / "figures"
-    figs.mkdir(exist_ok=True)
-    sig = _gather(folder, points, "analysis/significance.csv")
-    dec = _gather(folder, points, "analysis/decoding.csv")
+    points.to_csv(sw.points_table, index=False)
+    sw.figures.mkdir(exist_ok=True)
+    sig = _gather(folder, points, "significance")
+    dec = _gather(folder, points, "decoding")
     tables, images = {}, []
     if not sig.empty:
         tables["significance"] = over_seeds(sig, axes, ["condition", "layer", "score"], "fraction_significant")
         images.append(_plot_by_layer(tables["significance"], axes, "score", "fraction significant",
-                                     figs / "sweep_significance.png", chance=_alpha(folder, points)))
+                                     sw.figure("sweep_significance"), chance=_alpha(folder, points)))
     if not dec.empty:
         tables["decoding"] = over_seeds(dec, axes, ["condition", "layer", "neurons"], "r2")
         images.append(_plot_by_layer(tables["decoding"], axes, "neurons", "decoding R² (position)",
-                                     figs / "sweep_decoding.png"))
-    tgt = _gather(folder, points, "perturb/targeted_lesions.csv",
+                                     sw.figure("sweep_decoding")))
+    tgt = _gather(folder, points, "targeted_lesions",
                   {"condition": "rule", "weights": "condition", "seed": "lesion_seed"})
-    lay = _gather(folder, points, "perturb/layer_lesions.csv", {"weights": "condition"})
+    lay = _gather(folder, points, "layer_lesions", {"weights": "condition"})
     if not tgt.empty:
         tables["targeted_lesions"] = _targeted_curves(tgt)
     if not lay.empty:
         tables["layer_lesions"] = lay[["point", "condition", "tower", "label", "performance"]]
     if not tgt.empty or not lay.empty:
         images.append(_plot_lesions(tables.get("targeted_lesions"), tables.get("layer_lesions"),
-                                    figs / "sweep_lesions.png"))
+                                    sw.figure("sweep_lesions")))
     for name, t in tables.items():
-        t.to_csv(folder / f"{name}.csv", index=False)
-    out = folder / "summary.html"
-    out.write_text(_page(meta, points, tables, images), encoding="utf-8")
+        t.to_csv(sw.table(name), index=False)
+    out = sw.summary
+    out.write_text(_page(sw, meta, points, tables, images), encoding="utf-8")
     return out
 
 
@@ -143,7 +140,7 @@ def _alpha(folder: Path, points: pd.DataFrame) -> float | None:
 
     levels = set()
     for name in points.loc[points.status == "done", "point"]:
-        f = folder / name / "params.yaml"
+        f = SweepFolder(folder).run(name).params
         if f.is_file():
             levels.add(1 - float(yaml.safe_load(f.read_text()).get("percentile", 95.0)) / 100)
     return levels.pop() if len(levels) == 1 else None
@@ -221,7 +218,7 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%}.failed{color:#
 """
 
 
-def _page(meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], images: list[Path]) -> str:
+def _page(sw: SweepFolder, meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], images: list[Path]) -> str:
     axes = meta["axes"]
     done = int((points.status == "done").sum())
     parts = [
@@ -235,7 +232,7 @@ def _page(meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], ima
         "too; with pretrained weights it measures stimulus-set variability only. The <em>random</em> "
         "condition of every point is the control network seeded by <code>random_seed</code>, the same "
         "network in every point of one architecture.</p>",
-        "<h2>Points</h2>", _points_html(points),
+        "<h2>Points</h2>", _points_html(points, sw.points_table.name),
     ]
     parts += [_img(p) for p in images]
     if "significance" in tables:
@@ -244,12 +241,13 @@ def _page(meta: dict, points: pd.DataFrame, tables: dict[str, pd.DataFrame], ima
     if "decoding" in tables:
         parts += ["<h2>Position decoding R² by layer (mean ± SD over seeds)</h2>",
                   _wide(tables["decoding"], axes, "neurons")]
-    parts.append("<p>CSVs beside this page: points.csv, " + ", ".join(f"{t}.csv" for t in tables) + ".</p>")
+    names = [sw.points_table.name] + [sw.table(t).name for t in tables]
+    parts.append("<p>CSVs beside this page: " + ", ".join(names) + ".</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _points_html(points: pd.DataFrame) -> str:
+def _points_html(points: pd.DataFrame, source: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in points.columns)
     rows = []
     for _, r in points.iterrows():
@@ -264,7 +262,7 @@ def _points_html(points: pd.DataFrame) -> str:
                 v = html.escape(v)
             cells.append(f"<td>{v}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table data-source='points.csv'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<table data-source='{source}'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _wide(t: pd.DataFrame, axes: list[str], column: str) -> str:

@@ -44,29 +44,19 @@ def explorer_view(
 ) -> tuple[Figure, dict]:
     """Figure of one layer's top ratemaps for one score, plus one chosen neuron.
 
-    Parameters
-    ----------
-    maps : mapping condition -> layer -> ndarray (k, bins, bins)
-        Conditions are ``"model"`` and ``"random"``.
+    Parameters:
+    maps : mapping condition -> layer -> ndarray (k, bins, bins) — Conditions are ``"model"`` and ``"random"``.
     scores : mapping condition -> layer -> score name -> ndarray (k,)
-    layer : str
-        Layer key.
-    score : {"si", "grid", "border"}
-        Score used to rank the neurons.
-    random_weights : bool
-        Use the ``"random"`` condition instead of ``"model"``.
-    neuron : int
-        Index of the neuron drawn large on the right (0 .. k-1).
-    top_k : int
-        Number of top neurons shown.
+    layer : str — Layer key.
+    score : {"si", "grid", "border"} — Score used to rank the neurons.
+    random_weights : bool — Use the ``"random"`` condition instead of ``"model"``.
+    neuron : int — Index of the neuron drawn large on the right (0 .. k-1).
+    top_k : int — Number of top neurons shown.
 
-    Returns
-    -------
+    Returns:
     figure : matplotlib.figure.Figure
-    selection : dict
-        ``condition``, ``layer``, ``score``, ``top_neurons`` (list of int),
-        ``top_scores`` (list of float), ``neuron`` and ``neuron_scores``
-        (score name -> float).
+    selection : dict — ``condition``, ``layer``, ``score``, ``top_neurons`` (list of int), ``top_scores`` (list of
+        float), ``neuron`` and ``neuron_scores`` (score name -> float).
     """
     condition = _condition(random_weights)
     if condition not in maps or condition not in scores:
@@ -135,23 +125,15 @@ def make_explorer(
 ):
     """Interactive explorer: layer, score, random-weights toggle, neuron index.
 
-    Parameters
-    ----------
-    maps, scores
-        As in :func:`explorer_view`.
-    top_k : int
-        Top neurons shown.
-    score_names : sequence of str
-        Options of the score selector.
-    display_figure : bool
-        Display the figure in the widget's output (only inside IPython).
+    Parameters:
+    maps, scores — As in :func:`explorer_view`.
+    top_k : int — Top neurons shown.
+    score_names : sequence of str — Options of the score selector.
+    display_figure : bool — Display the figure in the widget's output (only inside IPython).
 
-    Returns
-    -------
-    ipywidgets.interactive
-        Children: layer ``Dropdown``, score ``Dropdown``, random-weights
-        ``Checkbox``, neuron ``IntSlider``, output. ``w.result`` is the
-        selection dict of the last redraw, with the figure under
+    Returns:
+    ipywidgets.interactive — Children: layer ``Dropdown``, score ``Dropdown``, random-weights ``Checkbox``, neuron
+        ``IntSlider``, output. ``w.result`` is the selection dict of the last redraw, with the figure under
         ``"figure"``. A neuron index beyond the layer's size is clipped.
     """
     import ipywidgets as widgets

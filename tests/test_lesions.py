@@ -490,8 +490,8 @@ def test_field_maps_and_lesion_indices_validate():
     maps[:, 0, 0], occ[0, 0] = np.nan, 0
     fm = L.field_maps(maps, occ)
     assert fm.bins == 4 and fm.n_neurons == 5 and not fm.visited[0, 0] and fm.visited.sum() == 15
-    with pytest.raises(ValueError, match="no ratemap value"):
-        fm.values_at(np.array([[0, 0]]))
+    v = ratemaps.values_at_bins(fm.maps, np.array([[0, 0], [1, 2], [-1, -1]]))  # unvisited and outside: no value
+    assert np.isnan(v[0]).all() and np.array_equal(v[1], maps[:, 1, 2]) and np.isnan(v[2]).all()
     with pytest.raises(ValueError, match="occupancy"):
         L.field_maps(maps, np.ones((3, 3)))
     with pytest.raises(ValueError, match="maps"):
@@ -500,3 +500,25 @@ def test_field_maps_and_lesion_indices_validate():
     assert len(L.lesion_indices(5, 10)) == 5 and len(L.lesion_indices(5, "None")) == 5
     with pytest.raises(ValueError, match="n_lesion_stimuli"):
         L.lesion_indices(5, 0)
+
+
+def test_literal_localisation_test_agrees_with_the_hand_written_permutation_p():
+    # scipy.stats.permutation_test (localisation_test) against the package's own vectorised permutation p
+    # (still used by localisation_did) on planted deficits: same statistic, p within Monte Carlo error, same decision.
+    rng = np.random.default_rng(3)
+    n, n_perm = 300, 2000
+    for shift in (0.0, 0.1, 0.25, 0.6):
+        for rep in range(3):
+            inside = rng.random(n) < 0.3
+            before = rng.normal(size=n)
+            after = before - shift * inside - rng.normal(scale=0.5, size=n)
+            res = L.localisation_test(before, after, inside, n_permutations=n_perm, seed=rep)
+            d = before - after
+            old = L._permutation_p(d, inside, n_perm, np.random.default_rng(rep))
+            assert res["difference"] == d[inside].mean() - d[~inside].mean()
+            mc = 4 * np.sqrt(max(old * (1 - old), 1 / n_perm) / n_perm)
+            assert abs(res["p_value"] - old) <= mc, (shift, rep, res["p_value"], old)
+            if abs(old - 0.05) > mc:
+                assert res["localised"] == (res["difference"] > 0 and old < 0.05)
+    tied = L.localisation_test(np.ones(40), np.ones(40), np.arange(40) < 10, n_permutations=200)
+    assert tied["p_value"] == 1.0 and not tied["localised"]  # no deficit anywhere: ties count as extreme

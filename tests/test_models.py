@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import models, stimuli
+from helpers import models, ratemaps, stimuli
 
 
 def _state_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -274,3 +274,16 @@ def test_params_accept_dtype_auto():
     validate({"dtype": "auto"})
     with pytest.raises(ValueError, match="dtype"):
         validate({"dtype": "bf16"})
+
+
+def test_assignment_table_cells_are_the_ratemap_bins():
+    # the location cells are helpers.ratemaps' bins (row-major, y down); one cell: SD 0; outside the extent: refused
+    pos = np.array([[10, 60], [60, 60], [60, 10], [99.9, 99.9]], dtype=float)
+    probs = np.eye(2)[[0, 1, 1, 0]]
+    assert np.array_equal(ratemaps.flat_bin_indices(pos, 2, (0, 100, 0, 100)), [2, 3, 1, 3])
+    tab = models.assignment_table(probs, ["a", "b"], pos, grid=2, extent=(0, 100, 0, 100))
+    assert tab["a"][0] == pytest.approx(np.mean([0, 1, 0.5]))  # cells 1, 2, 3 (cell 0 empty, skipped)
+    one = models.assignment_table(probs, ["a", "b"], pos, grid=1, extent=(0, 100, 0, 100))
+    assert one["a"] == (0.5, 0.0)
+    with pytest.raises(ValueError, match="extent"):
+        models.assignment_table(probs, ["a", "b"], pos + 200, grid=2, extent=(0, 100, 0, 100))

@@ -18,6 +18,7 @@ import torch
 from helpers import hooks
 from helpers import record as R
 from helpers.models import weights_hash
+from helpers.names import hook_name
 from helpers.stimuli import iter_batches, make_stimuli
 
 BLOCKS = "visual.transformer.resblocks.*"
@@ -84,8 +85,8 @@ def test_resolve_layers_default_globs_and_natural_order(lm):
     mixed = R.resolve_layers(lm, ["visual.transformer.resblocks.1?.mlp", "visual.conv1", "visual.conv1"])
     assert mixed == ["visual.conv1", "visual.transformer.resblocks.10.mlp", "visual.transformer.resblocks.11.mlp"]
     assert "visual.transformer.resblocks.3.attn" in R.resolve_layers(lm, "visual.**.attn")
-    assert R.hook_name("visual.transformer.resblocks.3.attn") == "image.blocks.3.hook_attn_out"
-    assert R.hook_name("transformer.resblocks.0") == "text.blocks.0.hook_resid_post"
+    assert hook_name("visual.transformer.resblocks.3.attn") == "image.blocks.3.hook_attn_out"
+    assert hook_name("transformer.resblocks.0") == "text.blocks.0.hook_resid_post"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import time
 import papermill as pm
 import pytest
 
-from helpers import study
+from helpers import paths, study
 from test_incremental import stub  # noqa: F401  (fixture)
 
 
@@ -35,7 +35,7 @@ def test_a_second_runner_refuses_and_a_dead_holders_lock_is_taken_over(stub):  #
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    assert (stub.run / study.LOCK_FILE).read_text() == str(p.pid)  # stale file left by the dead holder
+    assert paths.Run(stub.run).lock.read_text() == str(p.pid)  # stale file left by the dead holder
     assert stub() == ["01_make", "02_use", "03_last"]
 
 
