@@ -89,7 +89,7 @@ def layer(request) -> dict:
     pos = rng.uniform(0, SIDE, size=(n_stimuli, 2))
     acts = np.column_stack([f(rng, pos, K) for f in (_noise, _ramps, _smooth, _grid_cells, _border_cells)])
     res = score_layers(pos, {"L": acts}, bins=bins, extent=(0.0, SIDE, 0.0, SIDE), sigma=1.0, n_shuffles=19, seed=1,
-                       progress=False)
+                       border_null="shuffle", progress=False)  # the shuffle null's floor; surrogates: test_border_null
     return {"size": request.param, "scores": res["scores"]["L"], "floor": res["significant"]["L"],
             "null_only": res["significant_null_only"]["L"]}
 
