@@ -11,9 +11,10 @@ nbval; 10x10 from 300, quick) and check, with the same shuffles for both rules:
   <= 0, while the threshold-only rule calls such neurons significant;
 - planted hexagonal grid cells and wall-band border cells are still found.
 
-Not tested, measured (README, "Significance: the tuning floor"): smooth random fields pass the border test at
-6-9 % under either rule (up to 23 % for fields that wrap around the edges); a shuffle null cannot tell a
-border cell from a smooth blob touching a wall.
+The border score is tested here against the stimulus shuffle (``border_null="shuffle"``), under which smooth
+random fields pass at 6-15 % under either rule (up to 25 % for fields that wrap around the edges): a shuffle
+null cannot tell a border cell from a smooth blob touching a wall. The default border null, surrogates of each
+map, is calibrated in tests/test_border_null.py.
 """
 
 from __future__ import annotations
