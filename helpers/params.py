@@ -77,7 +77,7 @@ def _spec() -> dict[str, Param]:
     from helpers.lesions import LESION_MODES, REGION_RULES, REGIONS
     from helpers.models import DTYPE_CHOICES
     from helpers.record import STORAGE_DTYPES
-    from helpers.scores import NULL_MODELS, SIGNIFICANCE_RULES
+    from helpers.scores import BORDER_NULLS, NULL_MODELS, SIGNIFICANCE_RULES
     from helpers.stimuli import COLOURS, SHAPES
 
     seed = Param(_int(0), "an integer >= 0")
@@ -114,6 +114,9 @@ def _spec() -> dict[str, Param]:
         "null_model": Param(_one_of(*NULL_MODELS), f"one of {list(NULL_MODELS)}"),
         "significance_rule": Param(_one_of(*SIGNIFICANCE_RULES), f"one of {list(SIGNIFICANCE_RULES)}: 'floor' also "
                                    "needs grid and border scores > 0, 'null_only' is the blog's threshold-only rule"),
+        "border_null": Param(_one_of(*BORDER_NULLS), f"one of {list(BORDER_NULLS)}: 'surrogate' tests the border "
+                             "score against smoothness-preserving surrogates of each map, 'shuffle' against "
+                             "stimulus shuffles"),
         "top_k": Param(_int(1), "an integer >= 1"),
         "decoding_folds": Param(_int(2), "an integer in 2..n_stimuli"),
         "decoding_seed": seed,

@@ -37,6 +37,8 @@ __all__ = [
     "border_score",
     "compute_scores",
     "shuffle_scores",
+    "surrogate_scores",
+    "BORDER_NULLS",
     "significance",
     "monte_carlo_p",
     "min_shuffles",
@@ -991,6 +993,65 @@ def shuffle_scores(
     return null
 
 
+def surrogate_scores(
+    maps: np.ndarray,
+    occupancy: np.ndarray | None = None,
+    *,
+    n_surrogates: int = 100,
+    seed: int = 0,
+    scores: Sequence[str] = ("border",),
+    transform: Transform = "subtract_min",
+    boundary: str = "mirror",
+) -> dict[str, np.ndarray]:
+    """Null distributions of the scores from smoothness-preserving surrogates of the maps themselves.
+
+    Each surrogate (:func:`helpers.surrogates.iaaft_surrogates`) keeps a map's
+    amplitude spectrum (its smoothness and field size) and its values, with the
+    fields anywhere, and keeps its unvisited bins; it is scored like the map.
+    Valid for the border score only: surrogates keep the autocorrelogram (so
+    the grid score) and the values (so SI, exactly with uniform occupancy);
+    other ``scores`` are computed for benchmarks that show this.
+
+    Parameters
+    ----------
+    maps : ndarray, shape (k, n, m)
+        Observed ratemaps (NaN = unvisited).
+    occupancy : ndarray, shape (n, m), optional
+        Passed to :func:`spatial_information`.
+    n_surrogates : int >= 1, default 100
+    seed : int >= 0
+        Seed of ``numpy.random.default_rng``; same seed, same null.
+    scores, transform
+        As in :func:`compute_scores`.
+    boundary : {"mirror", "periodic"}
+        See :func:`helpers.surrogates.iaaft_surrogates`.
+
+    Returns
+    -------
+    dict
+        name -> ndarray (n_surrogates, k), like :func:`shuffle_scores`.
+    """
+    from helpers.surrogates import iaaft_surrogates
+
+    names = _check_score_names(scores)
+    arr, _ = _as_stack(maps)
+    check_int("n_surrogates", n_surrogates, 1)
+    rng = np.random.default_rng(check_int("seed", seed, 0))
+    null = {name: np.empty((n_surrogates, arr.shape[0])) for name in names}
+    for i in range(n_surrogates):
+        surrogate = iaaft_surrogates(arr, seed=rng, boundary=boundary)
+        for name, values in compute_scores(surrogate, occupancy, scores=names, transform=transform).items():
+            null[name][i] = values
+    return null
+
+
+#: Null distributions the border score can be tested against (see :func:`score_layers`):
+#: ``"surrogate"`` (default), smoothness-preserving IAAFT surrogates of each map
+#: (:func:`surrogate_scores`); ``"shuffle"``, the stimulus shuffle (:func:`shuffle_scores`), which
+#: passes smooth untuned maps that touch a wall. SI and grid score always use the shuffle.
+BORDER_NULLS: tuple[str, ...] = ("surrogate", "shuffle")
+
+
 #: Reference distributions a neuron's observed score can be tested against
 #: (see :func:`significance`): its own shuffles (default) or its layer's pooled
 #: shuffles (the blog's literal procedure).
@@ -1217,6 +1278,7 @@ def score_layers(
     percentile: float = 95.0,
     null_model: str = "neuron",
     significance_rule: str = "floor",
+    border_null: str = "surrogate",
     seed: int = 0,
     scores: Sequence[str] = SCORE_NAMES,
     transform: Transform = "subtract_min",
@@ -1231,15 +1293,23 @@ def score_layers(
     ``significance_rule="floor"`` (default) a significant neuron must also score above
     the score's tuning floor (:data:`TUNING_FLOORS`: grid and border score > 0);
     ``"null_only"`` (the blog's literal rule) skips that, and its decision is kept as
-    ``significant_null_only`` either way. ``n_shuffles=0`` skips significance.
+    ``significant_null_only`` either way. SI and grid score are tested against stimulus
+    shuffles; the border score against ``border_null``: ``"surrogate"`` (default,
+    ``n_shuffles`` IAAFT surrogates of each map, :func:`surrogate_scores`, calibrated on
+    smooth untuned maps) or ``"shuffle"`` (the stimulus shuffle, which passes smooth
+    untuned maps touching a wall); both border decisions are kept in
+    ``significant_by_null``. ``n_shuffles=0`` skips significance.
     Memory is bounded by one layer (about 185 MB for 768 neurons, 3000 stimuli,
     20 bins, whatever the number of shuffles).
 
     Returns a dict: ``maps`` layer -> (k, bins, bins); ``occupancy`` (bins, bins);
     ``scores``, ``significant``, ``significant_neuron``, ``significant_pooled``,
     ``significant_null_only``, ``p_values``: layer -> score -> (k,); ``thresholds``:
-    layer -> score -> float; and the settings ``null_model, significance_rule,
-    n_shuffles, percentile, extent, bins, sigma``.
+    layer -> score -> float; ``significant_by_null``: layer -> score -> null -> (k,)
+    (the run's null model and rule; "shuffle" for every score, "surrogate" for the
+    border score); ``score_nulls``: score -> the null its ``significant`` used; and
+    the settings ``null_model, significance_rule, border_null, n_shuffles,
+    percentile, extent, bins, sigma``.
     """
     from tqdm.auto import tqdm
 
@@ -1249,13 +1319,17 @@ def score_layers(
     _alpha(percentile)
     _check_null_model(null_model)
     _check_significance_rule(significance_rule)
+    if border_null not in BORDER_NULLS:
+        raise ValueError(f"border_null must be one of {BORDER_NULLS}, got {border_null!r}")
     if n_shuffles:
         _check_enough_shuffles(int(n_shuffles), percentile, null_model)
     names = _check_score_names(scores)
     floors = {s: TUNING_FLOORS[s] if significance_rule == "floor" else None for s in names}
+    score_nulls = {s: border_null if s == "border" else "shuffle" for s in names}
     ext = resolve_extent(np.asarray(positions, dtype=float), extent)
     out: dict = {"maps": {}, "scores": {}, "significant": {}, "significant_neuron": {}, "significant_pooled": {},
                  "significant_null_only": {}, "p_values": {}, "thresholds": {}, "null_model": null_model,
+                 "significant_by_null": {}, "score_nulls": score_nulls, "border_null": border_null,
                  "significance_rule": significance_rule, "n_shuffles": int(n_shuffles),
                  "percentile": float(percentile), "extent": ext, "bins": bins, "sigma": sigma, "occupancy": None}
     for layer, acts in tqdm(list(activations_by_layer.items()), desc="layers", disable=not progress):
@@ -1268,21 +1342,29 @@ def score_layers(
         out["occupancy"] = occ
         out["scores"][layer] = obs
         if n_shuffles:
-            null = shuffle_scores(positions, a, bins=bins, extent=ext, sigma=sigma, n_shuffles=n_shuffles,
-                                  seed=seed, scores=names, transform=transform, progress=False)
-            sig = {s: significance(obs[s], null[s], percentile, null_model=null_model, floor=floors[s])
-                   for s in names}
-            del null
+            nulls = {"shuffle": shuffle_scores(positions, a, bins=bins, extent=ext, sigma=sigma,
+                                               n_shuffles=n_shuffles, seed=seed, scores=names, transform=transform,
+                                               progress=False)}
+            if "border" in names:
+                nulls["surrogate"] = surrogate_scores(maps, occ, n_surrogates=n_shuffles, seed=seed,
+                                                      scores=("border",), transform=transform)
+            by_null = {s: {name: significance(obs[s], null[s], percentile, null_model=null_model, floor=floors[s])
+                           for name, null in nulls.items() if s in null} for s in names}
+            sig = {s: by_null[s][score_nulls[s]] for s in names}
+            del nulls
         else:
             k = a.shape[1]
             none = np.zeros(k, bool)
             sig = {s: Significance(none, np.full(k, np.nan), float("nan"), none, none, none, none) for s in names}
+            by_null = {s: {score_nulls[s]: sig[s]} for s in names}
         out["significant"][layer] = {s: r.significant for s, r in sig.items()}
         out["significant_neuron"][layer] = {s: r.significant_neuron for s, r in sig.items()}
         out["significant_pooled"][layer] = {s: r.significant_pooled for s, r in sig.items()}
         out["significant_null_only"][layer] = {s: r.significant_null_only for s, r in sig.items()}
         out["p_values"][layer] = {s: r.p_values for s, r in sig.items()}
         out["thresholds"][layer] = {s: r.threshold for s, r in sig.items()}
+        out["significant_by_null"][layer] = {s: {name: r.significant for name, r in d.items()}
+                                             for s, d in by_null.items()}
     return out
 
 
@@ -1299,7 +1381,9 @@ def scores_table(results_by_condition: "Mapping[str, dict]"):
     ``<score>``, ``<score>_sig`` (under the run's null model and rule), ``<score>_p``
     (per-neuron Monte-Carlo p-value), ``<score>_sig_neuron`` and ``<score>_sig_pooled``
     (each null model, the run's rule) and ``<score>_sig_null_only`` (the run's null
-    model without the tuning floor: the blog's literal rule).
+    model without the tuning floor: the blog's literal rule) and, for the border score,
+    ``border_sig_shuffle`` and ``border_sig_surrogate`` (each border null, the run's null
+    model and rule; ``border_sig`` is the one named by the run's ``border_null``).
     """
     import pandas as pd
 
@@ -1315,6 +1399,9 @@ def scores_table(results_by_condition: "Mapping[str, dict]"):
                 cols[f"{s}_sig_neuron"] = res["significant_neuron"][layer][s]
                 cols[f"{s}_sig_pooled"] = res["significant_pooled"][layer][s]
                 cols[f"{s}_sig_null_only"] = res["significant_null_only"][layer][s]
+                if s == "border":
+                    for name, v_sig in res["significant_by_null"][layer][s].items():
+                        cols[f"border_sig_{name}"] = v_sig
             frames.append(pd.DataFrame(cols))
     return pd.concat(frames, ignore_index=True)
 
@@ -1333,7 +1420,11 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
     run's null model under each rule), ``n_null_only_at_or_below_floor`` (neurons
     the null-only rule calls significant whose score is <= its ``tuning_floor``,
     e.g. grid-significant with a grid score <= 0), ``tuning_floor``,
-    ``pooled_threshold`` (the pooled null's percentile) and ``note``. With
+    ``pooled_threshold`` (the pooled null's percentile), ``score_null`` (the null the
+    score was tested against: "shuffle", or for the border score the run's
+    ``border_null``), ``fraction_significant_shuffle`` and
+    ``fraction_significant_surrogate`` (each null, the run's null model and rule; NaN
+    where not computed: the surrogate null is for the border score only) and ``note``. With
     ``n_shuffles=0`` the fractions and counts are NaN and ``note`` says "not computed".
     """
     import pandas as pd
@@ -1348,6 +1439,7 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
         for layer in res["scores"]:
             for s, values in res["scores"][layer].items():
                 null_only = res["significant_null_only"][layer][s]
+                by_null = res["significant_by_null"][layer][s]
                 with np.errstate(invalid="ignore"):
                     above = values > TUNING_FLOORS[s]
                 rows.append({
@@ -1368,6 +1460,9 @@ def significance_table(results_by_condition: "Mapping[str, dict]"):
                     "n_null_only_at_or_below_floor": int(np.sum(null_only & ~above)) if tested else float("nan"),
                     "tuning_floor": TUNING_FLOORS[s],
                     "pooled_threshold": res["thresholds"][layer][s],
+                    "score_null": res["score_nulls"][s],
+                    "fraction_significant_shuffle": frac(by_null["shuffle"]) if "shuffle" in by_null else np.nan,
+                    "fraction_significant_surrogate": frac(by_null["surrogate"]) if "surrogate" in by_null else np.nan,
                     "note": "" if tested else "not computed: n_shuffles=0",
                 })
     return pd.DataFrame(rows)

@@ -24,7 +24,7 @@ def test_every_notebook_parameter_is_declared_and_every_default_and_preset_is_va
         {"model": "ViT-B-99"}, {"dtype": "int8"}, {"percentile": 100}, {"sigma": -1}, {"region": "middle"},
         {"prompts": {"circle": "a black circle"}}, {"n_lesion_stimuli": 10_000}, {"diameter_min": 90.0},
         {"shapes": ["hexagon"]}, {"region_proportion": 0}, {"batch_size": 0}, {"decoding_folds": 1},
-        {"decoding_folds": 5000}, {"n_shuffles": 5}, {"null_model": "layer"}, {"significance_rule": "sound"},
+        {"decoding_folds": 5000}, {"n_shuffles": 5}, {"null_model": "layer"}, {"significance_rule": "sound"}, {"border_null": "permutation"},
     ],
 )
 def test_a_bad_value_is_refused_before_any_stage_and_named(bad, tmp_path, monkeypatch):

@@ -11,9 +11,10 @@ nbval; 10x10 from 300, quick) and check, with the same shuffles for both rules:
   <= 0, while the threshold-only rule calls such neurons significant;
 - planted hexagonal grid cells and wall-band border cells are still found.
 
-Not tested, measured (README, "Significance: the tuning floor"): smooth random fields pass the border test at
-6-9 % under either rule (up to 23 % for fields that wrap around the edges); a shuffle null cannot tell a
-border cell from a smooth blob touching a wall.
+The border score is tested here against the stimulus shuffle (``border_null="shuffle"``), under which smooth
+random fields pass at 6-15 % under either rule (up to 25 % for fields that wrap around the edges): a shuffle
+null cannot tell a border cell from a smooth blob touching a wall. The default border null, surrogates of each
+map, is calibrated in tests/test_border_null.py.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def layer(request) -> dict:
     pos = rng.uniform(0, SIDE, size=(n_stimuli, 2))
     acts = np.column_stack([f(rng, pos, K) for f in (_noise, _ramps, _smooth, _grid_cells, _border_cells)])
     res = score_layers(pos, {"L": acts}, bins=bins, extent=(0.0, SIDE, 0.0, SIDE), sigma=1.0, n_shuffles=19, seed=1,
-                       progress=False)
+                       border_null="shuffle", progress=False)  # the shuffle null's floor; surrogates: test_border_null
     return {"size": request.param, "scores": res["scores"]["L"], "floor": res["significant"]["L"],
             "null_only": res["significant_null_only"]["L"]}
 
