@@ -166,9 +166,30 @@ def finding_significance(run: Run, weights: str) -> str | None:
         null = d["null_model"].iloc[0]
         rule = f", {html.escape(str(d['significance_rule'].iloc[0]))} rule" if "significance_rule" in d else ""
         out.append(f"{_weights_mark(cond, weights)}: " + ", ".join(per) + f" [{html.escape(str(null))} null{rule}, "
-                   f"{int(d['n_shuffles'].iloc[0])} shuffles]" + _rule_difference(d))
+                   f"{int(d['n_shuffles'].iloc[0])} shuffles]" + _rule_difference(d) + _null_difference(d))
     return (f"<b>Analyse.</b> Fraction of neurons significant, lowest–highest over {t['layer'].nunique()} layers "
             f"(chance {alpha:.2f}; the blog gives no fraction): " + "; ".join(out) + ".")
+
+
+_NULL_WORDS = {"shuffle": "stimulus shuffles", "surrogate": "smoothness-preserving surrogates"}
+
+
+def _null_difference(d: pd.DataFrame) -> str:
+    """For each score tested under both nulls (the border score): its fraction under the null the run used and
+    under the other, mean over layers; "" for tables without both."""
+    cols = ("score_null", "fraction_significant_shuffle", "fraction_significant_surrogate")
+    if not set(cols) <= set(d.columns):
+        return ""
+    both = d.dropna(subset=list(cols[1:]))
+    per = []
+    for score, s in both.groupby("score", sort=False):
+        used = str(s["score_null"].iloc[0])
+        if used not in _NULL_WORDS:
+            continue
+        other = next(n for n in _NULL_WORDS if n != used)
+        per.append(f"{html.escape(score)} {s[f'fraction_significant_{used}'].mean():.2f} against "
+                   f"{_NULL_WORDS[used]} ({s[f'fraction_significant_{other}'].mean():.2f} against {_NULL_WORDS[other]})")
+    return " — mean over layers, " + "; ".join(per) if per else ""
 
 
 def _rule_difference(d: pd.DataFrame) -> str:

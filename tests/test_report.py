@@ -282,3 +282,22 @@ def test_significance_finding_says_what_the_threshold_only_rule_would_add(tmp_pa
     assert "neuron null, floor rule" in found
     assert "42 neurons with a grid score ≤ 0 (grid 0.26 instead of 0.05, mean over layers)" in model
     assert "threshold-only" not in random_ and "si score" not in model
+
+
+def test_significance_finding_gives_the_border_fraction_under_both_nulls(tmp_path):
+    """The border score is tested against surrogates and stimulus shuffles; the finding gives both fractions
+    (mean over layers), naming the one the run used first, and nothing for scores tested under one null."""
+    run = _planted_run(tmp_path)
+    head = ("condition,layer,score,null_model,n_shuffles,fraction_significant,score_null,"
+            "fraction_significant_shuffle,fraction_significant_surrogate")
+    rows = [head]
+    for layer, (shuf, surr) in zip(("visual.transformer.resblocks.0.attn", "visual.transformer.resblocks.1.attn"),
+                                   ((0.20, 0.04), (0.10, 0.02))):
+        for cond in ("model", "random"):
+            rows += [f"{cond},{layer},border,neuron,19,{surr},surrogate,{shuf},{surr}",
+                     f"{cond},{layer},grid,neuron,19,0.05,shuffle,0.05,"]
+    (run / "analysis" / "significance.csv").write_text("\n".join(rows) + "\n")
+    build_report(run)
+    _, found = _findings_text(run)
+    assert "border 0.03 against smoothness-preserving surrogates (0.15 against stimulus shuffles)" in found
+    assert "grid 0.05 against" not in found
