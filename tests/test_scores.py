@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -487,3 +488,33 @@ def test_bad_input_raises_naming_the_parameter():
         shuffle_scores(_stimuli(10, 0), np.ones((10, 2)), n_shuffles=0)
     with pytest.raises(ValueError, match="activations"):
         shuffle_scores(_stimuli(10, 0), np.ones((9, 2)))
+
+
+# --------------------------------------------------------------------------
+# frozen reference: the speed-ups change no number
+# --------------------------------------------------------------------------
+_REFERENCE = Path(__file__).with_name("data") / "grid_score_reference.npz"
+
+
+@pytest.mark.parametrize("variant", GRID_VARIANTS)
+@pytest.mark.parametrize("n", (8, 10, 20))
+def test_grid_score_matches_frozen_reference(n, variant):
+    """Grid scores of planted grids, noise, smooth noise and a field (complete, shared and own NaN bins)
+    are those of the straightforward implementation, frozen in tests/data (make_grid_score_reference.py)."""
+    ref = np.load(_REFERENCE)
+    ours = grid_score(ref[f"maps_{n}"], variant=variant)
+    np.testing.assert_allclose(ours, ref[f"{variant}_{n}"], rtol=0, atol=1e-5)
+
+
+def test_grid_shuffle_null_and_decisions_match_frozen_reference():
+    ref = np.load(_REFERENCE)
+    pos, act = ref["shuffle_positions"], ref["shuffle_activations"]
+    maps, _ = ratemaps(pos, act, bins=10, extent=(0, 224, 0, 224), sigma=1.0)
+    observed = grid_score(maps)
+    null = shuffle_scores(pos, act, bins=10, extent=(0, 224, 0, 224), sigma=1.0, n_shuffles=39, seed=3,
+                          scores=("grid",), progress=False)["grid"]
+    np.testing.assert_allclose(observed, ref["shuffle_observed"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(null, ref["shuffle_null"], rtol=0, atol=1e-5)
+    sig = significance(observed, null)
+    np.testing.assert_array_equal(sig.significant_neuron, ref["shuffle_significant_neuron"])
+    np.testing.assert_array_equal(sig.significant_pooled, ref["shuffle_significant_pooled"])
