@@ -80,6 +80,18 @@ def _out(values: np.ndarray, single: bool) -> np.ndarray | float:
     return float(values[0]) if single else values
 
 
+#: Neurons per block of the grid score's memory-bound steps (autocorrelogram,
+#: annulus sums): a block's arrays stay in cache; every map is computed alone,
+#: so the block size changes no number.
+_BLOCK = 64
+
+
+def _by_blocks(fn, k: int, *arrays: np.ndarray) -> dict:
+    """``fn`` on blocks of ``_BLOCK`` neurons (axis 0 of every array); its dict of per-neuron arrays, joined."""
+    parts = [fn(*(a[i : i + _BLOCK] for a in arrays)) for i in range(0, max(k, 1), _BLOCK)]  # k = 0: one empty block
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
 def _nonnegative(maps: np.ndarray, transform: str, name: str = "transform") -> np.ndarray:
     """Apply the documented non-negativity transform; NaN bins stay NaN.
 
@@ -220,6 +232,10 @@ def _window_sums(x: np.ndarray) -> np.ndarray:
 
 
 def _autocorrelogram(arr: np.ndarray, min_overlap: int) -> np.ndarray:
+    return _by_blocks(lambda block: {"r": _autocorrelogram_block(block, min_overlap)}, arr.shape[0], arr)["r"]
+
+
+def _autocorrelogram_block(arr: np.ndarray, min_overlap: int) -> np.ndarray:
     k, n, m = arr.shape
     valid = np.isfinite(arr)
     count = valid.sum(axis=(1, 2))
@@ -294,10 +310,13 @@ def _grid_geometry(n: int, m: int, radius: int) -> dict:
     the zero lag get a distance class ``2*floor(d) + (d is not an
     integer)``, so that for an integer ``t`` the disk ``d <= t`` is classes
     ``<= 2t`` and ``d < t`` is classes ``<= 2t - 1``: cumulative sums over
-    classes give every annulus of both variants. ``classes`` is the sparse
-    (classes, pixels) indicator matrix. For each angle a sparse
-    bilinear-interpolation matrix maps the flattened autocorrelogram to its
-    rotated values at the disk pixels.
+    classes give every annulus of both variants. The autocorrelogram and its
+    rotations are even (``a(-p) = a(p)``), so only the half disk ``dy > 0 or
+    (dy = 0, dx >= 0)`` is kept: ``classes`` is the sparse (classes, pixels)
+    matrix with weight 2 per pixel (1 for the zero lag), whose products are
+    the whole disk's sums. For each angle a sparse bilinear-interpolation
+    matrix maps the flattened autocorrelogram to its rotated values at the
+    kept pixels.
     """
     h, w = 2 * n - 1, 2 * m - 1
     cy, cx = n - 1, m - 1
@@ -308,11 +327,11 @@ def _grid_geometry(n: int, m: int, radius: int) -> dict:
     root -= root * root > d2
     root += (root + 1) ** 2 <= d2
     klass = 2 * root + (root * root != d2)
-    disk = np.flatnonzero(klass <= 2 * radius)
+    half = (dy > 0) | ((dy == 0) & (dx >= 0))
+    disk = np.flatnonzero((klass <= 2 * radius) & half)
     n_classes = 2 * radius + 1
-    classes = sp.csr_matrix(
-        (np.ones(disk.size), (klass[disk], np.arange(disk.size))), shape=(n_classes, disk.size)
-    )
+    weight = np.where(d2[disk] == 0, 1.0, 2.0)  # each kept pixel stands for itself and its mirror
+    classes = sp.csr_matrix((weight, (klass[disk], np.arange(disk.size))), shape=(n_classes, disk.size))
 
     n_ang = len(GRID_ANGLES)
     fy0, fx0 = dy[disk].astype(float), dx[disk].astype(float)
@@ -366,13 +385,16 @@ def _annulus_sums(acorr: np.ndarray, geo: dict) -> tuple[dict, tuple[np.ndarray,
     P = a.shape[0]
     b = (geo["rotation"] @ a_fill).reshape(P, n_ang, k)  # rotated values
 
-    def csum(q: np.ndarray) -> np.ndarray:
-        return _class_cumsum(q.reshape(P, -1), geo).reshape(-1, q.shape[1] if q.ndim == 3 else 1, k)
-
-    sums = {"n": _class_cumsum(np.ones(P), geo)[:, None, None], "a": csum(a), "aa": csum(a * a)}
-    sums.update(b=csum(b), bb=csum(b * b), ab=csum(a[:, None, :] * b))
-    profile = (_class_cumsum(a, geo), _class_cumsum(a_valid[geo["disk"]].astype(np.float64), geo))
-    return sums, profile
+    # one sparse product for every sum: columns a, aa, valid (k each), then b, bb, ab (angles * k each)
+    columns = np.empty((P, 3 + 3 * n_ang, k))
+    columns[:, 0], columns[:, 1], columns[:, 2] = a, a * a, a_valid[geo["disk"]]
+    columns[:, 3 : 3 + n_ang] = b
+    np.multiply(b, b, out=columns[:, 3 + n_ang : 3 + 2 * n_ang])
+    np.multiply(a[:, None, :], b, out=columns[:, 3 + 2 * n_ang :])
+    c = _class_cumsum(columns.reshape(P, -1), geo).reshape(-1, 3 + 3 * n_ang, k)
+    sums = {"n": _class_cumsum(np.ones(P), geo)[:, None, None], "a": c[:, 0:1], "aa": c[:, 1:2]}
+    sums.update(b=c[:, 3 : 3 + n_ang], bb=c[:, 3 + n_ang : 3 + 2 * n_ang], ab=c[:, 3 + 2 * n_ang :])
+    return sums, (c[:, 0], c[:, 2])
 
 
 def _gridness(sums: dict, inner: np.ndarray, outer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -599,7 +621,14 @@ def _bnt_score(arr: np.ndarray, acorr: np.ndarray) -> dict:
     crop = acorr[:, n - 1 - ly : n + ly, m - 1 - lx : m + lx]
     detected = _bnt_central_radius(crop)
     inner = np.where(detected < 1, 1, np.where(detected >= limit, limit - _BNT_WINDOW, detected))
-    geo = _grid_geometry(n, m, limit)
+    details = _by_blocks(lambda a, i: _bnt_curve(a, i, _grid_geometry(n, m, limit), limit), k, acorr, inner)
+    details["inner_radius_fallback"] = inner != detected
+    return details
+
+
+def _bnt_curve(acorr: np.ndarray, inner: np.ndarray, geo: dict, limit: int) -> dict:
+    """BNT's gridness curve over outer radii and its best sliding mean, given the inner radii (k,)."""
+    k = acorr.shape[0]
     sums, _ = _annulus_sums(acorr.reshape(k, -1), geo)
     outer = np.arange(limit + 1)
     # annulus inner < d < R: classes 2*inner < class <= 2R - 1
@@ -628,7 +657,6 @@ def _bnt_score(arr: np.ndarray, acorr: np.ndarray) -> dict:
     return {
         "score": score,
         "inner_radius": inner,
-        "inner_radius_fallback": inner != detected,
         "best_outer_radius": best,
         "correlations": corr[np.maximum(best, 0), :, kk],
     }
@@ -641,6 +669,11 @@ def _langston_score(
     k, n, m = arr.shape
     r_max = int(np.floor(max_radius_fraction * (min(n, m) - 1)))
     geo = _grid_geometry(n, m, r_max)
+    return _by_blocks(lambda a: _langston_block(a, geo, r_max, central_threshold, min_ring_width), k, acorr)
+
+
+def _langston_block(acorr: np.ndarray, geo: dict, r_max: int, central_threshold: float, min_ring_width: int) -> dict:
+    k = acorr.shape[0]
     sums, (p_sum, p_count) = _annulus_sums(acorr.reshape(k, -1), geo)
     # radial profile over rings t = 1..r_max (pixels at distance (t-1, t]),
     # mean of the defined values
