@@ -219,16 +219,19 @@ def _lag_phase(shape: tuple[int, int], n: int, m: int) -> np.ndarray:
     return fy[:, None] * fx[None, :]
 
 
+@lru_cache(maxsize=16)
+def _window_matrix(n: int) -> np.ndarray:
+    """(2n-1, n) indicator: row ``n-1+tau`` marks the bins ``u`` (0..n-1) with ``u + tau`` in 0..n-1."""
+    partner = np.arange(n)[None, :] + np.arange(1 - n, n)[:, None]
+    return ((partner >= 0) & (partner < n)).astype(np.float64)
+
+
 def _window_sums(x: np.ndarray) -> np.ndarray:
     """(k, n, m) -> (k, 2n-1, 2m-1): for each lag tau, the sum of ``x[u]`` over
-    the bins ``u`` whose partner ``u + tau`` is in the map (suffix sums for
-    tau < 0, prefix sums for tau >= 0, along each axis)."""
-    for axis in (1, 2):
-        x = np.moveaxis(x, axis, -1)
-        prefix = np.cumsum(x, axis=-1)
-        suffix = np.cumsum(x[..., ::-1], axis=-1)
-        x = np.moveaxis(np.concatenate([suffix[..., :-1], prefix[..., ::-1]], axis=-1), -1, axis)
-    return x
+    the bins ``u`` whose partner ``u + tau`` is in the map (separable: one
+    indicator product per axis)."""
+    _, n, m = x.shape
+    return _window_matrix(n) @ x @ _window_matrix(m).T
 
 
 def _autocorrelogram(arr: np.ndarray, min_overlap: int) -> np.ndarray:
@@ -264,9 +267,20 @@ def _autocorrelogram_block(arr: np.ndarray, min_overlap: int) -> np.ndarray:
         s_x, s_xx = _window_sums(x), _window_sums(x * x)  # sums of the first element of each pair
     else:
         mask = valid.astype(np.float64)
-        fm = fft(mask[:1] if bool(np.all(valid == valid[:1])) else mask)
+        shared = bool(np.all(valid == valid[:1]))
+        fm = fft(mask[:1] if shared else mask)
         n_pairs = np.rint(xcorr(fm, fm))
-        s_x, s_xx = xcorr(fx, fm), xcorr(fft(x * x), fm)
+        holes = np.argwhere(~valid[0])
+        if shared and len(holes) <= n * m // 8:  # a few unvisited bins, the same in every map
+            s_x, s_xx = _window_sums(x), _window_sums(x * x)
+            # less the pairs whose partner u + tau is the hole v: x[u] lands on lag v - u (x is 0 at holes)
+            flipped = x[:, ::-1, ::-1]
+            flipped_sq = flipped * flipped
+            for vy, vx in holes:
+                s_x[:, vy : vy + n, vx : vx + m] -= flipped
+                s_xx[:, vy : vy + n, vx : vx + m] -= flipped_sq
+        else:
+            s_x, s_xx = xcorr(fx, fm), xcorr(fft(x * x), fm)
     # the second element of each pair: the tau -> -tau mirror (n_pairs is symmetric)
     s_y = s_x[:, ::-1, ::-1]
     var_x = n_pairs * s_xx

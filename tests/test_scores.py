@@ -502,8 +502,11 @@ def test_grid_score_matches_frozen_reference(n, variant):
     """Grid scores of planted grids, noise, smooth noise and a field (complete, shared and own NaN bins)
     are those of the straightforward implementation, frozen in tests/data (make_grid_score_reference.py)."""
     ref = np.load(_REFERENCE)
-    ours = grid_score(ref[f"maps_{n}"], variant=variant)
-    np.testing.assert_allclose(ours, ref[f"{variant}_{n}"], rtol=0, atol=1e-5)
+    maps, groups, expected = ref[f"maps_{n}"], ref[f"groups_{n}"], ref[f"{variant}_{n}"]
+    np.testing.assert_allclose(grid_score(maps, variant=variant), expected, rtol=0, atol=1e-5)
+    for group in range(3):  # alone, each group takes its own path (complete, shared unvisited bins, per-map ones)
+        kept = groups == group
+        np.testing.assert_allclose(grid_score(maps[kept], variant=variant), expected[kept], rtol=0, atol=1e-5)
 
 
 def test_grid_shuffle_null_and_decisions_match_frozen_reference():

@@ -38,15 +38,16 @@ def battery(n: int, rng: np.random.Generator) -> np.ndarray:
     own = maps.copy()  # each map misses its own bins
     for m in own:
         m[rng.integers(n, size=3), rng.integers(n, size=3)] = np.nan
-    return np.concatenate([maps, noisy_grids, shared, own])
+    groups = np.repeat([0, 0, 1, 2], [len(maps), len(noisy_grids), len(shared), len(own)])
+    return np.concatenate([maps, noisy_grids, shared, own]), groups
 
 
 def main() -> None:
     rng = np.random.default_rng(14)
     out = {}
     for n in SIZES:
-        maps = battery(n, rng)
-        out[f"maps_{n}"] = maps
+        maps, groups = battery(n, rng)
+        out[f"maps_{n}"], out[f"groups_{n}"] = maps, groups  # 0 complete, 1 the same unvisited bins, 2 their own
         out[f"bnt_{n}"] = grid_score(maps)
         out[f"langston_{n}"] = grid_score(maps, variant="langston")
     # a small layer with planted grid cells, and its shuffle null
