@@ -189,7 +189,8 @@ def autocorrelogram(maps: np.ndarray, *, min_overlap: int = 20) -> np.ndarray:
     over the bins where both are visited (Sargolini et al. 2006, the
     "overlap-normalised" autocorrelogram of BNT/opexebo and DeepMind). The
     pair sums are cross-correlations computed with FFTs batched over neurons
-    (cumulative sums over the rectangular windows of maps without NaN).
+    (sums over the rectangular windows of maps without NaN, less the pairs
+    of the few unvisited bins that every map shares), in blocks of neurons.
 
     Parameters:
     maps : ndarray, shape (k, n, m) or (n, m) — Ratemaps; NaN = unvisited. Any real values (no transform needed).
