@@ -12,7 +12,7 @@
 #                                    one study per point on Dask into data/sweeps/<name>/ (helpers/sweep.py)
 #
 # Overrides (empty = take the value from PARAMS or the notebook default):
-#   MODEL WEIGHTS N_STIMULI SEED DEVICE DTYPE BATCH_SIZE LAYER RUN PARAMS
+#   MODEL WEIGHTS N_STIMULI SEED DEVICE DTYPE BATCH_SIZE BLOCK RUN PARAMS
 # Sweep overrides: SWEEP CLUSTER SCHEDULER WORKERS THREADS MEMORY WALLTIME PARTITION ACCOUNT
 
 PYTHON ?= python3
@@ -29,6 +29,7 @@ SEED       ?=
 DEVICE     ?=
 DTYPE      ?=
 BATCH_SIZE ?=
+BLOCK      ?=
 LAYER      ?=
 FORCE      ?=
 VERIFY     ?=
@@ -43,7 +44,8 @@ WALLTIME   ?=
 PARTITION  ?=
 ACCOUNT    ?=
 
-# Only the variables that were given become --set overrides.
+# Only the variables that were given become --set overrides (layer=: BLOCK's old name, mapped by
+# helpers.params.upgrade with a warning).
 SETS := $(if $(MODEL),model=$(MODEL)) \
         $(if $(WEIGHTS),weights=$(WEIGHTS)) \
         $(if $(N_STIMULI),n_stimuli=$(N_STIMULI)) \
@@ -51,6 +53,7 @@ SETS := $(if $(MODEL),model=$(MODEL)) \
         $(if $(DEVICE),device=$(DEVICE)) \
         $(if $(DTYPE),dtype=$(DTYPE)) \
         $(if $(BATCH_SIZE),batch_size=$(BATCH_SIZE)) \
+        $(if $(BLOCK),block=$(BLOCK)) \
         $(if $(LAYER),layer=$(LAYER))
 
 NBVAL_RUN := $(CURDIR)/data/_nbval

@@ -38,7 +38,7 @@ from helpers import lesions as L
 from helpers import models, stimuli
 from helpers.ratemaps import bin_indices, ratemaps
 
-LAYER = 9
+BLOCK = 9
 PROPORTIONS = L.DEFAULT_PROPORTIONS
 N_SEEDS = 5
 REGION = "lower-left"
@@ -52,7 +52,7 @@ def _prepare(dtype: str, n: int, batch_size: int):
     extent = (0.0, float(lm.input_size), 0.0, float(lm.input_size))
     batches = lambda: stimuli.iter_batches(stim, lm.preprocess, batch_size)  # noqa: E731
     rec = []
-    h = lm.model.visual.transformer.resblocks[LAYER].attn.register_forward_hook(
+    h = lm.model.visual.transformer.resblocks[BLOCK].attn.register_forward_hook(
         lambda m, a, o: rec.append(o[0][:, 0].float().numpy())
     )
     try:
@@ -73,12 +73,12 @@ def efficient(lm, n, pos, batches, fm, rc, hv, batch_size):
     layer_df = L.layer_lesion_study(lm, cache, batches, mode="all", batch_size=batch_size, progress=False)
     task = L.zero_shot_task(lm)
     targ_df = L.targeted_lesion_study(
-        tower, cache, task, hv, layer=LAYER, proportions=PROPORTIONS, n_random_seeds=N_SEEDS,
+        tower, cache, task, hv, block=BLOCK, proportions=PROPORTIONS, n_random_seeds=N_SEEDS,
         batch_size=batch_size, progress=False,
     )
     region = L.region_mask(REGION, fm.bins)
     neurons = L.region_neurons(fm, region)
-    spat_df = L.spatial_lesion_study(tower, cache, task, neurons, pos, rc, region, layer=LAYER, batch_size=batch_size)
+    spat_df = L.spatial_lesion_study(tower, cache, task, neurons, pos, rc, region, block=BLOCK, batch_size=batch_size)
     return layer_df, targ_df, spat_df
 
 
@@ -92,7 +92,7 @@ def _full(lm, batches, masks=None):
             out.append(L.embed(tower.forward(x.to(lm.dtype))).numpy())
         else:
             m = masks[idx] if masks.ndim == 2 else masks
-            with L.ablate_channels(tower.blocks[LAYER].attn, m):
+            with L.ablate_channels(tower.blocks[BLOCK].attn, m):
                 out.append(L.embed(tower.forward(x.to(lm.dtype))).numpy())
     return np.concatenate(out)
 

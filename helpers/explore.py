@@ -219,7 +219,7 @@ def lesion_figure(data: RunTables, *, condition: str) -> Figure:
         right.set_ylabel("performance")
         right.set_ylim(-0.05, 1.05)
         right.legend(fontsize=7)
-        right.set_title("targeted vs random lesions (block of 04's `layer`)", fontsize=9)
+        right.set_title("targeted vs random lesions (04's `block`)", fontsize=9)
     fig.suptitle(f"lesion curves -- {condition_name(data, condition)}", fontsize=9)
     fig.tight_layout()
     return fig

@@ -396,7 +396,7 @@ def block_cls(blk: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y + blk.ls_2(blk.mlp(blk.ln_2(y)))
 
 
-def _check_block(tower: Tower, k: int, what: str = "layer") -> int:
+def _check_block(tower: Tower, k: int, what: str = "block") -> int:
     return check_int(what, k, 0, tower.n_blocks - 1)
 
 
@@ -570,7 +570,7 @@ def embed_from_cache(
     *,
     batch_size: int = 64,
     mask: np.ndarray | None = None,
-    layer: int | None = None,
+    block: int | None = None,
     tokens: str = "all",
 ) -> np.ndarray:
     """Embeddings of every cached stimulus, running only blocks ``start..N-1``.
@@ -578,9 +578,9 @@ def embed_from_cache(
     Parameters:
     start : int — First block to run; its input must be cached.
     batch_size : int — Stimuli per forward.
-    mask : bool array (n, C) or (C,), optional — Channels of ``blocks[layer].attn`` to ablate per stimulus (see
-        :func:`ablate_channels`); requires ``layer >= start``.
-    layer : int, optional — Block whose attention output ``mask`` applies to.
+    mask : bool array (n, C) or (C,), optional — Channels of ``blocks[block].attn`` to ablate per stimulus (see
+        :func:`ablate_channels`); requires ``block >= start``.
+    block : int, optional — Block whose attention output ``mask`` applies to.
     tokens : {"all", "cls"}
 
     Returns:
@@ -589,11 +589,11 @@ def embed_from_cache(
     batch_size = check_batch_size(batch_size)
     _check_block(tower, start, "start")
     if mask is not None:
-        if layer is None:
-            raise ValueError("layer must be given together with mask")
-        _check_block(tower, layer)
-        if layer < start:
-            raise ValueError(f"layer ({layer}) must be >= start ({start}): a truncated forward skips earlier blocks")
+        if block is None:
+            raise ValueError("block must be given together with mask")
+        _check_block(tower, block)
+        if block < start:
+            raise ValueError(f"block ({block}) must be >= start ({start}): a truncated forward skips earlier blocks")
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim == 2 and mask.shape[0] != cache.n:
             raise ValueError(f"mask must have one row per cached stimulus ({cache.n}), got {mask.shape[0]}")
@@ -604,7 +604,7 @@ def embed_from_cache(
             out[sl] = embed(forward_from_block(tower, x, start)).cpu().numpy()
         else:
             m = mask[sl] if mask.ndim == 2 else mask
-            with ablate_channels(tower.blocks[layer].attn, m, tokens):
+            with ablate_channels(tower.blocks[block].attn, m, tokens):
                 out[sl] = embed(forward_from_block(tower, x, start)).cpu().numpy()
     return out
 
@@ -830,10 +830,10 @@ def _lesion_row(task: "ZeroShotTask", feats: np.ndarray, ctrl: np.ndarray | None
 
 
 @torch.no_grad()
-def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size: int = 64) -> np.ndarray:
-    """Class-token attention output of block ``layer`` for every cached stimulus.
+def attention_cls(tower: Tower, cache: ResidualCache, block: int, *, batch_size: int = 64) -> np.ndarray:
+    """Class-token attention output of ``block`` for every cached stimulus.
 
-    The quantity stage 02 records (CLS of ``visual.transformer.resblocks.<layer>.attn``),
+    The quantity stage 02 records (CLS of ``visual.transformer.resblocks.<block>.attn``),
     recomputed from the cached block input by running that one block. The
     fallback when no matching recording is on disk (:func:`recorded_attention_cls`).
 
@@ -841,17 +841,17 @@ def attention_cls(tower: Tower, cache: ResidualCache, layer: int, *, batch_size:
     (n, C) float32 array.
     """
     batch_size = check_batch_size(batch_size)
-    _check_block(tower, layer)
+    _check_block(tower, block)
     out: list[np.ndarray] = []
 
-    with hooks.Trace(tower.blocks[layer], "attn") as tr:
+    with hooks.Trace(tower.blocks[block], "attn") as tr:
         for sl in _chunks(cache.n, batch_size):
-            tower.blocks[layer](cache.block_input(layer, sl, tower.device))
+            tower.blocks[block](cache.block_input(block, sl, tower.device))
             out.append(tr.outputs["attn"][:, 0].float().cpu().numpy())
     return np.concatenate(out)
 
 
-def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices: np.ndarray):
+def recorded_attention_cls(recording, lm, stimuli_hash: str, block: int, indices: np.ndarray):
     """Stage 02's recording of what :func:`attention_cls` computes, when it is the same quantity.
 
     Parameters:
@@ -860,7 +860,7 @@ def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices
     lm : helpers.models.LoadedModel — The model being lesioned; its weights hash (which covers the dtype) must equal
         the recording's.
     stimuli_hash : str — Hash of the stimulus set; a recording of other stimuli is an error.
-    layer : int — Block whose ``attn`` class token is wanted.
+    block : int — Block whose ``attn`` class token is wanted.
     indices : (n,) int — Stimulus ids (rows of the recording), e.g. :func:`lesion_indices`.
 
     Returns:
@@ -873,7 +873,7 @@ def recorded_attention_cls(recording, lm, stimuli_hash: str, layer: int, indices
     """
     from helpers.models import weights_hash
 
-    name = block_module(layer, "attn")
+    name = block_module(block, "attn")
     if recording is None:
         return None, "no complete recording"
     man = recording.manifest
@@ -951,16 +951,16 @@ def field_maps(maps: np.ndarray, occupancy: np.ndarray) -> FieldMaps:
 
 
 class BlockMaps(NamedTuple):
-    """What the lesion stages know about block ``layer``'s attention output (class token) in one condition."""
+    """What the lesion stages know about ``block``'s attention output (class token) in one condition."""
 
     activations: np.ndarray  # (n_lesioned, C) float32, rows in ``lesion_indices`` order
     field_maps: FieldMaps
     source: str  # where both came from, in words
 
 
-def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, stim, layer: int,
+def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, stim, block: int,
                indices: np.ndarray, *, extent, bins: int, sigma: float | None, batch_size: int = 64) -> BlockMaps:
-    """Activations and field maps of ``visual.transformer.resblocks.<layer>.attn`` for ``condition``.
+    """Activations and field maps of ``visual.transformer.resblocks.<block>.attn`` for ``condition``.
 
     Activations: stage 02's recording when it holds that quantity
     (:func:`recorded_attention_cls`), else recomputed from the cache
@@ -972,13 +972,13 @@ def block_maps(run_dir, condition: str, lm, tower: Tower, cache: ResidualCache, 
     from helpers import paths, ratemaps, record
     from helpers.stimuli import positions_in_input
 
-    name = block_module(layer, "attn")
+    name = block_module(block, "attn")
     run = paths.Run(run_dir, create=False)
     rec = record.load_recording(run.recordings(condition)) if run.recorded(condition) else None  # refuses incomplete
-    acts, why = recorded_attention_cls(rec, lm, stim.hash, layer, indices)
+    acts, why = recorded_attention_cls(rec, lm, stim.hash, block, indices)
     recorded = acts is not None
     if not recorded:
-        acts = attention_cls(tower, cache, layer, batch_size=batch_size)
+        acts = attention_cls(tower, cache, block, batch_size=batch_size)
         why += "; recomputed from the residual cache"
     npz = run.ratemaps(condition)
     rm = ratemaps.load_ratemaps(npz) if npz.exists() else None
@@ -1193,7 +1193,7 @@ def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np
 
 
 @torch.no_grad()
-def _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size, progress) -> dict:
+def _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size, progress) -> dict:
     """Lesioned embeddings (n, E) per job ``(run, k)``: each stimulus's top-``k`` ranked channels zeroed."""
     from tqdm.auto import tqdm
 
@@ -1201,13 +1201,13 @@ def _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size
         return {}
     feats = {job: np.empty((cache.n, cache.embeddings.shape[1]), dtype=np.float32) for job in jobs}
     chunks = _chunks(cache.n, batch_size)
-    with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {layer}", disable=not progress) as bar:
+    with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {block}", disable=not progress) as bar:
         for sl in chunks:
-            x = cache.block_input(layer, sl, tower.device)
+            x = cache.block_input(block, sl, tower.device)
             for r, k in jobs:
                 m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
-                with ablate_channels(tower.blocks[layer].attn, m, tokens):
-                    feats[(r, k)][sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
+                with ablate_channels(tower.blocks[block].attn, m, tokens):
+                    feats[(r, k)][sl] = embed(forward_from_block(tower, x, block)).cpu().numpy()
                 bar.update(1)
     return feats
 
@@ -1218,7 +1218,7 @@ def targeted_lesion_study(
     task: ZeroShotTask,
     values: HeldOutValues,
     *,
-    layer: int = 9,
+    block: int = 9,
     proportions: Sequence[float] = DEFAULT_PROPORTIONS,
     n_random_seeds: int = 5,
     include: Sequence[str] = RULES,
@@ -1227,11 +1227,11 @@ def targeted_lesion_study(
     n_pairs: int = 2000,
     progress: bool = True,
 ):
-    """Per-stimulus neuron lesions at block ``layer`` for a sweep of proportions.
+    """Per-stimulus neuron lesions at ``block`` for a sweep of proportions.
 
     For stimulus ``i`` and proportion ``p`` the ``round(p * C)`` neurons of highest
     priority (:func:`neuron_ranks`, from maps that leave ``i`` out) are zeroed in the
-    attention output of block ``layer`` for that stimulus only (per-sample mask, from
+    attention output of ``block`` for that stimulus only (per-sample mask, from
     the cached block input). Proportion 0 is the cached baseline; 1 is computed once.
     ``values``: :func:`held_out_values` of the C channels, one row per cached
     stimulus; ``include``: rules from :data:`RULES` (Random repeated with seeds
@@ -1242,7 +1242,7 @@ def targeted_lesion_study(
     """
     import pandas as pd
 
-    layer = _check_block(tower, layer)
+    block = _check_block(tower, block)
     props = _check_proportions(proportions)
     check_int("n_random_seeds", n_random_seeds, 0)
     bad = [c for c in include if c not in RULES]
@@ -1252,8 +1252,8 @@ def targeted_lesion_study(
     batch_size = check_batch_size(batch_size)
     if not isinstance(values, HeldOutValues) or values.n_stimuli != cache.n:
         raise ValueError(f"values must be HeldOutValues with one row per cached stimulus ({cache.n})")
-    if layer not in cache.blocks:
-        raise ValueError(f"cache lacks the input of block {layer}; build it with blocks including {layer}")
+    if block not in cache.blocks:
+        raise ValueError(f"cache lacks the input of block {block}; build it with blocks including {block}")
     pairs = stimulus_pairs(cache.n, n_pairs)
 
     runs: list[tuple[str, int | None]] = []
@@ -1267,7 +1267,7 @@ def targeted_lesion_study(
     # decisions[(run, k)] -> (correct, p); k == 0 is the baseline, k == C is shared
     base = task.decide(cache.embeddings)
     jobs = [(r, k) for r in runs for k in interior] + ([("all", C)] if C in ks else [])
-    feats = _targeted_embeddings(tower, cache, layer, jobs, ranks, C, tokens, batch_size, progress)
+    feats = _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size, progress)
     decided = {job: task.decide(f) for job, f in feats.items()}
     rows = []
     for r in runs:
@@ -1499,7 +1499,7 @@ def spatial_lesion_study(
     region: np.ndarray,
     *,
     opposite: np.ndarray | None = None,
-    layer: int = 9,
+    block: int = 9,
     n_neurons: int | None = None,
     tokens: str = "all",
     batch_size: int = 64,
@@ -1507,7 +1507,7 @@ def spatial_lesion_study(
 ):
     """Lesion the same neurons for every stimulus; per-stimulus results before and after, per lesion.
 
-    From the cached input of block ``layer``. ``neurons``: (m,) channel indices or
+    From the cached input of ``block``. ``neurons``: (m,) channel indices or
     the :class:`NeuronSet` list of :func:`matched_lesions` (one of kind ``"region"``);
     ``positions`` (n, 2) px and ``rows_cols`` (n, 2) bins in cache order; ``region``
     and ``opposite`` (default: complement) (bins, bins) bool masks.
@@ -1519,17 +1519,17 @@ def spatial_lesion_study(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    layer = _check_block(tower, layer)
+    block = _check_block(tower, block)
     _check_tokens(tokens)
     batch_size = check_batch_size(batch_size)
-    C = int(n_neurons if n_neurons is not None else tower.blocks[layer].attn.out_proj.out_features)
+    C = int(n_neurons if n_neurons is not None else tower.blocks[block].attn.out_proj.out_features)
     sets = _neuron_sets(neurons, C)
     rc = np.asarray(rows_cols)
     pos = np.asarray(positions, dtype=float)
     if rc.shape != (cache.n, 2) or pos.shape != (cache.n, 2):
         raise ValueError(f"positions and rows_cols must have shape ({cache.n}, 2), got {pos.shape}, {rc.shape}")
-    if layer not in cache.blocks:
-        raise ValueError(f"cache lacks the input of block {layer}; build it with blocks including {layer}")
+    if block not in cache.blocks:
+        raise ValueError(f"cache lacks the input of block {block}; build it with blocks including {block}")
     reg = np.asarray(region, dtype=bool)
     opp = ~reg if opposite is None else np.asarray(opposite, dtype=bool)
     if opp.shape != reg.shape:
@@ -1545,12 +1545,12 @@ def spatial_lesion_study(
         masks.append(m)
     feats = [np.empty(cache.embeddings.shape, dtype=np.float32) for _ in sets]
     chunks = _chunks(cache.n, batch_size)
-    with tqdm(total=len(chunks) * len(sets), desc=f"regional lesions @ block {layer}", disable=not progress) as bar:
+    with tqdm(total=len(chunks) * len(sets), desc=f"regional lesions @ block {block}", disable=not progress) as bar:
         for sl in chunks:
-            x = cache.block_input(layer, sl, tower.device)
+            x = cache.block_input(block, sl, tower.device)
             for f, m in zip(feats, masks):
-                with ablate_channels(tower.blocks[layer].attn, m, tokens):
-                    f[sl] = embed(forward_from_block(tower, x, layer)).cpu().numpy()
+                with ablate_channels(tower.blocks[block].attn, m, tokens):
+                    f[sl] = embed(forward_from_block(tower, x, block)).cpu().numpy()
                 bar.update(1)
     correct_b, p_b = task.decide(cache.embeddings)
     margin_b = task.margin(cache.embeddings)

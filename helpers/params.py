@@ -3,13 +3,14 @@
 The notebooks' ``parameters`` cells hold the defaults (papermill injects
 overrides below them); :data:`SPEC` says what each parameter may be, and
 :func:`validate` checks a whole parameter set at once, so a bad value is refused
-in seconds instead of after an hour of Perturb (``layer=12``,
+in seconds instead of after an hour of Perturb (``block=12``,
 ``proportions=[1.5]``). Checks that need the model (its name, its number of
 blocks, the device) run here too, from open_clip's config, without building it.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -120,7 +121,7 @@ def _spec() -> dict[str, Param]:
         "top_k": Param(_int(1), "an integer >= 1"),
         "decoding_folds": Param(_int(2), "an integer in 2..n_stimuli"),
         "decoding_seed": seed,
-        "layer": Param(_int(0), "a block index 0..depth-1 of the model's image tower"),
+        "block": Param(_int(0), "a block index 0..depth-1 of the model's image tower"),
         "proportions": Param(_proportions, "a non-empty list of numbers in [0, 1]"),
         "n_random_seeds": Param(_int(0), "an integer >= 0"),
         "lesion_mode": Param(_one_of(*LESION_MODES), f"one of {list(LESION_MODES)}"),
@@ -136,6 +137,28 @@ def _spec() -> dict[str, Param]:
 
 
 SPEC: dict[str, Param] = _spec()
+
+#: Renamed parameters, old name -> new name (``layer`` now means a recorded module, helpers.names).
+RENAMED = {"layer": "block"}
+
+
+def upgrade(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with every old name of :data:`RENAMED` replaced by its new name, with a FutureWarning.
+
+    Raises:
+    ValueError — Both the old and the new name are given.
+    """
+    out = dict(params)
+    for old, new in RENAMED.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"{old}={out[old]!r} and {new}={out[new]!r} given: {old!r} is the old name of {new!r}; "
+                             f"give {new} only")
+        warnings.warn(f"parameter {old!r} is now called {new!r} (a residual-block index); write {new}: {out[old]!r}",
+                      FutureWarning, stacklevel=2)
+        out[new] = out.pop(old)
+    return out
 
 
 def validate(params: Mapping[str, Any]) -> None:
@@ -171,7 +194,7 @@ def _cross_checks(p: Mapping[str, Any], bad: set[str]) -> list[str]:
     if "device" in p and "device" not in bad:
         out.append(_device_error(p["device"]))
     if "model" in p and "model" not in bad:
-        out.append(_model_error(p["model"], None if "layer" in bad else p.get("layer")))
+        out.append(_model_error(p["model"], None if "block" in bad else p.get("block")))
     return out
 
 
@@ -185,7 +208,7 @@ def _device_error(device: str) -> str:
     return ""
 
 
-def _model_error(model: str, layer: int | None) -> str:
+def _model_error(model: str, block: int | None) -> str:
     """Unknown model, or a block index the model's image tower does not have (from its config)."""
     import open_clip
 
@@ -194,6 +217,6 @@ def _model_error(model: str, layer: int | None) -> str:
     if model not in available_models():
         return f"model={model!r}: must be one of open_clip's models (helpers.models.available_models())"
     depth = (open_clip.get_model_config(model) or {}).get("vision_cfg", {}).get("layers")
-    if layer is not None and isinstance(depth, int) and not layer < depth:
-        return f"layer={layer!r}: must be a block index in 0..{depth - 1} ({model} has {depth} image blocks)"
+    if block is not None and isinstance(depth, int) and not block < depth:
+        return f"block={block!r}: must be a block index in 0..{depth - 1} ({model} has {depth} image blocks)"
     return ""

@@ -411,7 +411,7 @@ def _rule_curves(ax, df, value: str) -> None:
             ax.fill_between(d["proportion"], d["mean"] - d["sd"], d["mean"] + d["sd"], color=colour, alpha=0.25, lw=0)
 
 
-def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
+def plot_targeted_lesions(df, *, block: int, n_neurons: int = 768, title: str | None = None,
                           path: str | Path | None = None):
     """Performance vs proportion of ablated neurons per selection rule (blog's targeted-lesion figure).
 
@@ -423,10 +423,10 @@ def plot_targeted_lesions(df, *, layer: int, n_neurons: int = 768, title: str | 
     df : pandas.DataFrame — :func:`helpers.lesions.targeted_lesion_study` output.
     """
     panels = {"performance": 'performance ("a black circle")', "p_target": "mean P(target prompt)"}
-    return _rule_panels(df, panels, n_neurons, title or f"lesions in residual block {layer}", path)
+    return _rule_panels(df, panels, n_neurons, title or f"lesions in residual block {block}", path)
 
 
-def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: str | None = None,
+def plot_selection_specificity(df, *, block: int, n_neurons: int = 768, title: str | None = None,
                                path: str | Path | None = None):
     """How stimulus-specific each selection rule's lesioned sets are, by proportion ablated.
 
@@ -441,7 +441,7 @@ def plot_selection_specificity(df, *, layer: int, n_neurons: int = 768, title: s
     """
     d = df[df["n_ablated"] > 0].assign(shared=lambda t: t["n_common"] / t["n_ablated"])
     panels = {"jaccard": "mean Jaccard between two stimuli's sets", "shared": "fraction lesioned for every stimulus"}
-    return _rule_panels(d, panels, n_neurons, title or f"selection specificity in residual block {layer}", path)
+    return _rule_panels(d, panels, n_neurons, title or f"selection specificity in residual block {block}", path)
 
 
 def _rule_panels(df, panels: dict[str, str], n_neurons: int, title: str, path):

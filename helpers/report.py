@@ -267,7 +267,9 @@ def finding_targeted(run: Run, weights: str, proportion: float = 0.1) -> str | N
     for cond in d["weights"].unique():
         rules = perf[cond]
         out.append(f"{_weights_mark(cond, weights)}: " + ", ".join(f"{r} {v:.2f}" for r, v in rules.items()))
-    return (f"Block-{_params(run).get('layer', '?')} lesions at {near:.0%} of neurons{note}, performance "
+    p = _params(run)
+    block = p.get("block", p.get("layer", "?"))  # 'layer': its name in run folders made before the rename
+    return (f"Block-{block} lesions at {near:.0%} of neurons{note}, performance "
             f"(Random: mean over seeds): " + "; ".join(out) + ". Blog: Targeted below Random (figure only).")
 
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from helpers.params import validate
+from helpers.params import upgrade, validate
 from helpers.paths import REPO_ROOT, Run
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -99,8 +99,8 @@ def load_params(path: str | Path | None = None, overrides: Mapping[str, Any] | N
             raise ValueError(f"parameters file {p} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(doc, dict):
             raise ValueError(f"parameters file {p} must hold a mapping of name: value")
-        params.update({str(k).lower(): v for k, v in doc.items()})
-    params.update(with_implied_model(overrides or {}))  # an implied model beats the file's, not an explicit one
+        params.update(upgrade({str(k).lower(): v for k, v in doc.items()}))
+    params.update(with_implied_model(upgrade(overrides or {})))  # an implied model beats the file's, not an explicit one
     return params
 
 
@@ -186,7 +186,7 @@ def run_study(
             raise ValueError(f"stages must be among {sorted(known)}, got {sorted(wanted - known)}")
         nbs = [nb for nb in nbs if nb.name[:2] in wanted]
     declared = all_declared(notebooks())
-    params = with_implied_model(params)
+    params = with_implied_model(upgrade(params))
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise ValueError(f"unknown parameter(s) {unknown}; the notebooks declare: {sorted(declared)}")

@@ -225,7 +225,7 @@ def test_bfloat16_shortcuts_keep_the_decisions():
     mask = np.random.default_rng(0).random((N_STIM, 768)) < 0.3
     with L.ablate_channels(tower.blocks[9].attn, mask), torch.no_grad():
         full = L.embed(tower.forward(images.to(torch.bfloat16))).numpy()
-    short = L.embed_from_cache(tower, c16, 9, mask=mask, layer=9)
+    short = L.embed_from_cache(tower, c16, 9, mask=mask, block=9)
     assert (task.margin(short) > 0).mean() == (task.margin(full) > 0).mean()
     assert (task.decide(short)[0] == task.decide(full)[0]).mean() >= 0.999
     assert np.abs(short - full).max() <= 2e-2
@@ -238,7 +238,7 @@ def test_per_sample_masks_equal_one_stimulus_at_a_time(lm, images, cache):
     tower = L.visual_tower(lm.model)
     rng = np.random.default_rng(0)
     mask = rng.random((N_STIM, 768)) < 0.3
-    batched = L.embed_from_cache(tower, cache, 9, mask=mask, layer=9)
+    batched = L.embed_from_cache(tower, cache, 9, mask=mask, block=9)
     attn = lm.model.visual.transformer.resblocks[9].attn
     single = []
     for i in range(N_STIM):  # reference: full forward, one stimulus at a time
@@ -255,11 +255,11 @@ def test_cls_only_masks_differ_from_all_tokens(lm, cache):
     tower = L.visual_tower(lm.model)
     mask = np.zeros(768, bool)
     mask[:200] = True
-    a = L.embed_from_cache(tower, cache, 9, mask=mask, layer=9, tokens="all")
-    c = L.embed_from_cache(tower, cache, 9, mask=mask, layer=9, tokens="cls")
+    a = L.embed_from_cache(tower, cache, 9, mask=mask, block=9, tokens="all")
+    c = L.embed_from_cache(tower, cache, 9, mask=mask, block=9, tokens="cls")
     assert np.abs(a - c).max() > 1e-5
     with pytest.raises(ValueError, match="tokens"):
-        L.embed_from_cache(tower, cache, 9, mask=mask, layer=9, tokens="patch")
+        L.embed_from_cache(tower, cache, 9, mask=mask, block=9, tokens="patch")
 
 
 def test_attention_cls_equals_hook_recording(lm, images, cache):
@@ -410,7 +410,7 @@ def test_planted_targeted_lesions_hurt_more_than_random():
     cache = _tiny_cache(tower, x)
     props = [0, 0.05, 0.1, 0.2, 0.5, 1]
     df = L.targeted_lesion_study(
-        tower, cache, task, _held_out(x, rc, fm.bins), layer=1, proportions=props, n_random_seeds=4, batch_size=16,
+        tower, cache, task, _held_out(x, rc, fm.bins), block=1, proportions=props, n_random_seeds=4, batch_size=16,
         progress=False,
     )
     s = L.summarise_targeted(df).set_index(["condition", "proportion"])["mean"]
@@ -446,7 +446,7 @@ def test_planted_spatial_lesion_is_localised():
     region = L.region_mask("lower-left", fm.bins)
     neurons = L.region_neurons(fm, region, rule="peak")
     assert len(neurons) == 2 * region.sum()
-    df = L.spatial_lesion_study(tower, cache, task, neurons, positions, rc, region, layer=1, n_neurons=fm.n_neurons)
+    df = L.spatial_lesion_study(tower, cache, task, neurons, positions, rc, region, block=1, n_neurons=fm.n_neurons)
     res = L.localisation_test(df.correct_before, df.correct_after, df.inside, n_permutations=500)
     assert res["deficit_inside"] == 1.0 and res["deficit_outside"] == 0.0 and res["p_value"] < 0.01
     maps, occ = L.performance_maps(positions, np.c_[df.correct_before, df.correct_after], fm.bins, extent)

@@ -145,7 +145,7 @@ def _planted_run(tmp_path, weights="random", proportions=(0.0, 0.1, 0.5)):
     run = tmp_path / "run"
     (run / "analysis").mkdir(parents=True)
     (run / "perturb").mkdir()
-    (run / "params.yaml").write_text("percentile: 95.0\nlayer: 9\ntop_k: 5\nregion: lower-left\nn_stimuli: 10\n")
+    (run / "params.yaml").write_text("percentile: 95.0\nblock: 8\ntop_k: 5\nregion: lower-left\nn_stimuli: 10\n")
     (run / "model.json").write_text(json.dumps({"model": "ViT-B-32", "weights": weights}))
     (run / "zeroshot.csv").write_text("prompts,circle_mean,circle_sd,empty_mean,empty_sd\nshape only,0.5,0.1,,\n"
                                       "+ empty,0.25,0.1,0.75,0.1\n")
@@ -188,7 +188,7 @@ def test_report_leads_with_key_findings_computed_from_the_tables(tmp_path):
     assert "grid 0.00–0.00 (none in any layer)" in found
     assert "visual resblock 9 (1.00 → 0.25)" in found  # largest fall, not the first row
     assert "no lesion lowers performance (unlesioned 0.00" in found  # random condition: nothing to lose
-    assert "at 10% of neurons" in found and "Targeted 0.40, Random 0.70" in found  # Random = mean over seeds
+    assert "Block-8 lesions at 10% of neurons" in found and "Targeted 0.40, Random 0.70" in found  # Random: mean over seeds
     assert "0.0123 [0.0040, 0.0200], p = 0.01 localised" in found  # margin, reference outside only
     assert "0.5000" not in found and "0.7000" not in found
     assert "≠ the blog's openai" in found and "random weights (the blog's control)" in found
@@ -209,6 +209,15 @@ def test_targeted_finding_says_when_10_percent_is_missing(tmp_path):
     build_report(run)
     _, found = _findings_text(run)
     assert "at 50% of neurons (this run has no 10%; nearest lesion 50%)" in found
+
+
+def test_targeted_finding_reads_the_block_of_a_run_made_before_the_rename(tmp_path):
+    run = _planted_run(tmp_path)
+    params = run / "params.yaml"
+    params.write_text(params.read_text().replace("block: 8", "layer: 5"))  # the parameter's old name
+    build_report(run)
+    _, found = _findings_text(run)
+    assert "Block-5 lesions at 10% of neurons" in found
 
 
 def test_missing_tables_are_named_not_invented(tmp_path):

@@ -236,7 +236,7 @@ def _tiny_study(n_control_seeds: int = 4):
     sets = L.matched_lesions(fm, "lower-left", proportion=0.25, n_control_seeds=n_control_seeds)
     df = L.spatial_lesion_study(
         tower, cache, task, sets, pos, rc, L.region_mask("lower-left", bins),
-        opposite=L.opposite_region("lower-left", bins), layer=1, n_neurons=fm.n_neurons, batch_size=20,
+        opposite=L.opposite_region("lower-left", bins), block=1, n_neurons=fm.n_neurons, batch_size=20,
     )
     return tower, cache, task, sets, df
 
@@ -253,7 +253,7 @@ def test_tiny_tower_region_lesion_is_localised_and_doubly_dissociated():
     for s in sets:
         mask = np.zeros(32, bool)
         mask[s.neurons] = True
-        ref = task.margin(L.embed_from_cache(tower, cache, 1, mask=mask, layer=1))
+        ref = task.margin(L.embed_from_cache(tower, cache, 1, mask=mask, block=1))
         got = df[(df.lesion == s.kind) & (df.seed.fillna(-1) == (-1 if s.seed is None else s.seed))].margin_after
         assert np.allclose(got, ref, atol=1e-6)
     tab = L.localisation_table(df, n_permutations=300, n_bootstrap=300)
@@ -268,7 +268,7 @@ def test_tiny_tower_region_lesion_is_localised_and_doubly_dissociated():
     assert (change[region] == -1).all() and (change[~region] == 0).all()
     with pytest.raises(ValueError, match="region"):
         L.spatial_lesion_study(tower, cache, task, sets[1:], np.zeros((cache.n, 2)), np.zeros((cache.n, 2), int),
-                               L.region_mask("left", 4), layer=1, n_neurons=32)
+                               L.region_mask("left", 4), block=1, n_neurons=32)
 
 
 def test_margin_is_target_logit_minus_best_other():
@@ -298,7 +298,7 @@ def test_vit_spatial_lesion_study_matches_a_hooked_full_forward(vit_random):
     rc = ratemaps.bin_indices(pos, 4, (0.0, float(lm.input_size), 0.0, float(lm.input_size)))
     task = L.zero_shot_task(lm)
     df = L.spatial_lesion_study(tower, cache, task, sets, pos, rc, L.region_mask("upper-left", 4),
-                                opposite=L.opposite_region("upper-left", 4), layer=9, batch_size=2)
+                                opposite=L.opposite_region("upper-left", 4), block=9, batch_size=2)
     assert list(df.lesion) == ["region"] * 3 + ["opposite"] * 3 + ["random"] * 3
     with L.ablate_channels(lm.model.visual.transformer.resblocks[9].attn, np.isin(np.arange(768), sets[0].neurons)):
         ref = models.encode_images(lm, images).numpy()

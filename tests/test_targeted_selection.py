@@ -157,7 +157,7 @@ def test_specificity_figure_draws_every_rule(tmp_path):
             for c, s, j in (("Targeted", None, 0.1), ("Targeted_raw", None, 1.0), ("Random", 0, 0.05), ("Random", 1, 0.07))
             for p in (0, 0.5, 1)]
     df = pd.DataFrame(rows)
-    fig = plots.plot_selection_specificity(df, layer=9, n_neurons=10, path=tmp_path / "spec.png")
+    fig = plots.plot_selection_specificity(df, block=9, n_neurons=10, path=tmp_path / "spec.png")
     assert (tmp_path / "spec.png").stat().st_size > 0
     left = fig.axes[0]
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["Targeted (z)", "Targeted_raw (blog: raw value)", "Random"]
