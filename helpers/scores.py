@@ -1315,6 +1315,26 @@ def top_neurons(values: np.ndarray, top_k: int = 5) -> np.ndarray:
 # --------------------------------------------------------------------------- study level
 
 
+def _layer_nulls(positions, a, maps, occ, obs, *, n_shuffles, seed, transform, percentile, null_model, floors,
+                 score_nulls, ratemap_args) -> dict:
+    """One layer's :class:`Significance` per score and null: score -> null name -> result. Every score against
+    ``n_shuffles`` stimulus shuffles, the border score also against as many surrogates; with ``n_shuffles=0`` an
+    all-False result under each score's own null."""
+    names = tuple(obs)
+    if not n_shuffles:
+        k = a.shape[1]
+        none = np.zeros(k, bool)
+        return {s: {score_nulls[s]: Significance(none, np.full(k, np.nan), float("nan"), none, none, none, none)}
+                for s in names}
+    nulls = {"shuffle": shuffle_scores(positions, a, **ratemap_args, n_shuffles=n_shuffles, seed=seed, scores=names,
+                                       transform=transform, progress=False)}
+    if "border" in names:
+        nulls["surrogate"] = surrogate_scores(maps, occ, n_surrogates=n_shuffles, seed=seed, scores=("border",),
+                                              transform=transform)
+    return {s: {name: significance(obs[s], null[s], percentile, null_model=null_model, floor=floors[s])
+                for name, null in nulls.items() if s in null} for s in names}
+
+
 def score_layers(
     positions: np.ndarray,
     activations_by_layer: "Mapping[str, np.ndarray]",
@@ -1334,21 +1354,14 @@ def score_layers(
 ) -> dict:
     """Ratemaps, scores and shuffle significance for every layer of one condition.
 
-    ``positions`` (n, 2) pixels; ``activations_by_layer``: layer -> (n, k), read one
-    layer at a time. Each neuron is tested against its own ``n_shuffles`` shuffles
-    (``null_model="neuron"``, Monte-Carlo p <= 1 - percentile/100) or the layer's
-    pooled shuffles (``"pooled"``); both decisions are kept. With
-    ``significance_rule="floor"`` (default) a significant neuron must also score above
-    the score's tuning floor (:data:`TUNING_FLOORS`: grid and border score > 0);
-    ``"null_only"`` (the blog's literal rule) skips that, and its decision is kept as
-    ``significant_null_only`` either way. SI and grid score are tested against stimulus
-    shuffles; the border score against ``border_null``: ``"surrogate"`` (default,
-    ``n_shuffles`` IAAFT surrogates of each map, :func:`surrogate_scores`, calibrated on
-    smooth untuned maps) or ``"shuffle"`` (the stimulus shuffle, which passes smooth
-    untuned maps touching a wall); both border decisions are kept in
-    ``significant_by_null``. ``n_shuffles=0`` skips significance.
-    Memory is bounded by one layer (about 185 MB for 768 neurons, 3000 stimuli,
-    20 bins, whatever the number of shuffles).
+    ``positions`` (n, 2) pixels; ``activations_by_layer``: layer -> (n, k), read one layer
+    at a time (memory: one layer, ~185 MB for 768 neurons, 3000 stimuli, 20 bins). Each
+    neuron is tested against its own ``n_shuffles`` shuffles (``null_model="neuron"``) or
+    the layer's pooled ones (``"pooled"``); ``significance_rule="floor"`` also needs the
+    score above :data:`TUNING_FLOORS` (``"null_only"``: the blog's threshold-only rule,
+    kept as ``significant_null_only`` either way). SI and grid: stimulus shuffles; border:
+    ``border_null`` ``"surrogate"`` (:func:`surrogate_scores`) or ``"shuffle"``, both kept
+    in ``significant_by_null``. ``n_shuffles=0`` skips significance.
 
     Returns a dict: ``maps`` layer -> (k, bins, bins); ``occupancy`` (bins, bins);
     ``scores``, ``significant``, ``significant_neuron``, ``significant_pooled``,
@@ -1389,22 +1402,10 @@ def score_layers(
         out["maps"][layer] = maps
         out["occupancy"] = occ
         out["scores"][layer] = obs
-        if n_shuffles:
-            nulls = {"shuffle": shuffle_scores(positions, a, bins=bins, extent=ext, sigma=sigma,
-                                               n_shuffles=n_shuffles, seed=seed, scores=names, transform=transform,
-                                               progress=False)}
-            if "border" in names:
-                nulls["surrogate"] = surrogate_scores(maps, occ, n_surrogates=n_shuffles, seed=seed,
-                                                      scores=("border",), transform=transform)
-            by_null = {s: {name: significance(obs[s], null[s], percentile, null_model=null_model, floor=floors[s])
-                           for name, null in nulls.items() if s in null} for s in names}
-            sig = {s: by_null[s][score_nulls[s]] for s in names}
-            del nulls
-        else:
-            k = a.shape[1]
-            none = np.zeros(k, bool)
-            sig = {s: Significance(none, np.full(k, np.nan), float("nan"), none, none, none, none) for s in names}
-            by_null = {s: {score_nulls[s]: sig[s]} for s in names}
+        by_null = _layer_nulls(positions, a, maps, occ, obs, n_shuffles=n_shuffles, seed=seed, transform=transform,
+                               percentile=percentile, null_model=null_model, floors=floors, score_nulls=score_nulls,
+                               ratemap_args={"bins": bins, "extent": ext, "sigma": sigma})
+        sig = {s: by_null[s][score_nulls[s]] for s in names}
         out["significant"][layer] = {s: r.significant for s, r in sig.items()}
         out["significant_neuron"][layer] = {s: r.significant_neuron for s, r in sig.items()}
         out["significant_pooled"][layer] = {s: r.significant_pooled for s, r in sig.items()}
