@@ -18,6 +18,7 @@ from scipy import ndimage
 from helpers.scores import BORDER_NULLS, autocorrelogram, score_layers, scores_table, significance_table
 from helpers.scores import spatial_information
 from helpers.surrogates import iaaft_surrogates
+from planted import smooth_field
 
 pytestmark = pytest.mark.fast
 
@@ -29,22 +30,14 @@ SIZES = {"nbval": (96, 8), "quick": (300, 10)}  # (stimuli, bins) of the presets
 UNTUNED = ("noise", "ramp", "smooth 30 px", "smooth 30 px wrapped", "smooth 60 px", "smooth 60 px wrapped")
 
 
-def _smooth(rng, pos, k, length, mode):
-    """White noise on a 64 x 64 lattice Gaussian-filtered (SD ``length`` px; ``mode`` at the edges), read at pos."""
-    cell = SIDE / 64
-    field = ndimage.gaussian_filter(rng.normal(size=(k, 64, 64)), (0, length / cell, length / cell), mode=mode)
-    ix, iy = np.clip((pos / cell).astype(int), 0, 63).T
-    return field[:, iy, ix].T
-
-
 def _shapes(rng, pos, k):
     theta = rng.uniform(0, 2 * np.pi, k)
     wall = rng.integers(0, 4, k)
     dist = np.stack([pos[:, 0], SIDE - pos[:, 0], pos[:, 1], SIDE - pos[:, 1]], axis=1)[:, wall]
     return [rng.normal(size=(pos.shape[0], k)),
             (pos / SIDE - 0.5) @ np.stack([np.cos(theta), np.sin(theta)]),
-            _smooth(rng, pos, k, 30, "reflect"), _smooth(rng, pos, k, 30, "wrap"),
-            _smooth(rng, pos, k, 60, "reflect"), _smooth(rng, pos, k, 60, "wrap"),
+            smooth_field(rng, pos, k, 30, "reflect"), smooth_field(rng, pos, k, 30, "wrap"),
+            smooth_field(rng, pos, k, 60, "reflect"), smooth_field(rng, pos, k, 60, "wrap"),
             np.exp(-dist**2 / (2 * 20.0**2)) + rng.normal(0, 0.5, size=dist.shape)]  # wall bands (SD 20 px) + noise
 
 
@@ -115,7 +108,7 @@ def test_surrogates_keep_spatial_information_so_they_are_no_null_for_it():
 def test_border_null_option_and_tables_say_which_null_each_score_used():
     rng = np.random.default_rng(5)
     pos = rng.uniform(0, SIDE, size=(96, 2))
-    acts = {"a": _smooth(rng, pos, 100, 60, "wrap")}
+    acts = {"a": smooth_field(rng, pos, 100, 60, "wrap")}
     kw = dict(bins=8, extent=(0.0, SIDE, 0.0, SIDE), sigma=1.0, n_shuffles=19, seed=2, progress=False)
     with pytest.raises(ValueError, match="border_null"):
         score_layers(pos, acts, border_null="permutation", **kw)

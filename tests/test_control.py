@@ -77,14 +77,15 @@ def test_sample_batch_is_seeded_and_only_the_spatial_vocabulary_names_locations(
     assert (a.images[~empty].min(axis=(1, 2, 3)) < 255).mean() > 0.95
 
 
+def _batch(shape, colour, cell):
+    """A labels-only batch (1-px images): what positives() and location_loss() read."""
+    n = len(shape)
+    return C.Batch(images=np.zeros((n, 1, 1, 3), np.uint8), shape=np.array(shape), colour=np.array(colour),
+                   cell=np.array(cell), x=np.zeros(n), y=np.zeros(n))
+
+
 def test_positives_count_true_captions_and_never_identical_ones_as_negatives():
-    batch = C.Batch(
-        images=np.zeros((3, 1, 1, 3), np.uint8),
-        shape=np.array(["circle", "circle", ""]),
-        colour=np.array(["red", "black", ""]),
-        cell=np.array([6, 4, -1]),
-        x=np.zeros(3), y=np.zeros(3),
-    )
+    batch = _batch(["circle", "circle", ""], ["red", "black", ""], [6, 4, -1])
     uniq = [("circle", "", -1), ("circle", "red", 6), ("circle", "black", -1), ("", "", -1), ("square", "", -1)]
     want = np.array([[1, 1, 0, 0, 0], [1, 0, 1, 0, 0], [0, 0, 0, 1, 0]], bool)
     assert np.array_equal(C.positives(batch, uniq), want)
@@ -116,13 +117,7 @@ def test_contrastive_loss_matches_a_direct_computation_and_duplicates_are_not_ne
 
 def test_location_loss_separates_only_the_nine_cells_of_the_image_shape():
     vocab = C.vocabulary("spatial")
-    batch = C.Batch(
-        images=np.zeros((3, 1, 1, 3), np.uint8),
-        shape=np.array(["square", "circle", ""]),
-        colour=np.array(["red", "black", ""]),
-        cell=np.array([2, 7, -1]),
-        x=np.zeros(3), y=np.zeros(3),
-    )
+    batch = _batch(["square", "circle", ""], ["red", "black", ""], [2, 7, -1])
     flat = torch.zeros(3, len(vocab))
     assert float(C.location_loss(flat, batch, vocab)) == pytest.approx(np.log(9), rel=1e-6)
     # a large logit on the true "a <shape> in the <cell>" caption drives it to 0 ...

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
+
+from planted import smooth_field
 
 from helpers.scores import (
     SIGNIFICANCE_RULES,
@@ -52,15 +53,6 @@ def _ramps(rng, pos, k):
     return (pos / SIDE - 0.5) @ np.stack([np.cos(theta), np.sin(theta)])
 
 
-def _smooth(rng, pos, k, length=30.0):
-    """White noise on a 64 x 64 lattice Gaussian-filtered with SD ``length`` px, read at each position."""
-    lattice = 64
-    cell = SIDE / lattice
-    field = ndimage.gaussian_filter(rng.normal(size=(k, lattice, lattice)), (0, length / cell, length / cell))
-    ix, iy = (np.clip((pos / cell).astype(int), 0, lattice - 1)).T
-    return field[:, iy, ix].T
-
-
 def _grid_cells(rng, pos, k, noise=0.5):
     """Hexagonal rate maps (three plane waves 60 deg apart, period 90-110 px, random orientation and phase) + noise."""
     period = rng.uniform(90, 110, k)
@@ -88,7 +80,7 @@ def layer(request) -> dict:
     n_stimuli, bins = SIZES[request.param]
     rng = np.random.default_rng(n_stimuli)
     pos = rng.uniform(0, SIDE, size=(n_stimuli, 2))
-    acts = np.column_stack([f(rng, pos, K) for f in (_noise, _ramps, _smooth, _grid_cells, _border_cells)])
+    acts = np.column_stack([f(rng, pos, K) for f in (_noise, _ramps, smooth_field, _grid_cells, _border_cells)])
     res = score_layers(pos, {"L": acts}, bins=bins, extent=(0.0, SIDE, 0.0, SIDE), sigma=1.0, n_shuffles=19, seed=1,
                        border_null="shuffle", progress=False)  # the shuffle null's floor; surrogates: test_border_null
     return {"size": request.param, "scores": res["scores"]["L"], "floor": res["significant"]["L"],
