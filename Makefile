@@ -7,7 +7,7 @@
 #   make test-fast                   the tests marked fast (numpy/torch only, no model): under a minute
 #   make test-browser                the browser test alone (Voila + Chromium; builds a small run if needed)
 #   make explore RUN=<run>           serve notebooks/explore.ipynb on a finished run with Voila (127.0.0.1)
-#   make control-models              retrain the two positive-control CLIPs into weights/ (~30-60 min, CPU)
+#   make control-models              retrain the two positive-control CLIPs into weights/ (~50 min on 2 idle cores)
 #   make sweep SWEEP=params/sweeps/seeds.yaml [CLUSTER=local|slurm] [SCHEDULER=tcp://host:8786] [WORKERS=N]
 #                                    one study per point on Dask into data/sweeps/<name>/ (helpers/sweep.py)
 #

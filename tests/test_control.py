@@ -134,6 +134,26 @@ def test_location_loss_separates_only_the_nine_cells_of_the_image_shape():
     assert float(C.location_loss(torch.zeros(3, 16), batch, C.vocabulary("nonspatial"))) == 0.0
 
 
+@pytest.mark.parametrize("variant", C.VARIANTS)
+def test_shape_loss_separates_only_the_three_shape_only_captions(variant):
+    vocab = C.vocabulary(variant)
+    batch = _batch(["square", "circle", ""], ["red", "black", ""], [2, 7, -1])
+    flat = torch.zeros(3, len(vocab))
+    assert float(C.shape_loss(flat, batch, vocab)) == pytest.approx(np.log(3), rel=1e-6)
+    sure = flat.clone()
+    sure[0, vocab.index(("square", "", -1))] = sure[1, vocab.index(("circle", "", -1))] = 50.0
+    assert float(C.shape_loss(sure, batch, vocab)) < 1e-6
+    # the wrong shape-only caption raises it; coloured captions and the empty image do not enter
+    wrong = flat.clone()
+    wrong[0, vocab.index(("triangle", "", -1))] = 50.0
+    assert float(C.shape_loss(wrong, batch, vocab)) == pytest.approx((50.0 + np.log(3)) / 2, rel=1e-4)
+    other = flat.clone()
+    other[0, vocab.index(("circle", "red", -1))] = 50.0
+    other[:, vocab.index(("", "", -1))] = 50.0
+    assert float(C.shape_loss(other, batch, vocab)) == pytest.approx(np.log(3), rel=1e-6)
+    assert float(C.shape_loss(flat[2:], _batch([""], [""], [-1]), vocab)) == 0.0
+
+
 def test_pos_scale_multiplies_only_the_visual_positional_embedding():
     a, b = C.build_model(5).state_dict(), C.build_model(5, pos_scale=30.0).state_dict()
     k = "visual.positional_embedding"
