@@ -42,6 +42,7 @@ References
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -118,9 +119,9 @@ def iaaft_null(
     The same stacks, bit for bit, as ``n_surrogates`` calls of
     :func:`iaaft_surrogates` drawing from one generator (a ``seed`` int starts
     ``numpy.random.default_rng(seed)``), but each map's spectrum, fill and
-    sorted values are computed once, and the FFTs run on all cores (scipy's
-    ``workers=-1``: the batch of independent transforms is split, every value
-    is unchanged). Parameters as :func:`iaaft_surrogates`; ``n_surrogates`` >= 1.
+    sorted values are computed once, and the FFTs run on :func:`fft_workers`
+    threads (scipy splits the batch of independent transforms: every value is
+    unchanged). Parameters as :func:`iaaft_surrogates`; ``n_surrogates`` >= 1.
     """
     arr = np.asarray(maps, dtype=np.float64)
     if arr.ndim != 3:
@@ -157,8 +158,16 @@ def _iaaft_stacks(rng, n_surrogates, n_iter, valid, amplitude, target, shape) ->
         yield out
 
 
+def fft_workers() -> int:
+    """Threads for the FFTs: ``OMP_NUM_THREADS`` when set (a sweep point's share), else the cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _rfft2(x: np.ndarray) -> np.ndarray:
-    return sfft.rfft2(x, axes=(-2, -1), workers=-1)
+    return sfft.rfft2(x, axes=(-2, -1), workers=fft_workers())
 
 
 def _spectral(x_hat: np.ndarray, amplitude: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -177,7 +186,7 @@ def _spectral(x_hat: np.ndarray, amplitude: np.ndarray, shape: tuple[int, ...]) 
             part *= amplitude
     if zero.any():
         x_hat[zero] = amplitude[zero]
-    return sfft.irfft2(x_hat, s=shape[1:], axes=(-2, -1), workers=-1, overwrite_x=True)
+    return sfft.irfft2(x_hat, s=shape[1:], axes=(-2, -1), workers=fft_workers(), overwrite_x=True)
 
 
 def _match_values(x: np.ndarray, n: int, m: int, flat_valid: np.ndarray, target: np.ndarray,
