@@ -14,7 +14,10 @@ bins`` maps smoothed with sigma = 1 bin):
   group's reference implementation) on the first ``--opexebo-neurons`` maps,
   and the speed ratio;
 - the projected time of the full study's shuffle nulls:
-  12 layers x 768 neurons x 2 conditions x 100 shuffles.
+  12 layers x 768 neurons x 2 conditions x 100 shuffles;
+- one layer's border surrogate null (``helpers.surrogates.iaaft_null``, 10
+  IAAFT iterations, + border score), per surrogate (mean of ``--surrogates``),
+  and its projection to the same 2400 layer-surrogates.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers.ratemaps import flat_bin_indices, ratemaps, ratemaps_from_bins  # noqa: E402
+from helpers.surrogates import iaaft_null  # noqa: E402
 from _machine import describe  # noqa: E402
 from helpers.scores import (  # noqa: E402
     border_score,
@@ -110,6 +114,7 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=20)
     parser.add_argument("--sigma", type=float, default=1.0)
     parser.add_argument("--opexebo-neurons", type=int, default=48)
+    parser.add_argument("--surrogates", type=int, default=5, help="surrogates timed for the border null")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall")
     args = parser.parse_args()
     global clock
@@ -168,6 +173,16 @@ def main() -> None:
     )
     if ref is not None:
         print(f"           (per-neuron opexebo loop: {total_ref * 12 * 768 * 2 * 100 / 3600:.1f} h)")
+
+    def surrogate_null() -> None:
+        for surrogate in iaaft_null(maps, args.surrogates, seed=0):
+            border_score(surrogate)
+
+    per_surrogate = best_time(surrogate_null, repeats=2) / args.surrogates
+    print(f"\none surrogate of the layer (IAAFT, 10 iterations, + border score; mean of {args.surrogates}): "
+          f"{per_surrogate * 1e3:.0f} ms")
+    print(f"projected: {n_iter} layer-surrogates (the border null of the blog preset) "
+          f"-> {per_surrogate * scale * n_iter / 60:.1f} min on this machine")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ Performance: fraction of stimuli whose target prompt beats every other (ties fai
 the best other. Speed without changing numbers: :func:`build_residual_cache` keeps the input of chosen blocks
 (RAM or a memmap) and a lesion at block ``k`` runs blocks ``k..`` only (:func:`forward_from_block`, equal to
 ``encode_image`` to 1e-5); text lesions reuse the image embeddings; the last block runs queries, attention output and MLP for the class token
-only (:func:`block_cls`); a block lesioned in mode ``"all"`` (an identity) is not run; no ``torch.compile`` (it ignores later hooks).
+only (:func:`block_cls`); a block lesioned in mode ``"all"`` (an identity) is not run; neuron lesions at block ``k``
+start from its attention output, computed once per batch (:func:`forward_from_attention`); no ``torch.compile`` (it
+ignores later hooks).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ __all__ = [
     "visual_tower",
     "forward_from_block",
     "block_cls",
+    "BlockAttention",
+    "block_attention",
+    "forward_from_attention",
     "embed",
     "ResidualCache",
     "build_residual_cache",
@@ -272,6 +277,32 @@ def _check_tokens(tokens: str) -> str:
     return tokens
 
 
+def _mask_tensor(mask: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``mask`` as a (B, C) or (1, C) bool tensor (see :func:`ablate_channels`)."""
+    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2:
+        raise ValueError(f"mask must have shape (B, C) or (C,), got {tuple(m.shape)}")
+    return m
+
+
+def _zero_channels(out: torch.Tensor, m: torch.Tensor, tokens: str) -> torch.Tensor:
+    """``out`` (B, T, C) or (B, C) with the channels of (B, C) or (1, C) bool ``m`` set to 0 (token 0 only: "cls")."""
+    if out.shape[-1] != m.shape[-1]:
+        raise ValueError(f"mask has {m.shape[-1]} channels but the module outputs {out.shape[-1]}")
+    if m.shape[0] not in (1, out.shape[0]):
+        raise ValueError(f"mask is for a batch of {m.shape[0]} samples but the forward has {out.shape[0]}")
+    mm = m.to(out.device)
+    if out.ndim == 3:
+        mm = mm[:, None, :]
+        if tokens == "cls":
+            tok = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
+            tok[0] = True
+            mm = mm & tok[None, :, None]
+    return out.masked_fill(mm, 0)
+
+
 @contextlib.contextmanager
 def ablate_channels(
     module: torch.nn.Module, mask: torch.Tensor | np.ndarray, tokens: str = "all"
@@ -290,25 +321,10 @@ def ablate_channels(
     tokens : {"all", "cls"} — ``"all"``: zero the channel at every token; ``"cls"``: token 0 only.
     """
     _check_tokens(tokens)
-    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask, dtype=torch.bool)
-    if m.ndim == 1:
-        m = m[None, :]
-    if m.ndim != 2:
-        raise ValueError(f"mask must have shape (B, C) or (C,), got {tuple(m.shape)}")
+    m = _mask_tensor(mask)
 
     def zero(name, out):
-        if out.shape[-1] != m.shape[-1]:
-            raise ValueError(f"mask has {m.shape[-1]} channels but the module outputs {out.shape[-1]}")
-        if m.shape[0] not in (1, out.shape[0]):
-            raise ValueError(f"mask is for a batch of {m.shape[0]} samples but the forward has {out.shape[0]}")
-        mm = m.to(out.device)
-        if out.ndim == 3:
-            mm = mm[:, None, :]
-            if tokens == "cls":
-                tok = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
-                tok[0] = True
-                mm = mm & tok[None, :, None]
-        return out.masked_fill(mm, 0)
+        return _zero_channels(out, m, tokens)
 
     with hooks.edit_outputs({"": module}, zero):
         yield
@@ -418,6 +434,87 @@ def forward_from_block(tower: Tower, x: torch.Tensor, start: int) -> torch.Tenso
     for blk in tower.blocks[start:last]:
         x = blk(x)
     return tower.head(block_cls(tower.blocks[last], x) if tower.cls_head else tower.blocks[last](x))
+
+
+@dataclass(frozen=True)
+class BlockAttention:
+    """Block ``block``'s input and unlesioned attention output: where lesioned forwards start (:func:`forward_from_attention`).
+
+    Attributes:
+    block : int
+    tokens : {"all", "cls"} — The token scope of the lesions that will start here (:func:`ablate_channels`).
+    x : tensor (B, T, C) — The block's input.
+    attn : tensor (B, T, C), or (B, 1, C) when only the class token's row is needed — ``blocks[block].attn``'s output
+        (after ``out_proj``, before ``ls_1``): what :func:`ablate_channels` zeroes.
+    after : tensor (B, T, C) or None — The unlesioned block output; with ``tokens="cls"`` its rows 1..T-1 are those of
+        every lesioned output (attention, LayerNorms and MLP act on each token's own row).
+    """
+
+    block: int
+    tokens: str
+    x: torch.Tensor
+    attn: torch.Tensor
+    after: torch.Tensor | None = None
+
+
+@torch.no_grad()
+def block_attention(tower: Tower, x: torch.Tensor, block: int, tokens: str = "all") -> BlockAttention:
+    """Compute block ``block``'s unlesioned attention output once for lesions with token scope ``tokens``.
+
+    ``x`` (B, T, C) is the block's input (e.g. from the cache). The attention output
+    is kept for all tokens, or for the class token only when nothing else of it can
+    reach the embedding or be lesioned (last block with ``tower.cls_head``, as
+    :func:`block_cls`; ``tokens="cls"``, where the unlesioned block output is kept
+    too). Memory: one (B, T, C) tensor or two, per batch. Requires an open_clip
+    ``ResidualAttentionBlock``, whose forward :func:`forward_from_attention` reimplements.
+    """
+    _check_block(tower, block)
+    _check_tokens(tokens)
+    blk = tower.blocks[block]
+    if not _is_residual_attention_block(blk):
+        raise ValueError(f"block {block} must be an open_clip ResidualAttentionBlock, got {type(blk).__name__}")
+    h = blk.ln_1(x)
+    if block == tower.n_blocks - 1 and tower.cls_head:
+        return BlockAttention(block, tokens, x, blk.attention(q_x=h[:, :1], k_x=h, v_x=h))
+    attn = blk.attention(q_x=h)  # the call of ResidualAttentionBlock.forward
+    if tokens == "all":
+        return BlockAttention(block, tokens, x, attn)
+    y = x + blk.ls_1(attn)
+    return BlockAttention(block, tokens, x, attn[:, :1], y + blk.ls_2(blk.mlp(blk.ln_2(y))))
+
+
+@torch.no_grad()
+def forward_from_attention(tower: Tower, start: BlockAttention, mask: torch.Tensor | np.ndarray | None = None) -> torch.Tensor:
+    """Unnormalised embedding (B, E) with ``mask``'s channels of ``blocks[start.block].attn`` zeroed.
+
+    Equal (to float summation order) to :func:`forward_from_block` from ``start.x``
+    inside ``ablate_channels(blocks[block].attn, mask, start.tokens)``, without
+    recomputing the attention: the block's output is ``x + ls_1(mask ⊙ attn)``, then
+    ``+ ls_2(mlp(ln_2(.)))``, as ``ResidualAttentionBlock.forward``; then blocks
+    ``block+1..`` run as in :func:`forward_from_block`. ``mask``: (B, C) or (C,) bool, None = no lesion.
+    """
+    blk = tower.blocks[start.block]
+    a = start.attn if mask is None else _zero_channels(start.attn, _mask_tensor(mask), start.tokens)
+    y = start.x[:, : a.shape[1]] + blk.ls_1(a)
+    y = y + blk.ls_2(blk.mlp(blk.ln_2(y)))
+    if start.after is not None:  # only the class token's row changed
+        y = torch.cat([y, start.after[:, 1:]], dim=1)
+    return tower.head(y) if start.block == tower.n_blocks - 1 else forward_from_block(tower, y, start.block + 1)
+
+
+def _lesioned_embeddings(tower: Tower, x: torch.Tensor, block: int, tokens: str, reuse_attention: bool):
+    """mask -> (B, E) float32 embeddings of the batch ``x`` (input of ``block``) with ``mask``'s channels of its attention
+    output zeroed: from the attention output computed once (:func:`forward_from_attention`) when ``reuse_attention``
+    and the block is an open_clip ``ResidualAttentionBlock``, else through :func:`ablate_channels`."""
+    if reuse_attention and _is_residual_attention_block(tower.blocks[block]):
+        start = block_attention(tower, x, block, tokens)
+        return lambda m: embed(forward_from_attention(tower, start, m)).cpu().numpy()
+
+    def straight(m):
+        with ablate_channels(tower.blocks[block].attn, m, tokens):
+            return embed(forward_from_block(tower, x, block)).cpu().numpy()
+
+    return straight
 
 
 def embed(features: torch.Tensor) -> torch.Tensor:
@@ -1193,7 +1290,8 @@ def selection_specificity(ranks: np.ndarray, k: int, pairs: tuple[np.ndarray, np
 
 
 @torch.no_grad()
-def _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size, progress) -> dict:
+def _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size, progress,
+                         reuse_attention: bool = True) -> dict:
     """Lesioned embeddings (n, E) per job ``(run, k)``: each stimulus's top-``k`` ranked channels zeroed."""
     from tqdm.auto import tqdm
 
@@ -1203,11 +1301,10 @@ def _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size
     chunks = _chunks(cache.n, batch_size)
     with tqdm(total=len(chunks) * len(jobs), desc=f"targeted lesions @ block {block}", disable=not progress) as bar:
         for sl in chunks:
-            x = cache.block_input(block, sl, tower.device)
+            lesioned = _lesioned_embeddings(tower, cache.block_input(block, sl, tower.device), block, tokens,
+                                            reuse_attention)
             for r, k in jobs:
-                m = np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k
-                with ablate_channels(tower.blocks[block].attn, m, tokens):
-                    feats[(r, k)][sl] = embed(forward_from_block(tower, x, block)).cpu().numpy()
+                feats[(r, k)][sl] = lesioned(np.ones((sl.stop - sl.start, C), bool) if r == "all" else ranks[r][sl] < k)
                 bar.update(1)
     return feats
 
@@ -1226,6 +1323,7 @@ def targeted_lesion_study(
     batch_size: int = 64,
     n_pairs: int = 2000,
     progress: bool = True,
+    reuse_attention: bool = True,
 ):
     """Per-stimulus neuron lesions at ``block`` for a sweep of proportions.
 
@@ -1236,6 +1334,8 @@ def targeted_lesion_study(
     ``values``: :func:`held_out_values` of the C channels, one row per cached
     stimulus; ``include``: rules from :data:`RULES` (Random repeated with seeds
     ``0..n_random_seeds-1``); ``n_pairs`` stimulus pairs (seed 0) for the Jaccard index.
+    ``reuse_attention``: compute the block's attention output once per batch and start every lesion from it
+    (:func:`forward_from_attention`, equal to 1e-5 in fp32); False runs each lesion through :func:`ablate_channels`.
 
     Returns a DataFrame: ``condition, seed, proportion, n_ablated, performance,
     p_target, n_stimuli, jaccard, n_common`` (``seed`` empty for targeted rules).
@@ -1267,7 +1367,7 @@ def targeted_lesion_study(
     # decisions[(run, k)] -> (correct, p); k == 0 is the baseline, k == C is shared
     base = task.decide(cache.embeddings)
     jobs = [(r, k) for r in runs for k in interior] + ([("all", C)] if C in ks else [])
-    feats = _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size, progress)
+    feats = _targeted_embeddings(tower, cache, block, jobs, ranks, C, tokens, batch_size, progress, reuse_attention)
     decided = {job: task.decide(f) for job, f in feats.items()}
     rows = []
     for r in runs:
@@ -1504,13 +1604,15 @@ def spatial_lesion_study(
     tokens: str = "all",
     batch_size: int = 64,
     progress: bool = False,
+    reuse_attention: bool = True,
 ):
     """Lesion the same neurons for every stimulus; per-stimulus results before and after, per lesion.
 
     From the cached input of ``block``. ``neurons``: (m,) channel indices or
     the :class:`NeuronSet` list of :func:`matched_lesions` (one of kind ``"region"``);
     ``positions`` (n, 2) px and ``rows_cols`` (n, 2) bins in cache order; ``region``
-    and ``opposite`` (default: complement) (bins, bins) bool masks.
+    and ``opposite`` (default: complement) (bins, bins) bool masks; ``reuse_attention`` as in
+    :func:`targeted_lesion_study`.
 
     Returns a DataFrame, one row per lesion and stimulus: ``lesion, seed,
     n_lesioned, stimulus, x, y, row, col, inside, in_opposite, correct_before,
@@ -1547,10 +1649,10 @@ def spatial_lesion_study(
     chunks = _chunks(cache.n, batch_size)
     with tqdm(total=len(chunks) * len(sets), desc=f"regional lesions @ block {block}", disable=not progress) as bar:
         for sl in chunks:
-            x = cache.block_input(block, sl, tower.device)
+            lesioned = _lesioned_embeddings(tower, cache.block_input(block, sl, tower.device), block, tokens,
+                                            reuse_attention)
             for f, m in zip(feats, masks):
-                with ablate_channels(tower.blocks[block].attn, m, tokens):
-                    f[sl] = embed(forward_from_block(tower, x, block)).cpu().numpy()
+                f[sl] = lesioned(m)
                 bar.update(1)
     correct_b, p_b = task.decide(cache.embeddings)
     margin_b = task.margin(cache.embeddings)

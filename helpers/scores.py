@@ -1053,7 +1053,7 @@ def surrogate_scores(
 ) -> dict[str, np.ndarray]:
     """Null distributions of the scores from smoothness-preserving surrogates of the maps themselves.
 
-    Each surrogate (:func:`helpers.surrogates.iaaft_surrogates`) keeps a map's
+    Each surrogate (:func:`helpers.surrogates.iaaft_null`) keeps a map's
     amplitude spectrum (its smoothness and field size) and its values, with the
     fields anywhere, and keeps its unvisited bins; it is scored like the map.
     Valid for the border score only: surrogates keep the autocorrelogram (so
@@ -1079,15 +1079,13 @@ def surrogate_scores(
     dict
         name -> ndarray (n_surrogates, k), like :func:`shuffle_scores`.
     """
-    from helpers.surrogates import iaaft_surrogates
+    from helpers.surrogates import iaaft_null
 
     names = _check_score_names(scores)
     arr, _ = _as_stack(maps)
     check_int("n_surrogates", n_surrogates, 1)
-    rng = np.random.default_rng(check_int("seed", seed, 0))
     null = {name: np.empty((n_surrogates, arr.shape[0])) for name in names}
-    for i in range(n_surrogates):
-        surrogate = iaaft_surrogates(arr, seed=rng, boundary=boundary)
+    for i, surrogate in enumerate(iaaft_null(arr, n_surrogates, seed=check_int("seed", seed, 0), boundary=boundary)):
         for name, values in compute_scores(surrogate, occupancy, scores=names, transform=transform).items():
             null[name][i] = values
     return null

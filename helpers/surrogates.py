@@ -42,13 +42,16 @@ References
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
 from helpers.checks import check_int
 
-__all__ = ["BOUNDARIES", "iaaft_surrogates"]
+__all__ = ["BOUNDARIES", "iaaft_null", "iaaft_surrogates"]
 
 
 def _fill_unvisited(arr: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -100,9 +103,30 @@ def iaaft_surrogates(
         (exactly), NaN where the map is NaN; its amplitude spectrum (of the
         mirrored surrogate and map with ``"mirror"``) approximates the map's.
     """
+    return next(iaaft_null(maps, 1, seed=seed, n_iter=n_iter, boundary=boundary))
+
+
+def iaaft_null(
+    maps: np.ndarray,
+    n_surrogates: int,
+    *,
+    seed: int | np.random.Generator = 0,
+    n_iter: int = 10,
+    boundary: str = "mirror",
+) -> Iterator[np.ndarray]:
+    """``n_surrogates`` IAAFT surrogates of every map, one (k, n, m) stack at a time.
+
+    The same stacks, bit for bit, as ``n_surrogates`` calls of
+    :func:`iaaft_surrogates` drawing from one generator (a ``seed`` int starts
+    ``numpy.random.default_rng(seed)``), but each map's spectrum, fill and
+    sorted values are computed once, and the FFTs run on :func:`fft_workers`
+    threads (scipy splits the batch of independent transforms: every value is
+    unchanged). Parameters as :func:`iaaft_surrogates`; ``n_surrogates`` >= 1.
+    """
     arr = np.asarray(maps, dtype=np.float64)
     if arr.ndim != 3:
         raise ValueError(f"maps must have shape (k, n, m), got {arr.shape}")
+    check_int("n_surrogates", n_surrogates, 1)
     check_int("n_iter", n_iter, 0)
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
@@ -111,30 +135,67 @@ def iaaft_surrogates(
     valid = np.isfinite(arr)
     filled = _fill_unvisited(arr, valid)
     ext = _mirror(filled) if boundary == "mirror" else filled
-    amplitude = np.abs(sfft.rfft2(ext, axes=(-2, -1)))
+    amplitude = np.abs(_rfft2(ext))
     # target values per map, sorted; unvisited bins rank last (+inf) and are never assigned
     flat_valid = valid.reshape(k, -1)
     target = np.sort(np.where(flat_valid, arr.reshape(k, -1), np.inf), axis=1)
+    return _iaaft_stacks(rng, int(n_surrogates), int(n_iter), valid, amplitude, target, ext.shape)
 
-    def spectral(x_hat: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            unit = np.where(np.abs(x_hat) > 0, x_hat / np.abs(x_hat), 1.0)
-        return sfft.irfft2(amplitude * unit, s=ext.shape[1:], axes=(-2, -1))
 
-    def match_values(x: np.ndarray) -> np.ndarray:
-        window = x[:, :n, :m].reshape(k, -1)
-        order = np.argsort(np.where(flat_valid, window, np.inf), axis=1)
-        matched = np.empty_like(window)
-        np.put_along_axis(matched, order, target, axis=1)  # the r-th smallest bin gets the r-th smallest value
-        window = np.where(flat_valid, matched, window)
-        x = x.copy()
-        x[:, :n, :m] = window.reshape(k, n, m)
-        return x
+def _iaaft_stacks(rng, n_surrogates, n_iter, valid, amplitude, target, shape) -> Iterator[np.ndarray]:
+    """The loop of :func:`iaaft_null` over surrogates, given each map's mask, amplitudes and sorted values."""
+    k, n, m = valid.shape
+    flat_valid = valid.reshape(k, -1)
+    rows = np.arange(k)[:, None]
+    for _ in range(n_surrogates):
+        # random phases with Hermitian symmetry: the phases of white noise's transform
+        x = _match_values(_spectral(_rfft2(rng.standard_normal(shape)), amplitude, shape), n, m, flat_valid,
+                          target, rows)
+        for _ in range(n_iter):
+            x = _match_values(_spectral(_rfft2(x), amplitude, shape), n, m, flat_valid, target, rows)
+        out = x[:, :n, :m]
+        out[~valid] = np.nan
+        yield out
 
-    # random phases with Hermitian symmetry: the phases of white noise's transform
-    x = match_values(spectral(sfft.rfft2(rng.standard_normal(ext.shape), axes=(-2, -1))))
-    for _ in range(n_iter):
-        x = match_values(spectral(sfft.rfft2(x, axes=(-2, -1))))
-    out = x[:, :n, :m]
-    out[~valid] = np.nan
-    return out
+
+def fft_workers() -> int:
+    """Threads for the FFTs: ``OMP_NUM_THREADS`` when set (a sweep point's share), else the cores this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _rfft2(x: np.ndarray) -> np.ndarray:
+    return sfft.rfft2(x, axes=(-2, -1), workers=fft_workers())
+
+
+def _spectral(x_hat: np.ndarray, amplitude: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The field with amplitudes ``amplitude`` and the phases of ``x_hat`` (amplitude itself where ``x_hat`` is 0).
+
+    ``amplitude * (x_hat / |x_hat|)`` in numpy's complex arithmetic, whose division by a real ``|x_hat| > 0``
+    is ``x_hat * (1 / |x_hat|)`` part by part: computed so, on the real and imaginary parts, without complex
+    temporaries (tests/test_surrogates.py checks it bit for bit against the complex expression).
+    """
+    size = np.abs(x_hat)
+    zero = size == 0
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 * inf where x_hat is 0: set below
+        scale = np.divide(1.0, size, out=size)
+        for part in (x_hat.real, x_hat.imag):
+            part *= scale
+            part *= amplitude
+    if zero.any():
+        x_hat[zero] = amplitude[zero]
+    return sfft.irfft2(x_hat, s=shape[1:], axes=(-2, -1), workers=fft_workers(), overwrite_x=True)
+
+
+def _match_values(x: np.ndarray, n: int, m: int, flat_valid: np.ndarray, target: np.ndarray,
+                  rows: np.ndarray) -> np.ndarray:
+    """Give the r-th smallest visited bin of each map's n x m window the map's r-th smallest value (in place)."""
+    k = x.shape[0]
+    window = x[:, :n, :m].reshape(k, -1)
+    order = np.argsort(np.where(flat_valid, window, np.inf), axis=1)
+    matched = np.empty_like(window)
+    matched[rows, order] = target
+    x[:, :n, :m] = np.where(flat_valid, matched, window).reshape(k, n, m)
+    return x

@@ -229,6 +229,13 @@ def test_bfloat16_shortcuts_keep_the_decisions():
     assert (task.margin(short) > 0).mean() == (task.margin(full) > 0).mean()
     assert (task.decide(short)[0] == task.decide(full)[0]).mean() >= 0.999
     assert np.abs(short - full).max() <= 2e-2
+    x = c16.block_input(9, slice(0, N_STIM))
+    for tokens in ("all", "cls"):  # lesions from the block's attention output computed once
+        start = L.block_attention(tower, x, 9, tokens)
+        fast = L.embed(L.forward_from_attention(tower, start, mask)).float().numpy()
+        ref = L.embed_from_cache(tower, c16, 9, mask=mask, block=9, tokens=tokens)
+        assert (task.decide(fast)[0] == task.decide(ref)[0]).mean() >= 0.999
+        assert np.abs(fast - ref).max() <= 2e-2
 
 
 # --------------------------------------------------------------------------- neuron lesions
@@ -260,6 +267,73 @@ def test_cls_only_masks_differ_from_all_tokens(lm, cache):
     assert np.abs(a - c).max() > 1e-5
     with pytest.raises(ValueError, match="tokens"):
         L.embed_from_cache(tower, cache, 9, mask=mask, block=9, tokens="patch")
+
+
+@pytest.mark.parametrize("block,tokens", [(9, "all"), (9, "cls"), (11, "all"), (11, "cls")])
+def test_lesions_from_the_cached_attention_output_equal_ablate_channels(lm, cache, block, tokens):
+    """forward_from_attention == forward_from_block under ablate_channels, with and without a lesion, both scopes."""
+    tower = L.visual_tower(lm.model)
+    start = L.block_attention(tower, cache.block_input(block, slice(0, N_STIM)), block, tokens)
+    mask = np.random.default_rng(block).random((N_STIM, 768)) < 0.3
+    ref = L.embed_from_cache(tower, cache, block, mask=mask, block=block, tokens=tokens)  # through ablate_channels
+    got = L.embed(L.forward_from_attention(tower, start, mask)).numpy()
+    assert np.abs(got - ref).max() <= TOL
+    assert np.abs(L.embed(L.forward_from_attention(tower, start)).numpy() - cache.embeddings).max() <= TOL
+    assert np.abs(ref - cache.embeddings).max() > 1e-3  # the lesion matters
+    wrong = L.embed(L.forward_from_attention(tower, start, np.roll(mask, 1, axis=0))).numpy()  # another stimulus's mask
+    assert np.abs(wrong - ref).max() > 1e-4
+    if block < tower.n_blocks - 1:  # the token scope is honoured (at the last block only token 0 reaches the head)
+        other = L.embed_from_cache(tower, cache, block, mask=mask, block=block, tokens={"all": "cls", "cls": "all"}[tokens])
+        assert np.abs(got - other).max() > 1e-4
+
+
+def test_attention_shortcut_applies_layer_scale_after_the_mask(lm, cache):
+    """With LayerScale (ls_1, ls_2; identities in ViT-B/32) the shortcut still equals the block's own forward."""
+    from open_clip.transformer import LayerScale
+
+    tower = L.visual_tower(lm.model)
+    blk = tower.blocks[9]
+    g = torch.Generator().manual_seed(2)
+    try:
+        for name in ("ls_1", "ls_2"):
+            setattr(blk, name, LayerScale(768, 1.0))
+            getattr(blk, name).gamma.data = 0.5 + torch.rand(768, generator=g)
+        mask = np.random.default_rng(1).random((N_STIM, 768)) < 0.3
+        ref = L.embed_from_cache(tower, cache, 9, mask=mask, block=9)
+        got = L.embed(L.forward_from_attention(tower, L.block_attention(tower, cache.block_input(9, slice(0, N_STIM)), 9),
+                                               mask)).numpy()
+    finally:
+        blk.ls_1, blk.ls_2 = torch.nn.Identity(), torch.nn.Identity()
+    assert np.abs(got - ref).max() <= TOL
+    assert np.abs(ref - L.embed_from_cache(tower, cache, 9, mask=mask, block=9)).max() > 1e-4  # the scale matters
+
+
+def test_studies_are_equal_with_and_without_the_attention_shortcut(lm, cache):
+    """Targeted and region lesion tables (and their embeddings) do not depend on reuse_attention."""
+    tower = L.visual_tower(lm.model)
+    task = L.zero_shot_task(lm)
+    rng = np.random.default_rng(0)
+    hv = L.HeldOutValues(rng.random((N_STIM, 768)), rng.random((N_STIM, 768)), rng.random((N_STIM, 768)) + 0.1)
+    ranks = {("Targeted", None): L.neuron_ranks(hv, "Targeted"), ("Random", 0): L.neuron_ranks(hv, "Random", 0)}
+    jobs = [(r, k) for r in ranks for k in (38, 384)] + [("all", 768)]
+    feats = {reuse: L._targeted_embeddings(tower, cache, 9, jobs, ranks, 768, "all", 4, False, reuse)
+             for reuse in (True, False)}
+    for job in jobs:
+        assert np.abs(feats[True][job] - feats[False][job]).max() <= TOL
+        assert np.array_equal(task.decide(feats[True][job])[0], task.decide(feats[False][job])[0])
+    kw = dict(block=9, proportions=[0, 0.05, 1], n_random_seeds=1, include=("Targeted", "Random"), batch_size=4,
+              progress=False)
+    a = L.targeted_lesion_study(tower, cache, task, hv, **kw)
+    b = L.targeted_lesion_study(tower, cache, task, hv, reuse_attention=False, **kw)
+    assert np.array_equal(a.performance, b.performance) and np.allclose(a.p_target, b.p_target, rtol=0, atol=1e-5)
+    rc = rng.integers(0, 4, (N_STIM, 2))
+    region = L.region_mask("lower-left", 4)
+    sets = [L.NeuronSet("region", None, np.arange(0, 768, 5)), L.NeuronSet("random", 0, np.arange(1, 768, 7))]
+    s = {reuse: L.spatial_lesion_study(tower, cache, task, sets, rc * 50.0, rc, region, block=9, tokens="cls",
+                                       batch_size=4, reuse_attention=reuse) for reuse in (True, False)}
+    assert np.array_equal(s[True].correct_after, s[False].correct_after)
+    assert np.abs(s[True].margin_after - s[False].margin_after).max() <= 1e-3  # logit scale x 2 x 1e-5 embeddings
+    assert np.abs(s[True].margin_after - s[True].margin_before).max() > 1e-3  # the lesions matter
 
 
 def test_attention_cls_equals_hook_recording(lm, images, cache):
