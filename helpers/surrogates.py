@@ -160,10 +160,10 @@ def _iaaft_stacks(rng, n_surrogates, n_iter, valid, amplitude, target, shape) ->
 
 def fft_workers() -> int:
     """Threads for the FFTs: ``OMP_NUM_THREADS`` when set (a sweep point's share), else the cores this process may use."""
+    from helpers.sweep import cores
+
     env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return int(env) if env.isdigit() and int(env) > 0 else cores()
 
 
 def _rfft2(x: np.ndarray) -> np.ndarray:
