@@ -826,7 +826,8 @@ def layer_lesion_study(
 
     Visual blocks run from the cached input of their block; text units
     re-encode only the prompts; ``visual.conv1`` runs a full forward over
-    ``batches()``.
+    ``batches()``, or one image when the lesion zeroes it (every image then
+    gives the same tokens).
 
     Parameters:
     lm : helpers.models.LoadedModel
@@ -869,8 +870,8 @@ def layer_lesion_study(
             if unit.tower == "text":  # the images are untouched: cached embeddings, new prompts
                 row = _lesion_row(zero_shot_task(lm, prompts, target), cache.embeddings, base_ctrl, control_label)
             else:
-                feats = (embed_images(tower, batches(), cache.n) if unit.block is None
-                         else _embed_block_lesion(tower, cache, unit, mode, batch_size))
+                feats = (_embed_stem_lesion(tower, lm.model.get_submodule(unit.name), batches, cache.n)
+                         if unit.block is None else _embed_block_lesion(tower, cache, unit, mode, batch_size))
                 row = _lesion_row(base_task, feats, _embed_control(tower, control), control_label)
         rows.append(dict(tower=unit.tower, unit=unit.name, label=unit.label, block=unit.block, part=unit.part, mode=mode,
                          **row, **{f"baseline_{k}": v for k, v in base.items()},
@@ -878,6 +879,20 @@ def layer_lesion_study(
     df = pd.DataFrame(rows)
     df["block"] = df["block"].astype("Int64")
     return df
+
+
+@torch.no_grad()
+def _embed_stem_lesion(tower: Tower, conv1: torch.nn.Module, batches, n: int) -> np.ndarray:
+    """Embeddings (n, E) under a lesion of the patch embedding ``conv1`` (already applied).
+
+    With every parameter of ``conv1`` zero, every image gives the same tokens (class
+    and positional embeddings only), so one image is embedded and its row repeated;
+    otherwise a full forward over ``batches()``.
+    """
+    if any(bool(p.count_nonzero()) for p in conv1.parameters()):
+        return embed_images(tower, batches(), n)
+    images, _ = next(iter(batches()))
+    return np.repeat(embed_images(tower, [(images[:1], np.zeros(1))], 1), n, axis=0)
 
 
 @torch.no_grad()

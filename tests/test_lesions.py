@@ -596,3 +596,18 @@ def test_literal_localisation_test_agrees_with_the_hand_written_permutation_p():
                 assert res["localised"] == (res["difference"] > 0 and old < 0.05)
     tied = L.localisation_test(np.ones(40), np.ones(40), np.arange(40) < 10, n_permutations=200)
     assert tied["p_value"] == 1.0 and not tied["localised"]  # no deficit anywhere: ties count as extreme
+
+
+def test_a_zeroed_patch_embedding_gives_one_embedding_for_every_image(lm, stim, images):
+    """The conv1 shortcut's premise and result: with conv1 zeroed every image's full forward is the same row."""
+    tower = L.visual_tower(lm.model)
+    batches = lambda: stimuli.iter_batches(stim, lm.preprocess, 4)  # noqa: E731
+    n = len(images)
+    with L.lesion(lm.model, "visual.conv1", "all"):
+        full = L.embed_images(tower, batches(), n)
+        short = L._embed_stem_lesion(tower, lm.model.visual.conv1, batches, n)
+    assert np.abs(full - full[:1]).max() <= TOL and np.abs(short - full).max() <= TOL
+    # conv1 intact: no shortcut, the stimuli differ
+    intact = L._embed_stem_lesion(tower, lm.model.visual.conv1, batches, n)
+    assert np.abs(intact - L.embed_images(tower, batches(), n)).max() == 0.0
+    assert np.abs(intact - intact[:1]).max() > 1e-3
