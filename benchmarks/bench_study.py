@@ -6,7 +6,7 @@ stage executes) and prints the time of each stage and the total.
     .venv/bin/python benchmarks/bench_study.py --params params/quick.yaml --dtype float32
     .venv/bin/python benchmarks/bench_study.py --params params/quick.yaml --dtype bfloat16
     .venv/bin/python benchmarks/bench_study.py --params params/blog.yaml --dtype bfloat16
-    .venv/bin/python benchmarks/bench_study.py --params params/blog.yaml --dtype float32   # ~2 h on 2 cores
+    .venv/bin/python benchmarks/bench_study.py --params params/blog.yaml --dtype float32   # ~70 min on 2 cores
 
 Weights are ``random`` (the pretrained ones are not available offline); the
 amount of compute is the same for any weights of the architecture.
