@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -56,3 +57,15 @@ def describe() -> str:
 def share(gflops: float, dtype: str = "float32") -> float:
     """``gflops`` as a fraction of this machine's measured ``dtype`` matmul peak."""
     return gflops / peaks()[dtype]
+
+
+def best_time(fn, repeats: int = 3, clock=time.perf_counter) -> float:
+    """Best time of ``repeats`` calls of ``fn``, in seconds of ``clock`` (wall by default; ``time.process_time``
+    gives the CPU time of all threads, steadier on a shared machine: with threaded FFTs that is the cost, not the
+    latency)."""
+    times = []
+    for _ in range(repeats):
+        t = clock()
+        fn()
+        times.append(clock() - t)
+    return min(times)

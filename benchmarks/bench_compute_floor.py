@@ -20,12 +20,11 @@ cannot be met without changing the numbers (fewer stimuli, lesions or nulls).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
-from _machine import GFLOP_PER_IMAGE, describe, peaks
+from _machine import GFLOP_PER_IMAGE, best_time, describe, peaks
 from helpers import lesions as L
 from helpers import models, scores, study
 from helpers.ratemaps import flat_bin_indices, ratemaps_from_bins
@@ -47,16 +46,6 @@ def gflop_per_image() -> dict[str, float]:
             "attention": (T * 4 * proj + T * attn) / 1e9}
 
 
-def _best(fn, reps: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 @torch.no_grad()
 def block_seconds(dtype: str, batch_size: int) -> dict[str, float]:
     """Seconds per image: full forward, one block, last block (class token only), MLP half, block attention."""
@@ -73,7 +62,7 @@ def block_seconds(dtype: str, batch_size: int) -> dict[str, float]:
         "mlp": lambda: x + blk.ls_2(blk.mlp(blk.ln_2(x))),
         "attention": lambda: blk.attention(q_x=blk.ln_1(x)),
     }
-    return {k: _best(f) / batch_size for k, f in per.items()}
+    return {k: best_time(f, 6) / batch_size for k, f in per.items()}  # best of 6: the first call warms up
 
 
 def null_seconds(bins: int, n: int = 3000, k: int = 768) -> dict[str, float]:
@@ -82,8 +71,8 @@ def null_seconds(bins: int, n: int = 3000, k: int = 768) -> dict[str, float]:
     pos, act = rng.uniform(0, 224, (n, 2)), rng.standard_normal((n, k))
     flat = flat_bin_indices(pos, bins, (0.0, 224.0, 0.0, 224.0))
     maps, occ = ratemaps_from_bins(flat, act, bins, 1.0)
-    shuffle = _best(lambda: scores.shuffle_scores(pos, act, bins=bins, sigma=1.0, n_shuffles=2, progress=False)) / 2
-    surrogate = _best(lambda: scores.surrogate_scores(maps, occ, n_surrogates=2)) / 2
+    shuffle = best_time(lambda: scores.shuffle_scores(pos, act, bins=bins, sigma=1.0, n_shuffles=2, progress=False)) / 2
+    surrogate = best_time(lambda: scores.surrogate_scores(maps, occ, n_surrogates=2)) / 2
     return {"shuffle": shuffle, "surrogate": surrogate}
 
 

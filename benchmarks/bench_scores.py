@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from helpers.ratemaps import flat_bin_indices, ratemaps, ratemaps_from_bins  # noqa: E402
 from helpers.surrogates import iaaft_null  # noqa: E402
-from _machine import describe  # noqa: E402
+from _machine import best_time, describe  # noqa: E402
 from helpers.scores import (  # noqa: E402
     border_score,
     compute_scores,
@@ -48,17 +48,6 @@ EXTENT = (0.0, 224.0, 0.0, 224.0)
 
 CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
 clock = CLOCKS["wall"]
-
-
-def best_time(fn, repeats: int = 3) -> float:
-    """Best time of ``repeats`` calls, in seconds: wall, or CPU time of all threads (``--clock process``,
-    steadier on a shared machine; FFTs may use 2 threads, so it is the cost, not the latency)."""
-    times = []
-    for _ in range(repeats):
-        t = clock()
-        fn()
-        times.append(clock() - t)
-    return min(times)
 
 
 def make_layer(n_stimuli: int, n_neurons: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -129,11 +118,11 @@ def main() -> None:
     grid_score(maps[:2])  # build the cached rotation operators once
 
     ours = {
-        "ratemaps": best_time(lambda: ratemaps(pos, act, bins=args.bins, extent=EXTENT, sigma=args.sigma)),
-        "si": best_time(lambda: spatial_information(maps, occ)),
-        "grid": best_time(lambda: grid_score(maps)),  # variant="bnt", the default
-        "grid_langston": best_time(lambda: grid_score(maps, variant="langston")),
-        "border": best_time(lambda: border_score(maps)),
+        "ratemaps": best_time(lambda: ratemaps(pos, act, bins=args.bins, extent=EXTENT, sigma=args.sigma), clock=clock),
+        "si": best_time(lambda: spatial_information(maps, occ), clock=clock),
+        "grid": best_time(lambda: grid_score(maps), clock=clock),  # variant="bnt", the default
+        "grid_langston": best_time(lambda: grid_score(maps, variant="langston"), clock=clock),
+        "border": best_time(lambda: border_score(maps), clock=clock),
     }
     print("\nvectorised (helpers.scores), whole layer at once:")
     for name, sec in ours.items():
@@ -162,7 +151,7 @@ def main() -> None:
         m, o = ratemaps_from_bins(flat[rng.permutation(flat.size)], act, args.bins, args.sigma)
         compute_scores(m, o)
 
-    per_shuffle = best_time(one_shuffle)
+    per_shuffle = best_time(one_shuffle, clock=clock)
     n_iter = 12 * 2 * 100
     scale = 768 / k
     projected = per_shuffle * scale * n_iter
@@ -178,7 +167,7 @@ def main() -> None:
         for surrogate in iaaft_null(maps, args.surrogates, seed=0):
             border_score(surrogate)
 
-    per_surrogate = best_time(surrogate_null, repeats=2) / args.surrogates
+    per_surrogate = best_time(surrogate_null, repeats=2, clock=clock) / args.surrogates
     print(f"\none surrogate of the layer (IAAFT, 10 iterations, + border score; mean of {args.surrogates}): "
           f"{per_surrogate * 1e3:.0f} ms")
     print(f"projected: {n_iter} layer-surrogates (the border null of the blog preset) "
