@@ -34,16 +34,23 @@ def test_openai_architecture_uses_quickgelu(vit_random):
     assert not torch.allclose(plain.model.visual.transformer.resblocks[0].mlp.gelu(x), act(x))
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
-def test_local_checkpoint_roundtrip(vit_random, tmp_path, suffix):
-    path = tmp_path / f"random_vit{suffix}"
-    sd = {k: v.contiguous() for k, v in vit_random.model.state_dict().items()}
-    if suffix == ".safetensors":
-        from safetensors.torch import save_file
+@pytest.fixture(scope="module")
+def b32_safetensors(vit_random, tmp_path_factory):
+    """The random ViT-B/32 saved once as safetensors (578 MB in fp32), deleted after this module."""
+    from safetensors.torch import save_file
 
-        save_file(sd, str(path))
-    else:
-        torch.save(sd, path)
+    path = tmp_path_factory.mktemp("ckpt") / "random_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in vit_random.model.state_dict().items()}, str(path))
+    yield path
+    path.unlink()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_local_checkpoint_roundtrip(vit_random, b32_safetensors, tmp_path, suffix):
+    path = b32_safetensors
+    if suffix == ".pt":
+        path = tmp_path / "random_vit.pt"
+        torch.save({k: v.contiguous() for k, v in vit_random.model.state_dict().items()}, path)
     loaded = models.load_model("ViT-B-32", str(path), device="cpu", dtype="float32")
     assert loaded.quick_gelu == vit_random.quick_gelu
     assert _state_equal(vit_random.model, loaded.model)
@@ -173,7 +180,7 @@ def test_input_size_from_config_without_weights():
         models.input_size("nope")
 
 
-def test_a_file_that_is_no_safe_checkpoint_is_refused_by_name_and_never_executed(vit_random, tmp_path):
+def test_a_file_that_is_no_safe_checkpoint_is_refused_by_name_and_never_executed(b32_safetensors, tmp_path):
     import pickle
 
     marker = tmp_path / "code-ran"
@@ -191,12 +198,8 @@ def test_a_file_that_is_no_safe_checkpoint_is_refused_by_name_and_never_executed
             models.load_model("ViT-B-32", str(path), device="cpu", dtype="float32")
         assert str(path) in str(err.value) and "weights_only=False" not in str(err.value)
     assert not marker.exists()
-    wrong = tmp_path / "b32.safetensors"  # a real checkpoint of another architecture
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in vit_random.model.state_dict().items()}, str(wrong))
-    with pytest.raises(ValueError, match="ViT-B-16"):
-        models.load_model("ViT-B-16", str(wrong), device="cpu")
+    with pytest.raises(ValueError, match="ViT-B-16"):  # a real checkpoint of another architecture
+        models.load_model("ViT-B-16", str(b32_safetensors), device="cpu")
 
 
 # --------------------------------------------------------------------------- dtype "auto"
