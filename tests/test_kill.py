@@ -132,22 +132,6 @@ def _perturb_cmd(run: Path) -> list[str]:
             "--stages", "04", "--set", *PERTURB_SMALL]
 
 
-@pytest.fixture(scope="module")
-def perturb_reference(tmp_path_factory):
-    """An uninterrupted small 04 on a copy of the nbval run folder (checked at run time, after nbval ran)."""
-    import shutil
-
-    from helpers.paths import DATA_DIR
-
-    nbval = DATA_DIR / "_nbval"
-    if not (nbval / "analysis" / "scores.csv").is_file():
-        pytest.skip("needs the small study of `make test` (data/_nbval executed by nbval)")
-    ref = tmp_path_factory.mktemp("perturb") / "ref"
-    shutil.copytree(nbval, ref, ignore=shutil.ignore_patterns(*NO_OUTPUTS))
-    subprocess.run(_perturb_cmd(ref), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
-    return nbval, ref
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -160,14 +144,21 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(perturb_reference, tmp_path, sig):
-    """A signal while 04 fills its residual cache, then the same command: no cache, tables as an uninterrupted run's."""
+def _copy_nbval(dest: Path) -> Path:
+    """A copy of the nbval run folder without 04's outputs (skips when nbval has not run first)."""
     import shutil
 
-    nbval, ref = perturb_reference
-    run = tmp_path / "run"
-    shutil.copytree(nbval, run, ignore=shutil.ignore_patterns(*NO_OUTPUTS))
+    from helpers.paths import DATA_DIR
+
+    nbval = DATA_DIR / "_nbval"
+    if not (nbval / "analysis" / "scores.csv").is_file():
+        pytest.skip("needs the small study of `make test` (data/_nbval executed by nbval)")
+    shutil.copytree(nbval, dest, ignore=shutil.ignore_patterns(*NO_OUTPUTS))
+    return dest
+
+
+def _kill_during_04_cache(run: Path, sig: signal.Signals) -> None:
+    """Start 04 on ``run``, send ``sig`` once its residual cache exists, and wait until its kernel has exited."""
     runner = subprocess.Popen(_perturb_cmd(run), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: (run / "perturb" / "cache").is_dir(), "04's residual cache", limit=600)
@@ -179,8 +170,17 @@ def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables
             _wait_for(lambda: not _alive(k), "the kernel's exit")
     finally:
         runner.kill()
-    # SIGKILL leaves the cache behind (the rerun removes it); Ctrl-C removes it on the way out
-    assert (run / "perturb" / "cache").is_dir() == (sig == signal.SIGKILL)
+
+
+def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(tmp_path):
+    """Ctrl-C while 04 fills its residual cache removes it; a SIGKILL in the rerun leaves it; the next rerun
+    removes it and writes the tables of an uninterrupted run, byte for byte."""
+    ref, run = _copy_nbval(tmp_path / "ref"), _copy_nbval(tmp_path / "run")
+    subprocess.run(_perturb_cmd(ref), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
+    _kill_during_04_cache(run, signal.SIGINT)
+    assert not (run / "perturb" / "cache").exists()
+    _kill_during_04_cache(run, signal.SIGKILL)
+    assert (run / "perturb" / "cache").is_dir()
     subprocess.run(_perturb_cmd(run), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
     assert not (run / "perturb" / "cache").exists()
     tables = sorted(p.name for p in (ref / "perturb").glob("*.csv"))
