@@ -157,11 +157,25 @@ def _copy_nbval(dest: Path) -> Path:
     return dest
 
 
+def _run_04(run: Path) -> None:
+    """04 on ``run`` to completion; a failure shows what the runner printed."""
+    done = subprocess.run(_perturb_cmd(run), cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"04 exited {done.returncode}:\n{(done.stdout + done.stderr)[-3000:]}"
+
+
 def _kill_during_04_cache(run: Path, sig: signal.Signals) -> None:
     """Start 04 on ``run``, send ``sig`` once its residual cache exists, and wait until its kernel has exited."""
-    runner = subprocess.Popen(_perturb_cmd(run), cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run.parent / f"runner_{sig.name}.log"
+    with log.open("w") as out:
+        runner = subprocess.Popen(_perturb_cmd(run), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: (run / "perturb" / "cache").is_dir(), "04's residual cache", limit=600)
+        started = lambda: (run / "perturb" / "cache").is_dir() or runner.poll() is not None  # noqa: E731
+        try:
+            _wait_for(started, "04's residual cache", limit=600)
+        except AssertionError as hung:
+            raise AssertionError(f"{hung}; the runner printed:\n{log.read_text()[-3000:]}") from None
+        assert runner.poll() is None, f"the runner exited ({runner.returncode}) before 04's cache existed:\n" + \
+            log.read_text()[-3000:]
         kernels = _children(runner.pid)
         assert kernels, "the runner's kernel was not found among its children"
         runner.send_signal(sig)
@@ -172,21 +186,27 @@ def _kill_during_04_cache(run: Path, sig: signal.Signals) -> None:
         runner.kill()
 
 
-def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(tmp_path):
-    """Ctrl-C while 04 fills its residual cache removes it; a SIGKILL in the rerun leaves it; the next rerun
-    removes it and writes the tables of an uninterrupted run, byte for byte."""
-    ref, run = _copy_nbval(tmp_path / "ref"), _copy_nbval(tmp_path / "run")
-    subprocess.run(_perturb_cmd(ref), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
-    _kill_during_04_cache(run, signal.SIGINT)
+@pytest.fixture(scope="module")
+def perturb_reference(tmp_path_factory):
+    """An uninterrupted small 04 on a copy of the nbval run folder (checked at run time, after nbval ran)."""
+    ref = _copy_nbval(tmp_path_factory.mktemp("perturb") / "ref")
+    _run_04(ref)
+    return ref
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_study_killed_during_04_leaves_no_cache_and_reruns_to_identical_tables(perturb_reference, tmp_path, sig):
+    """A signal while 04 fills its residual cache, then the same command: no cache, tables as an uninterrupted run's."""
+    run = _copy_nbval(tmp_path / "run")
+    _kill_during_04_cache(run, sig)
+    # SIGKILL leaves the cache behind (the rerun removes it); Ctrl-C removes it on the way out
+    assert (run / "perturb" / "cache").is_dir() == (sig == signal.SIGKILL)
+    _run_04(run)
     assert not (run / "perturb" / "cache").exists()
-    _kill_during_04_cache(run, signal.SIGKILL)
-    assert (run / "perturb" / "cache").is_dir()
-    subprocess.run(_perturb_cmd(run), cwd=REPO_ROOT, check=True, capture_output=True, timeout=900)
-    assert not (run / "perturb" / "cache").exists()
-    tables = sorted(p.name for p in (ref / "perturb").glob("*.csv"))
+    tables = sorted(p.name for p in (perturb_reference / "perturb").glob("*.csv"))
     assert tables and tables == sorted(p.name for p in (run / "perturb").glob("*.csv"))
     for name in tables:
-        assert (run / "perturb" / name).read_bytes() == (ref / "perturb" / name).read_bytes(), name
+        assert (run / "perturb" / name).read_bytes() == (perturb_reference / "perturb" / name).read_bytes(), name
 
 
 def test_a_study_killed_during_02_resumes_to_the_same_recordings(tmp_path):
