@@ -290,6 +290,11 @@ def _run_stages(folder: Path, nbs: list[Path], merged: dict, params: Mapping[str
 #: Kernel options: ipykernel's warning about local TCP transport is noise on every run.
 KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
+#: glibc malloc settings the kernels inherit (unless already set): blocks up to 1 GiB come from the heap and freed
+#: ones stay there, so the activations every batch allocates are not page-faulted in afresh each time (glibc maps
+#: blocks over 32 MiB anew by default). Same numbers, bit for bit; faster torch stages (README, Speed).
+KERNEL_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
 class RunLocked(RuntimeError):
     """Another live runner holds the run folder."""
 
@@ -444,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="rerun stages whose inputs are unchanged")
     ap.add_argument("--verify", action="store_true", help="re-hash every artefact, large ones too")
     args = ap.parse_args(argv)
+    for key, value in KERNEL_MALLOC.items():  # read by each kernel's glibc when it starts
+        os.environ.setdefault(key, value)
     from helpers.models import WeightsUnavailableError
 
     try:

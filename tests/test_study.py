@@ -93,3 +93,46 @@ def test_run_path_accepts_a_data_prefix(tmp_path, monkeypatch):
     assert paths.run_path("data/quick") == tmp_path / "data" / "quick"
     assert paths.run_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"
     assert not (tmp_path / "data" / "data").exists()
+
+
+def _env_notebook(folder) -> None:
+    """One stub stage whose kernel writes the malloc settings it was started with into the run folder."""
+    source = ("import json, os\nfrom pathlib import Path\n"
+              f"keys = {sorted(study.KERNEL_MALLOC)!r}\n"
+              "Path(run_dir, 'env.json').write_text(json.dumps({k: os.environ.get(k) for k in keys}))\n")
+    cells = [
+        {"id": "p", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "run_dir = 'x'\n",
+         "outputs": [], "execution_count": None},
+        {"id": "e", "cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": None},
+    ]
+    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                       "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}
+    folder.mkdir()
+    (folder / "01_env.ipynb").write_text(json.dumps(nb))
+
+
+def test_the_runner_starts_its_kernels_with_the_heap_malloc_settings(tmp_path, monkeypatch):
+    _env_notebook(tmp_path / "nb")
+    monkeypatch.setattr(study, "NOTEBOOK_DIR", tmp_path / "nb")
+    monkeypatch.setattr(study, "preflight", lambda params: None)
+    for key in study.KERNEL_MALLOC:
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    assert study.main(["--run", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "env.json").read_text()) == study.KERNEL_MALLOC
+
+
+def test_the_heap_malloc_settings_change_no_number():
+    """A forward in a process started with the kernels' malloc settings gives the same bytes as one without."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\nfrom helpers import models\n"
+            "lm = models.load_model('ViT-B-32', 'random', device='cpu', dtype='float32', seed=0)\n"
+            "x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(3))\n"
+            "sys.stdout.buffer.write(models.encode_images(lm, x).numpy().tobytes())\n")
+    plain = {k: v for k, v in os.environ.items() if k not in study.KERNEL_MALLOC}
+    outs = [subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(REPO_ROOT)},
+                           capture_output=True, check=True, timeout=600).stdout
+            for env in (plain, {**plain, **study.KERNEL_MALLOC})]
+    assert len(outs[0]) == 8 * 512 * 4 and outs[0] == outs[1]
