@@ -292,8 +292,9 @@ KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 #: glibc malloc settings the kernels inherit (unless already set): blocks up to 1 GiB come from the heap and freed
 #: ones stay there, so the activations every batch allocates are not page-faulted in afresh each time (glibc maps
-#: blocks over 32 MiB anew by default). Same numbers, bit for bit; faster torch stages (README, Speed).
+#: blocks over 32 MiB anew by default). Same numbers, bit for bit; faster torch stages (README, "Memory allocation").
 KERNEL_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
 
 class RunLocked(RuntimeError):
     """Another live runner holds the run folder."""
