@@ -7,13 +7,13 @@ of them with ``force``, and reruns when an artefact on disk was replaced or
 deleted behind the runner's back.
 """
 
-import json
 from pathlib import Path
 
 import papermill as pm
 import pytest
 
 from helpers import report, study
+from stub_notebooks import write_stage
 
 STAGES = {
     "01_make": "a = 1\nweights = 'random'\n",
@@ -23,19 +23,12 @@ STAGES = {
 OUTPUTS = {"01_make": ("thing.txt",), "02_use": ("derived",), "03_last": ("final.csv",)}
 
 
-def _notebook(source: str) -> dict:
-    cell = {"id": "params", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": source,
-            "outputs": [], "execution_count": None}
-    return {"cells": [cell], "metadata": {"kernelspec": {"name": "python3", "language": "python",
-            "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}
-
-
 @pytest.fixture
 def stub(tmp_path, monkeypatch):
     nb_dir = tmp_path / "notebooks"
     nb_dir.mkdir()
     for stem, src in STAGES.items():
-        (nb_dir / f"{stem}.ipynb").write_text(json.dumps(_notebook(src)))
+        write_stage(nb_dir / f"{stem}.ipynb", src)
     monkeypatch.setattr(study, "NOTEBOOK_DIR", nb_dir)
     monkeypatch.setattr(study, "STAGE_OUTPUTS", OUTPUTS)
     monkeypatch.setattr(study, "preflight", lambda params: None)

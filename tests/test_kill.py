@@ -20,6 +20,7 @@ import pytest
 from helpers import record
 from helpers.paths import REPO_ROOT
 from helpers.stimuli import make_stimuli
+from stub_notebooks import write_stage
 
 DRIVER = """
 import signal, sys
@@ -30,21 +31,6 @@ study.NOTEBOOK_DIR = Path(sys.argv[1])
 study.preflight = lambda params: None
 sys.exit(study.main(["--run", sys.argv[2]]))
 """
-
-
-def _stub_notebook(folder: Path) -> None:
-    cells = [
-        {"id": "p", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "run_dir = 'x'\n",
-         "outputs": [], "execution_count": None},
-        {"id": "b", "cell_type": "code", "metadata": {},
-         "source": "import os, time\nfrom pathlib import Path\n"
-                   "Path(run_dir, 'kernel.pid').write_text(str(os.getpid()))\ntime.sleep(600)\n",
-         "outputs": [], "execution_count": None},
-    ]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python",
-                                                       "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}
-    folder.mkdir()
-    (folder / "01_sleep.ipynb").write_text(json.dumps(nb))
 
 
 def _wait_for(predicate, what: str, limit: float = 120.0) -> None:
@@ -69,7 +55,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_no_kernel_outlives_its_runner(tmp_path, sig):
     nbs, run = tmp_path / "nb", tmp_path / "run"
-    _stub_notebook(nbs)
+    write_stage(nbs / "01_sleep.ipynb", "run_dir = 'x'\n",
+                "import os, time\nfrom pathlib import Path\n"
+                "Path(run_dir, 'kernel.pid').write_text(str(os.getpid()))\ntime.sleep(600)\n")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     runner = subprocess.Popen([sys.executable, "-c", DRIVER, str(nbs), str(run)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,6 +5,7 @@ import yaml
 
 from helpers import study
 from helpers.paths import REPO_ROOT
+from stub_notebooks import write_stage
 
 
 def test_parse_overrides_types():
@@ -95,24 +96,11 @@ def test_run_path_accepts_a_data_prefix(tmp_path, monkeypatch):
     assert not (tmp_path / "data" / "data").exists()
 
 
-def _env_notebook(folder) -> None:
-    """One stub stage whose kernel writes the malloc settings it was started with into the run folder."""
-    source = ("import json, os\nfrom pathlib import Path\n"
-              f"keys = {sorted(study.KERNEL_MALLOC)!r}\n"
-              "Path(run_dir, 'env.json').write_text(json.dumps({k: os.environ.get(k) for k in keys}))\n")
-    cells = [
-        {"id": "p", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "run_dir = 'x'\n",
-         "outputs": [], "execution_count": None},
-        {"id": "e", "cell_type": "code", "metadata": {}, "source": source, "outputs": [], "execution_count": None},
-    ]
-    nb = {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "language": "python",
-                                                       "display_name": "Python 3"}}, "nbformat": 4, "nbformat_minor": 5}
-    folder.mkdir()
-    (folder / "01_env.ipynb").write_text(json.dumps(nb))
-
-
 def test_the_runner_starts_its_kernels_with_the_heap_malloc_settings(tmp_path, monkeypatch):
-    _env_notebook(tmp_path / "nb")
+    write_stage(tmp_path / "nb" / "01_env.ipynb", "run_dir = 'x'\n",  # the kernel writes the settings it got
+                "import json, os\nfrom pathlib import Path\n"
+                f"keys = {sorted(study.KERNEL_MALLOC)!r}\n"
+                "Path(run_dir, 'env.json').write_text(json.dumps({k: os.environ.get(k) for k in keys}))\n")
     monkeypatch.setattr(study, "NOTEBOOK_DIR", tmp_path / "nb")
     monkeypatch.setattr(study, "preflight", lambda params: None)
     for key in study.KERNEL_MALLOC:
