@@ -7,12 +7,13 @@ patch embedding embedded once, text lesions re-encoding only the prompts) and
 prices it with this machine's measured speed of one residual block, one
 class-token-only last block, one MLP half-block and one full image forward
 (batch ``batch_size``), and of one stimulus-shuffle and one surrogate null of
-a 768-neuron layer; and, a hard bound free of timing noise, with the pieces'
-FLOP counts at this machine's matmul peak (:data:`_machine.GFLOP_PER_IMAGE`
-for a forward). Stage times of ``bench_study.py`` above these floors are
-overhead (I/O, papermill, kernels below peak); a target below the peak floor
-cannot be met without changing the numbers (fewer stimuli, lesions or nulls).
-03's figure is the cost of the current code's nulls, not a hardware bound.
+a 768-neuron layer on one core (03 scores one layer per core); and, a hard
+bound free of timing noise, with the pieces' FLOP counts at this machine's
+matmul peak (:data:`_machine.GFLOP_PER_IMAGE` for a forward). Stage times of
+``bench_study.py`` above these floors are overhead (I/O, papermill, kernels
+below peak); a target below the peak floor cannot be met without changing the
+numbers (fewer stimuli, lesions or nulls). 03's figure is the cost of the
+current code's nulls, not a hardware bound.
 
     .venv/bin/python benchmarks/bench_compute_floor.py --params params/blog.yaml
 """
@@ -28,6 +29,8 @@ from _machine import GFLOP_PER_IMAGE, best_time, describe, peaks
 from helpers import lesions as L
 from helpers import models, scores, study
 from helpers.ratemaps import flat_bin_indices, ratemaps_from_bins
+from helpers.surrogates import serial_fft
+from helpers.sweep import cores
 
 #: Issue 14's targets for the blog preset, seconds (03, and the whole study by dtype).
 TARGETS = {"03": 150.0, "float32": 45 * 60.0, "bfloat16": 15 * 60.0}
@@ -66,13 +69,16 @@ def block_seconds(dtype: str, batch_size: int) -> dict[str, float]:
 
 
 def null_seconds(bins: int, n: int = 3000, k: int = 768) -> dict[str, float]:
-    """Seconds per 768-neuron layer: one stimulus shuffle (SI, grid, border) and one surrogate (border)."""
+    """Core-seconds per 768-neuron layer: one stimulus shuffle (SI, grid, border) and one surrogate (border), on one
+    thread, as each of ``score_layers``' layer threads runs them."""
     rng = np.random.default_rng(0)
     pos, act = rng.uniform(0, 224, (n, 2)), rng.standard_normal((n, k))
     flat = flat_bin_indices(pos, bins, (0.0, 224.0, 0.0, 224.0))
     maps, occ = ratemaps_from_bins(flat, act, bins, 1.0)
-    shuffle = best_time(lambda: scores.shuffle_scores(pos, act, bins=bins, sigma=1.0, n_shuffles=2, progress=False)) / 2
-    surrogate = best_time(lambda: scores.surrogate_scores(maps, occ, n_surrogates=2)) / 2
+    with serial_fft():
+        shuffle = best_time(lambda: scores.shuffle_scores(pos, act, bins=bins, sigma=1.0, n_shuffles=2,
+                                                          progress=False)) / 2
+        surrogate = best_time(lambda: scores.surrogate_scores(maps, occ, n_surrogates=2)) / 2
     return {"shuffle": shuffle, "surrogate": surrogate}
 
 
@@ -105,9 +111,10 @@ def main() -> int:
     print(describe())
     nulls = null_seconds(p["bins"])
     layers = 12 * (1 + bool(p["include_random"]))
-    floor03 = layers * p["n_shuffles"] * (nulls["shuffle"] + nulls["surrogate"])
+    n_cores = cores()
+    floor03 = layers * p["n_shuffles"] * (nulls["shuffle"] + nulls["surrogate"]) / n_cores
     print(f"{args.params}: {p['n_stimuli']} stimuli; 03: {layers} layers x {p['n_shuffles']} x "
-          f"(shuffle {nulls['shuffle'] * 1e3:.0f} ms + surrogate {nulls['surrogate'] * 1e3:.0f} ms) "
+          f"(shuffle {nulls['shuffle'] * 1e3:.0f} ms + surrogate {nulls['surrogate'] * 1e3:.0f} ms) / {n_cores} cores "
           f"= {floor03:.0f} s (target {TARGETS['03']:.0f} s)")
     flops = gflop_per_image()
     for dtype in args.dtypes:

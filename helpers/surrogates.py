@@ -43,7 +43,9 @@ References
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.fft as sfft
@@ -51,7 +53,7 @@ from scipy import ndimage
 
 from helpers.checks import check_int
 
-__all__ = ["BOUNDARIES", "iaaft_null", "iaaft_surrogates"]
+__all__ = ["BOUNDARIES", "fft_workers", "iaaft_null", "iaaft_surrogates", "serial_fft"]
 
 
 def _fill_unvisited(arr: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -158,12 +160,30 @@ def _iaaft_stacks(rng, n_surrogates, n_iter, valid, amplitude, target, shape) ->
         yield out
 
 
+_FFT = threading.local()
+
+
 def fft_workers() -> int:
-    """Threads for the FFTs: ``OMP_NUM_THREADS`` when set (a sweep point's share), else the cores this process may use."""
+    """Threads for the FFTs: 1 inside :func:`serial_fft`, else ``OMP_NUM_THREADS`` when set (a sweep point's
+    share), else the cores this process may use."""
     from helpers.sweep import cores
 
+    if getattr(_FFT, "serial", False):
+        return 1
     env = os.environ.get("OMP_NUM_THREADS", "")
     return int(env) if env.isdigit() and int(env) > 0 else cores()
+
+
+@contextmanager
+def serial_fft() -> Iterator[None]:
+    """Run this thread's FFTs (here and in :mod:`helpers.scores`) on one thread, for callers that already run
+    one such thread per core. Every value is unchanged: the workers only split a batch of independent transforms."""
+    before = getattr(_FFT, "serial", False)
+    _FFT.serial = True
+    try:
+        yield
+    finally:
+        _FFT.serial = before
 
 
 def _rfft2(x: np.ndarray) -> np.ndarray:

@@ -179,3 +179,26 @@ def test_score_layers_refuses_too_few_shuffles_and_reports_both_null_models():
     assert row.pooled_threshold == res["thresholds"]["a"]["border"]
     differ = res["significant_neuron"]["a"]["border"] != res["significant_pooled"]["a"]["border"]
     assert row.fraction_calls_differ == differ.mean()
+
+
+def test_layers_scored_on_several_threads_give_the_values_of_one_thread_in_layer_order():
+    """``threads`` runs layers concurrently, each with one-thread FFTs: every map, score, p-value and call must be
+    the one-thread value bit for bit, under its own layer (the layers differ, so a mix-up shows). Stimuli cover
+    part of the field, so unvisited bins take the masked autocorrelogram path."""
+    rng = np.random.default_rng(8)
+    pos = rng.uniform(0, 224, size=(400, 2))
+    pos = pos[(pos[:, 0] > 40) | (pos[:, 1] > 40)]  # an unvisited corner
+    acts = {name: _place_cells(rng, pos, 5) for name in ("a", "b", "c")}
+    kw = dict(bins=10, extent=(0.0, 224.0, 0.0, 224.0), sigma=1.0, n_shuffles=19, seed=4, progress=False)
+    one, two = score_layers(pos, acts, **kw, threads=1), score_layers(pos, acts, **kw, threads=2)
+    assert list(two["maps"]) == ["a", "b", "c"]
+    assert not np.array_equal(one["maps"]["a"], one["maps"]["b"], equal_nan=True)
+    for key in ("maps", "scores", "p_values", "significant", "significant_null_only", "thresholds"):
+        for layer in acts:
+            a, b = one[key][layer], two[key][layer]
+            for score in (a if isinstance(a, dict) else [None]):
+                x, y = (a[score], b[score]) if score else (a, b)
+                np.testing.assert_array_equal(x, y, err_msg=f"{key} {layer} {score}")
+    bad = {**acts, "c": acts["c"][:, :, None]}
+    with pytest.raises(ValueError, match="activations of c"):
+        score_layers(pos, bad, **kw, threads=2)
