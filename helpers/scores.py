@@ -1358,9 +1358,9 @@ def _map_layers(score_one, items: list, threads: int, progress: bool) -> Iterato
     results = pool.map(serial, items) if pool else (score_one(*item) for item in items)
     try:
         yield from tqdm(results, total=len(items), desc="layers", disable=not progress)
-    finally:  # on an error or interrupt: drop the queued layers, let the running ones end
+    finally:  # on an error or interrupt: drop the queued layers and return at once (running ones end unread)
         if pool:
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def score_layers(
