@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -1335,7 +1335,7 @@ def _layer_nulls(positions, a, maps, occ, obs, *, n_shuffles, seed, transform, p
                 for name, null in nulls.items() if s in null} for s in names}
 
 
-def _score_layer(positions, acts, layer: str, *, names, transform, ratemap_args, null_args) -> tuple:
+def _score_layer(positions, layer: str, acts, *, names, transform, ratemap_args, null_args) -> tuple:
     """One layer of :func:`score_layers`: its maps, occupancy, scores and :func:`_layer_nulls`."""
     a = np.asarray(acts, dtype=np.float64)
     if a.ndim != 2:
@@ -1424,11 +1424,8 @@ def score_layers(
     ratemap_args = {"bins": bins, "extent": ext, "sigma": sigma}
     null_args = {"n_shuffles": n_shuffles, "seed": seed, "percentile": percentile, "null_model": null_model,
                  "floors": floors, "score_nulls": score_nulls}
-
-    def score_one(layer, acts):
-        return _score_layer(positions, acts, layer, names=names, transform=transform, ratemap_args=ratemap_args,
-                            null_args=null_args)
-
+    score_one = partial(_score_layer, positions, names=names, transform=transform, ratemap_args=ratemap_args,
+                        null_args=null_args)
     items = list(activations_by_layer.items())
     scored = _map_layers(score_one, items, min(threads, max(len(items), 1)), progress)
     for (layer, _), (maps, occ, obs, by_null) in zip(items, scored):
